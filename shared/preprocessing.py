@@ -1,0 +1,107 @@
+"""Image decoding and the Inception crop + resize, on uint8 with OpenCV.
+
+The trained network expects TF-Slim's Inception evaluation preprocessing: RGB floats in [0, 1],
+central crop of 87.5 %, bilinear resize to the model size, then ``(x - 0.5) * 2``. Agents do the
+crop and resize here on uint8 BGR (what OpenCV decodes); the OpenVINO IR carries the colour swap
+and the scaling (``x / 127.5 - 1``), so training and serving share one definition.
+
+Resizing is bilinear with half-pixel centres and no anti-aliasing: ``cv2.INTER_LINEAR`` here and
+``tf.image.resize(..., antialias=False)`` in the trainer compute the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_IMAGE_SIZE = 299
+CENTRAL_FRACTION = 0.875
+# uint8 -> [-1, 1]: x / 127.5 - 1 == (x / 255 - 0.5) * 2
+INPUT_MEAN = 127.5
+INPUT_SCALE = 127.5
+COLOR_ORDER = "RGB"  # what the network was trained on
+DECODED_ORDER = "BGR"  # what OpenCV decodes, and what agents feed the IR
+
+SUPPORTED_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not a complete image OpenCV can decode."""
+
+
+class PreprocessingSpec(BaseModel):
+    """What a bundle's manifest records about its preprocessing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=32, le=1024, title="square model input size")
+    central_fraction: float = Field(CENTRAL_FRACTION, gt=0, le=1, title="central crop fraction")
+    resize: str = Field("bilinear_half_pixel", title="resize method")
+    input_color_order: str = Field(DECODED_ORDER, title="channel order the IR expects")
+    input_dtype: str = Field("uint8", title="element type the IR expects")
+    model_color_order: str = Field(COLOR_ORDER, title="channel order the network was trained on")
+    mean: float = INPUT_MEAN
+    scale: float = INPUT_SCALE
+
+
+@dataclass(frozen=True)
+class CropBox:
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def central_crop_box(height: int, width: int, fraction: float = CENTRAL_FRACTION) -> CropBox:
+    """The box ``tf.image.central_crop`` keeps, computed the same way."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"central fraction must be in (0, 1], got {fraction}")
+    top = int((height - height * fraction) / 2)
+    left = int((width - width * fraction) / 2)
+    return CropBox(top=top, left=left, height=height - 2 * top, width=width - 2 * left)
+
+
+def _looks_complete(data: bytes) -> bool:
+    """Reject truncated JPEG/PNG files, which OpenCV would decode with grey bottoms."""
+    if data[:3] == b"\xff\xd8\xff":
+        return b"\xff\xd9" in data[-64:]
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" in data[-16:]
+    return True
+
+
+def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode image bytes to a uint8 BGR array ``[H, W, 3]``.
+
+    Raises:
+        ImageDecodeError: empty, truncated or undecodable bytes; the message names ``name``.
+    """
+    if not data:
+        raise ImageDecodeError(f"{name}: file is empty")
+    if not _looks_complete(data):
+        raise ImageDecodeError(f"{name}: image is truncated (no end marker); was it still being written?")
+    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if arr is None or arr.size == 0:
+        raise ImageDecodeError(
+            f"{name}: not a decodable image; supported formats: {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    return arr
+
+
+def crop_and_resize(image: np.ndarray, size: int = DEFAULT_IMAGE_SIZE,
+                    fraction: float = CENTRAL_FRACTION) -> np.ndarray:
+    """Central crop + bilinear resize of a uint8 ``[H, W, 3]`` image to ``[size, size, 3]`` uint8."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an [H, W, 3] image, got shape {image.shape}")
+    box = central_crop_box(image.shape[0], image.shape[1], fraction)
+    crop = image[box.top : box.top + box.height, box.left : box.left + box.width]
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def to_network_input(crop_bgr: np.ndarray) -> np.ndarray:
+    """What the IR does inside: BGR uint8 -> RGB float32 in [-1, 1]. Reference for tests."""
+    rgb = crop_bgr[..., ::-1].astype(np.float32)
+    return rgb / np.float32(INPUT_SCALE) - np.float32(INPUT_MEAN / INPUT_SCALE)

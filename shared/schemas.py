@@ -1,0 +1,171 @@
+"""Every MQTT payload, defined once (pydantic v2), each with a ``schema_version``."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shared.topics import AGENT_ID_PATTERN, Kind
+
+SCHEMA_VERSION = 1
+
+AgentId = Annotated[str, Field(pattern=f"^{AGENT_ID_PATTERN}$", title="agent id")]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", title="sha256 hex digest")]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class PayloadError(ValueError):
+    """A payload that is not JSON or does not match its schema."""
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = 1  # bump with SCHEMA_VERSION when a payload changes shape
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _aware(cls, v: Any) -> Any:
+        if isinstance(v, datetime) and v.tzinfo is None:
+            raise ValueError("timestamps must carry a UTC offset (e.g. 2026-01-01T00:00:00Z)")
+        return v
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class Timings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    decode_ms: float = Field(ge=0, title="image decode time")
+    preprocess_ms: float = Field(ge=0, title="crop + resize time")
+    inference_ms: float = Field(ge=0, title="inference time")
+    total_ms: float = Field(ge=0, title="file seen to result time")
+
+
+class ClassificationResult(_Message):
+    """One classified image, as an agent reports it on ``.../results``."""
+
+    result_id: uuid.UUID = Field(default_factory=uuid.uuid4, title="result id (dedupe key)")
+    agent_id: AgentId
+    lab: str = Field("", max_length=128, title="lab name")
+    image_name: str = Field(min_length=1, max_length=512, title="image file name")
+    image_sha256: Sha256
+    label: str = Field(min_length=1, max_length=64, title="predicted label")
+    confidence: float = Field(ge=0.0, le=1.0, title="probability of the predicted label")
+    probabilities: dict[str, float] = Field(title="probability per label")
+    low_confidence: bool = Field(False, title="confidence below the agent's threshold")
+    model_name: str = Field(min_length=1, max_length=128, title="model name")
+    model_version: str = Field(min_length=1, max_length=64, title="model version")
+    device: str = Field("", max_length=64, title="inference device")
+    timings: Timings
+    captured_at: datetime = Field(default_factory=utcnow, title="when the image was seen")
+
+    @model_validator(mode="after")
+    def _label_in_probabilities(self) -> ClassificationResult:
+        if self.label not in self.probabilities:
+            raise ValueError(f"label {self.label!r} is not one of probabilities' keys")
+        for k, p in self.probabilities.items():
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"probability of {k!r} is {p}, outside [0, 1]")
+        return self
+
+
+class AgentState(str, Enum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class Vitals(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu_percent: float | None = None
+    memory_percent: float | None = None
+    disk_free_mb: float | None = None
+    temperature_c: float | None = None
+    outbox_depth: int = 0
+    images_per_s: float = 0.0
+    p50_inference_ms: float | None = None
+    p95_inference_ms: float | None = None
+
+
+class AgentStatus(_Message):
+    """Retained on ``.../status``; the last will sets ``state=offline``."""
+
+    agent_id: AgentId
+    state: AgentState
+    lab: str = Field("", max_length=128)
+    model_name: str | None = None
+    model_version: str | None = None
+    device: str | None = None
+    vitals: Vitals = Field(default_factory=Vitals)
+    sent_at: datetime = Field(default_factory=utcnow)
+
+
+class DesiredModel(_Message):
+    """Retained by the hub on ``.../desired``: which model the agent should run."""
+
+    agent_id: AgentId
+    model_name: str = Field(min_length=1, max_length=128)
+    model_version: str = Field(min_length=1, max_length=64)
+    bundle_url: str = Field(min_length=1, max_length=2048, title="where to download the bundle")
+    bundle_sha256: Sha256
+    rollout_id: str | None = None
+    set_at: datetime = Field(default_factory=utcnow)
+
+
+class ModelEventKind(str, Enum):
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    ACTIVATED = "activated"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+
+
+class ModelEvent(_Message):
+    """Published on ``.../events`` at every step of a model update."""
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    agent_id: AgentId
+    event: ModelEventKind
+    model_name: str
+    model_version: str
+    rollout_id: str | None = None
+    detail: str = Field("", max_length=4096, title="reason or progress")
+    sent_at: datetime = Field(default_factory=utcnow)
+
+
+PAYLOAD_FOR_KIND: dict[Kind, type[_Message]] = {
+    Kind.RESULTS: ClassificationResult,
+    Kind.STATUS: AgentStatus,
+    Kind.EVENTS: ModelEvent,
+    Kind.DESIRED: DesiredModel,
+}
+
+
+def parse_payload(kind: Kind, payload: bytes | str) -> _Message:
+    """Decode and validate the JSON ``payload`` of a message on a topic of ``kind``.
+
+    Raises:
+        PayloadError: not JSON, or not valid for the schema (the message says which field).
+    """
+    model = PAYLOAD_FOR_KIND[kind]
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError(f"{kind.value} payload is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PayloadError(f"{kind.value} payload must be a JSON object, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errs = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
+        raise PayloadError(f"{kind.value} payload invalid: {errs}") from exc

@@ -1,0 +1,126 @@
+"""Fixtures shared by every test package: free ports, brokers, PostgreSQL.
+
+Integration fixtures never skip: when the shared Mosquitto (127.0.0.1:1883) or PostgreSQL
+(127.0.0.1:5432) is unreachable the test fails, because CI counts a skipped integration test as a
+failure. ``.ci/run`` starts both before the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SHARED_MQTT_HOST = os.environ.get("LEUKONET_TEST_MQTT_HOST", "127.0.0.1")
+SHARED_MQTT_PORT = int(os.environ.get("LEUKONET_TEST_MQTT_PORT", "1883"))
+PG_ADMIN_URL = os.environ.get("LEUKONET_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+@dataclass
+class Broker:
+    host: str
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    config_path: Path | None = None
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+    def start(self) -> None:
+        """(Re)start a private broker on the same port and config (persistence kept)."""
+        assert self.config_path is not None, "only private brokers can be restarted"
+        self.process = subprocess.Popen(["mosquitto", "-c", str(self.config_path)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_port(self.host, self.port, 10):
+            raise RuntimeError(f"mosquitto did not start on port {self.port}")
+
+
+def start_private_mosquitto(tmp: Path) -> Broker:
+    """A mosquitto of our own on a free loopback port, with persistence in ``tmp``."""
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(exe).exists():
+        pytest.fail("mosquitto is not installed: apt-get install -y mosquitto (CI installs it in .ci/run)")
+    port = free_port()
+    conf = tmp / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        f"persistence_location {tmp}/\nmax_queued_messages 100000\nautosave_interval 1\n"
+    )
+    broker = Broker("127.0.0.1", port, config_path=conf)
+    broker.start()
+    return broker
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker a test may stop and restart without touching the shared one."""
+    b = start_private_mosquitto(tmp_path)
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_broker() -> Broker:
+    """The real Mosquitto on 127.0.0.1:1883; fails (never skips) when it is down."""
+    if not wait_port(SHARED_MQTT_HOST, SHARED_MQTT_PORT, 3):
+        pytest.fail(f"Mosquitto is not reachable on {SHARED_MQTT_HOST}:{SHARED_MQTT_PORT}; "
+                    "start it: mosquitto -d -c /etc/mosquitto/mosquitto.conf")
+    return Broker(SHARED_MQTT_HOST, SHARED_MQTT_PORT)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"leukonet_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except sqlalchemy.exc.OperationalError as exc:
+        admin.dispose()
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}; start it with "
+                    "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name})
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
