@@ -56,3 +56,7 @@ def _extra_for(cmd: str) -> str:
 @click.version_option(package_name="leukonet")
 def main() -> None:
     """leukonet: leukemia screening at the edge."""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,346 @@
+"""``leukonet demo``: the whole loop on one machine, on the embedded defaults.
+
+Starts the hub (SQLite + the broker it runs itself), generates a synthetic blood-smear data set,
+trains a small TF-Slim Inception V3, freezes and exports it to OpenVINO, publishes the signed bundle
+to the hub, activates it for two agents watching two folders, feeds them held-out images, and
+prints a summary. Every step runs the same ``leukonet`` entry points a user would, as child
+processes, so the demo exercises exactly what is shipped. Nothing here imports Flask or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import requests
+import yaml
+
+from shared.bundle import generate_keypair
+
+AGENTS = ("lab-a-scope-1", "lab-b-scope-1")
+LABS = {"lab-a-scope-1": "Lab A", "lab-b-scope-1": "Lab B"}
+MODEL_NAME = "leukonet-demo"
+MODEL_VERSION = "1.0.0"
+
+
+class DemoError(RuntimeError):
+    """A step of the demo failed; the message says which and where its log is."""
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_port(preferred: int) -> int:
+    if preferred and _port_free(preferred):
+        return preferred
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _say(msg: str) -> None:
+    click.echo(f"[demo {time.strftime('%H:%M:%S')}] {msg}", err=True)
+
+
+@dataclass
+class Demo:
+    work: Path
+    per_class: int
+    heldout_per_class: int
+    image_size: int
+    depth_multiplier: float
+    steps: int
+    hub_port: int
+    broker_port: int
+    timeout_s: float
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    secrets_: dict[str, str] = field(default_factory=dict)
+
+    # --- processes --------------------------------------------------------------------------
+    def cli(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "shared.cli", *args]
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.work / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        self.children[name] = proc
+        return proc
+
+    def run_step(self, name: str, args: list[str]) -> str:
+        """Run a child to completion, its stderr (progress) to ours, stdout captured and logged."""
+        _say(f"{name}: {' '.join(args[3:])}")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.run(args, stdout=subprocess.PIPE, env=env, check=False,  # noqa: S603
+                              timeout=self.timeout_s)
+        out = proc.stdout.decode(errors="replace")
+        (self.work / "logs" / f"{name}.out").write_text(out)
+        if proc.returncode != 0:
+            raise DemoError(f"step {name!r} failed with exit code {proc.returncode}; output in "
+                            f"{self.work / 'logs' / (name + '.out')}")
+        return out
+
+    def check_alive(self) -> None:
+        for name, proc in self.children.items():
+            if proc.poll() is not None:
+                log = self.work / "logs" / f"{name}.log"
+                raise DemoError(f"{name} exited with code {proc.returncode}; see {log}")
+
+    def stop_all(self) -> None:
+        for name, proc in reversed(list(self.children.items())):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    _say(f"{name} did not stop in 20 s; killing it")
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=10)
+
+    # --- hub API ----------------------------------------------------------------------------
+    @property
+    def hub_url(self) -> str:
+        return f"http://127.0.0.1:{self.hub_port}"
+
+    def api(self, method: str, path: str, **kw: Any) -> Any:
+        headers = {"Authorization": f"Bearer {self.secrets_['admin_token']}"}
+        r = requests.request(method, self.hub_url + path, headers=headers, timeout=30, **kw)
+        if r.status_code >= 400:
+            raise DemoError(f"hub {method} {path} -> {r.status_code}: {r.text[:500]}")
+        return r.json()
+
+    def wait_for(self, what: str, cond: Any, timeout: float, interval: float = 0.5) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            value = cond()
+            if value:
+                return value
+            time.sleep(interval)
+        raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}; logs in {self.work / 'logs'}")
+
+    # --- steps ------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        for sub in ("hub", "agents", "train", "data", "logs", "keys", "scopes"):
+            shutil.rmtree(self.work / sub, ignore_errors=True)
+            (self.work / sub).mkdir(parents=True)
+        self.secrets_ = {k: secrets.token_urlsafe(24) for k in
+                         ("admin_token", "trainer_token", "agent_token", "secret_key", "dashboard_password")}
+        generate_keypair(self.work / "keys" / "signing.pem", self.work / "keys" / "signing.pub.pem")
+
+    def start_hub(self) -> None:
+        cfg = {
+            "database_url": f"sqlite:///{(self.work / 'hub' / 'hub.db').resolve()}",
+            "data_dir": str((self.work / "hub").resolve()),
+            "host": "127.0.0.1",
+            "port": self.hub_port,
+            "public_url": self.hub_url,
+            "secret_key": self.secrets_["secret_key"],
+            "dashboard_password": self.secrets_["dashboard_password"],
+            "tokens": [
+                {"name": "demo-admin", "token": self.secrets_["admin_token"], "role": "admin"},
+                {"name": "demo-trainer", "token": self.secrets_["trainer_token"], "role": "trainer"},
+                {"name": "demo-agents", "token": self.secrets_["agent_token"], "role": "agent"},
+            ],
+            "trusted_keys": [str((self.work / "keys" / "signing.pub.pem").resolve())],
+            "mqtt": {"host": "127.0.0.1", "port": self.broker_port},
+            "broker": {"embedded": True, "port": self.broker_port},
+        }
+        path = self.work / "hub" / "hub.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        path.chmod(0o600)
+        _say(f"starting hub on {self.hub_url} (SQLite, embedded broker on port {self.broker_port})")
+        self.start("hub", self.cli("hub", "serve", "--config", str(path)))
+
+        def healthy() -> bool:
+            try:
+                return requests.get(self.hub_url + "/healthz", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        self.wait_for("the hub's /healthz", healthy, 90)
+
+    def train_and_publish(self) -> dict[str, Any]:
+        data = self.work / "data"
+        self.run_step("generate-train", self.cli(
+            "trainer", "generate", "--out", str(data / "train"), "--per-class", str(self.per_class),
+            "--image-size", str(max(2 * self.image_size, 160)), "--seed", "1"))
+        self.run_step("generate-heldout", self.cli(
+            "trainer", "generate", "--out", str(data / "heldout"), "--per-class", str(self.heldout_per_class),
+            "--image-size", str(max(2 * self.image_size, 160)), "--seed", "2"))
+        out = self.run_step("train", self.cli(
+            "trainer", "run", "--data", str(data / "train"), "--work", str(self.work / "train"),
+            "--name", MODEL_NAME, "--version", MODEL_VERSION,
+            "--signing-key", str(self.work / "keys" / "signing.pem"),
+            "--image-size", str(self.image_size), "--depth-multiplier", str(self.depth_multiplier),
+            "--steps", str(self.steps), "--hub", self.hub_url, "--token", self.secrets_["trainer_token"]))
+        lines = [ln for ln in out.strip().splitlines() if ln.strip()]
+        if not lines:
+            raise DemoError("trainer printed no summary")
+        summary: dict[str, Any] = json.loads(lines[-1])
+        return summary
+
+    def start_agents(self) -> None:
+        for agent_id in AGENTS:
+            watch = self.work / "scopes" / agent_id
+            watch.mkdir(parents=True, exist_ok=True)
+            cfg = {
+                "agent_id": agent_id,
+                "lab": LABS[agent_id],
+                "watch_dir": str(watch.resolve()),
+                "state_dir": str((self.work / "agents" / agent_id).resolve()),
+                "backend": "openvino",
+                "device": "AUTO",
+                "mqtt": {"host": "127.0.0.1", "port": self.broker_port},
+                "hub": {"url": self.hub_url, "token": self.secrets_["agent_token"]},
+                "model_public_key": str((self.work / "keys" / "signing.pub.pem").resolve()),
+                "status_interval_s": 5,
+                "settle_s": 0.3,
+            }
+            path = self.work / "agents" / f"{agent_id}.yaml"
+            path.write_text(yaml.safe_dump(cfg))
+            path.chmod(0o600)
+            self.start(agent_id, self.cli("agent", "run", "--config", str(path)))
+        _say(f"started agents {', '.join(AGENTS)}")
+
+    def activate(self) -> None:
+        for agent_id in AGENTS:
+            self.api("PUT", f"/api/v1/agents/{agent_id}/desired",
+                     json={"model_name": MODEL_NAME, "model_version": MODEL_VERSION})
+        _say(f"desired model {MODEL_NAME} {MODEL_VERSION} set for both agents; waiting for them to report it")
+
+        def all_active() -> bool:
+            items = self.api("GET", "/api/v1/agents")["items"]
+            active = {a["agent_id"] for a in items
+                      if a.get("model_version") == MODEL_VERSION and a.get("state") == "online"}
+            return set(AGENTS) <= active
+
+        self.wait_for("both agents to run the new model", all_active, 180)
+
+    def feed(self) -> dict[str, str]:
+        """Copy held-out images, alternating between the two scopes. Returns image name -> true label."""
+        truth: dict[str, str] = {}
+        files = sorted((self.work / "data" / "heldout").glob("*/*"))
+        for i, f in enumerate(files):
+            label = f.parent.name
+            name = f"heldout-{i:04d}{f.suffix}"
+            truth[name] = label
+            dest = self.work / "scopes" / AGENTS[i % len(AGENTS)]
+            tmp = dest / f".{name}.part"
+            shutil.copyfile(f, tmp)
+            os.replace(tmp, dest / name)  # appear whole, as a microscope's export would
+        _say(f"fed {len(files)} held-out images to the two scopes")
+        return truth
+
+    def collect(self, truth: dict[str, str]) -> list[dict[str, Any]]:
+        def fetch_all() -> list[dict[str, Any]]:
+            items: list[dict[str, Any]] = []
+            page = 1
+            while True:
+                body = self.api("GET", "/api/v1/classifications", params={"page": page, "per_page": 500})
+                items += body["items"]
+                if len(items) >= body["total"] or not body["items"]:
+                    return items
+                page += 1
+
+        def done() -> list[dict[str, Any]] | None:
+            items = [r for r in fetch_all() if r["image_name"] in truth]
+            return items if len({r["image_name"] for r in items}) >= len(truth) else None
+
+        result: list[dict[str, Any]] = self.wait_for("every held-out result to reach the hub", done, 300, 1.0)
+        return result
+
+    def summarise(self, train: dict[str, Any], results: list[dict[str, Any]], truth: dict[str, str],
+                  started: float) -> dict[str, Any]:
+        correct = sum(1 for r in results if r["label"] == truth[r["image_name"]])
+        per_agent = Counter(r["agent_id"] for r in results)
+        summary = {
+            "images_classified": len(results),
+            "held_out_accuracy": round(correct / len(results), 4) if results else 0.0,
+            "correct": correct,
+            "per_agent": dict(per_agent),
+            "low_confidence": sum(1 for r in results if r.get("low_confidence")),
+            "model": f"{MODEL_NAME} {MODEL_VERSION}",
+            "trainer_test_metrics": train.get("metrics", {}),
+            "parity": train.get("parity", {}),
+            "dashboard_url": self.hub_url + "/",
+            "elapsed_s": round(time.monotonic() - started, 1),
+        }
+        (self.work / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def _print_summary(s: dict[str, Any], demo: Demo) -> None:
+    click.echo("")
+    click.echo("leukonet demo summary")
+    click.echo(f"  images classified      {s['images_classified']} "
+               f"({', '.join(f'{k}: {v}' for k, v in sorted(s['per_agent'].items()))})")
+    click.echo(f"  held-out accuracy      {s['held_out_accuracy']:.3f} "
+               f"({s['correct']}/{s['images_classified']})")
+    click.echo(f"  low-confidence flags   {s['low_confidence']}")
+    click.echo(f"  model                  {s['model']}; parity {s['parity']}")
+    click.echo(f"  dashboard              {s['dashboard_url']}  (password: "
+               f"{demo.secrets_['dashboard_password']}; also in {demo.work / 'hub' / 'hub.yaml'})")
+    click.echo(f"  admin API token        in {demo.work / 'hub' / 'hub.yaml'}")
+    click.echo(f"  elapsed                {s['elapsed_s']} s; logs in {demo.work / 'logs'}")
+
+
+@click.command("demo")
+@click.option("--work", type=click.Path(path_type=Path), default=Path("var/demo"), show_default=True,
+              help="Folder for everything the demo writes (wiped per run).")
+@click.option("--per-class", default=120, show_default=True, help="Training images per class.")
+@click.option("--heldout-per-class", default=30, show_default=True, help="Held-out images per class.")
+@click.option("--image-size", default=128, show_default=True, help="Model input size (299 = full size).")
+@click.option("--depth-multiplier", default=0.35, show_default=True, help="Inception V3 width multiplier.")
+@click.option("--steps", default=500, show_default=True, help="Training steps.")
+@click.option("--hub-port", default=8080, show_default=True, help="Preferred hub port (a free one if taken).")
+@click.option("--broker-port", default=18830, show_default=True, help="Preferred embedded broker port.")
+@click.option("--no-wait", is_flag=True, help="Exit after the summary instead of serving until Ctrl-C.")
+def cli(work: Path, per_class: int, heldout_per_class: int, image_size: int, depth_multiplier: float,
+        steps: int, hub_port: int, broker_port: int, no_wait: bool) -> None:
+    """Run the whole loop on one machine and print a summary."""
+    started = time.monotonic()
+    demo = Demo(work=work.resolve(), per_class=per_class, heldout_per_class=heldout_per_class,
+                image_size=image_size, depth_multiplier=depth_multiplier, steps=steps,
+                hub_port=_pick_port(hub_port), broker_port=_pick_port(broker_port), timeout_s=1800)
+    try:
+        demo.prepare()
+        demo.start_hub()
+        train = demo.train_and_publish()
+        _say(f"published {MODEL_NAME} {MODEL_VERSION}: test metrics {train.get('metrics', {})}")
+        demo.start_agents()
+        demo.activate()
+        truth = demo.feed()
+        results = demo.collect(truth)
+        summary = demo.summarise(train, results, truth, started)
+        _print_summary(summary, demo)
+        if not no_wait:
+            click.echo("\nServing the dashboard; press Ctrl-C to stop.")
+            while True:
+                demo.check_alive()
+                time.sleep(1)
+    except KeyboardInterrupt:
+        click.echo("\nstopping")
+    except DemoError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        demo.stop_all()

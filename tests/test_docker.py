@@ -1,0 +1,97 @@
+"""No Docker engine runs here, so check what can be checked: the compose file parses, every path
+it and the Dockerfiles reference exists, and every container runs a `leukonet` command that exists
+(the same entry points the tests and the demo run)."""
+
+import re
+import shlex
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+
+from shared.cli import main as leukonet_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKER = ROOT / "docker"
+# Files the operator creates from the documented steps (secrets, never committed).
+USER_SUPPLIED = {"passwd", ".env"}
+
+
+def compose() -> dict:
+    return yaml.safe_load((DOCKER / "compose.yaml").read_text())
+
+
+def resolve_command(words: list[str]) -> click.Command:
+    """Walk the click tree as the shell would; fail if a word is not a command."""
+    assert words[0] == "leukonet", words
+    cmd: click.Command = leukonet_cli
+    ctx = click.Context(leukonet_cli)
+    for w in words[1:]:
+        if w.startswith("-") or not isinstance(cmd, click.Group):
+            break
+        sub = cmd.get_command(ctx, w)
+        assert sub is not None, f"`{' '.join(words)}`: no command {w!r}"
+        cmd = sub
+    return cmd
+
+
+def test_compose_parses_and_has_the_services():
+    services = compose()["services"]
+    assert {"mosquitto", "postgres", "hub", "agent-lab-a", "agent-lab-b", "trainer"} <= set(services)
+
+
+def test_compose_paths_exist():
+    for name, svc in compose()["services"].items():
+        build = svc.get("build")
+        if build:
+            ctx = (DOCKER / build["context"]).resolve()
+            assert ctx == ROOT, name
+            assert (ctx / build["dockerfile"]).is_file(), name
+        for vol in svc.get("volumes", []):
+            src = vol.split(":")[0]
+            if src.startswith("."):
+                p = DOCKER / src
+                if p.name in USER_SUPPLIED:
+                    assert p.name in (ROOT / ".gitignore").read_text() or f"docker/{p.name}" in (
+                        ROOT / ".gitignore").read_text(), f"{p} must be git-ignored"
+                    continue
+                assert p.exists(), f"{name}: volume source {p} does not exist"
+
+
+@pytest.mark.parametrize("dockerfile", sorted(DOCKER.glob("Dockerfile.*")), ids=lambda p: p.name)
+def test_dockerfile_copies_and_entry_points(dockerfile: Path):
+    text = dockerfile.read_text()
+    for line in re.findall(r"^COPY (.+)$", text, re.M):
+        *sources, _dest = line.split()
+        for s in sources:
+            assert (ROOT / s).exists(), f"{dockerfile.name}: COPY source {s} missing"
+    words: list[str] = []
+    for kind in ("ENTRYPOINT", "CMD"):
+        m = re.search(rf"^{kind} (\[.*\])$", text, re.M)
+        if m:
+            words += yaml.safe_load(m.group(1))
+    resolve_command(words)
+
+
+def test_compose_commands_are_real_entry_points():
+    for name, svc in compose()["services"].items():
+        cmd = svc.get("command")
+        if isinstance(cmd, str):
+            cmd = shlex.split(cmd)
+        if cmd and cmd[0] == "leukonet":
+            resolve_command(cmd)
+        elif name == "trainer":
+            resolve_command(["leukonet", "trainer", "run"])
+
+
+def test_agent_image_installs_only_the_agent_extra():
+    text = (DOCKER / "Dockerfile.agent").read_text()
+    assert 'pip install ".[agent]"' in text
+    assert "trainer]" not in text and "tensorflow" not in text.lower()
+
+
+def test_broker_config_raises_the_queue_limit():
+    conf = (DOCKER / "mosquitto.conf").read_text()
+    m = re.search(r"^max_queued_messages (\d+)$", conf, re.M)
+    assert m and int(m.group(1)) > 1000
