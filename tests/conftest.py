@@ -74,8 +74,11 @@ def start_private_mosquitto(tmp: Path) -> Broker:
         pytest.fail("mosquitto is not installed: apt-get install -y mosquitto (CI installs it in .ci/run)")
     port = free_port()
     conf = tmp / "mosquitto.conf"
+    # As root, mosquitto drops to the `mosquitto` user, which cannot write into pytest's 0700
+    # tmp_path: persistence would silently do nothing and restarts would lose sessions.
+    user = "user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
     conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        f"{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
         f"persistence_location {tmp}/\nmax_queued_messages 100000\nautosave_interval 1\n"
     )
     broker = Broker("127.0.0.1", port, config_path=conf)

@@ -1,0 +1,243 @@
+"""``leukonet agent ...``: run, check, classify and rollback.
+
+Every command that takes ``--config`` loads :class:`agents.config.AgentConfig` once; a bad config
+exits with status 2 and the :class:`shared.config.ConfigError` text naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any, cast
+
+import click
+import numpy as np
+import requests
+
+from shared.config import ConfigError
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Agent YAML config (LEUKONET_AGENT_* environment variables override it).",
+)
+
+
+def _load_config(path: Path) -> Any:
+    from agents.config import AgentConfig
+
+    try:
+        return AgentConfig.load(path)
+    except ConfigError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group()
+def cli() -> None:
+    """Run or check an edge agent."""
+
+
+@cli.command()
+@CONFIG_OPTION
+def run(config_path: Path) -> None:
+    """Run the agent until SIGINT/SIGTERM."""
+    from agents.backends import BackendError
+    from agents.daemon import build_agent
+    from agents.statelock import StateLock, StateLockedError
+    from shared.logs import setup_logging
+
+    config = _load_config(config_path)
+    setup_logging(config.log_level)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        with StateLock(config.state_path):
+            agent = build_agent(config)
+            agent.run(stop)
+    except (StateLockedError, BackendError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@cli.command()
+@CONFIG_OPTION
+def check(config_path: Path) -> None:
+    """Validate the config, list OpenVINO devices, test the broker and the hub."""
+    from agents.backends import BackendError, create_backend
+    from agents.backends.openvino_backend import import_openvino
+    from shared.bundle import BundleError, load_public_key
+
+    config = _load_config(config_path)
+    failures = 0
+
+    def report(ok: bool, what: str, detail: str) -> None:
+        nonlocal failures
+        failures += 0 if ok else 1
+        click.echo(f"{'ok  ' if ok else 'FAIL'} {what}: {detail}")
+
+    report(True, "config", f"{config_path} (agent {config.agent_id}, backend {config.backend})")
+    try:
+        ov = import_openvino()
+        core = ov.Core()
+        names = [f"{d} ({core.get_property(d, 'FULL_DEVICE_NAME')})" for d in core.available_devices]
+        report(True, "openvino devices", ", ".join([*names, "AUTO"]))
+    except (BackendError, RuntimeError) as exc:
+        report(config.backend != "openvino", "openvino devices", str(exc))
+    try:
+        create_backend(
+            config.backend, config.device, config.effective_precision(), config.performance_hint
+        ).close()
+        report(True, "device", f"{config.device} ({config.effective_precision()} IR)")
+    except (BackendError, ValueError) as exc:
+        report(False, "device", str(exc))
+    if config.model_public_key is None:
+        report(False, "model_public_key", "not set: the agent will refuse every bundle")
+    else:
+        try:
+            load_public_key(config.model_public_key)
+            report(True, "model_public_key", str(config.model_public_key))
+        except (OSError, BundleError) as exc:
+            report(False, "model_public_key", str(exc))
+    try:
+        with socket.create_connection((config.mqtt.host, config.mqtt.port), timeout=3):
+            report(True, "broker", f"TCP {config.mqtt.host}:{config.mqtt.port} reachable")
+    except OSError as exc:
+        report(False, "broker", f"TCP {config.mqtt.host}:{config.mqtt.port}: {exc}")
+    url = f"{config.hub.url}/healthz"
+    try:
+        resp = requests.get(url, timeout=5)
+        report(resp.status_code == 200, "hub", f"GET {url} -> HTTP {resp.status_code}")
+    except requests.RequestException as exc:
+        report(False, "hub", f"GET {url}: {exc}")
+    for name, folder in (("watch_dir", config.watch_dir), ("state_dir", config.state_path)):
+        report(
+            folder.is_dir() or not folder.exists(),
+            name,
+            f"{folder} ({'exists' if folder.is_dir() else 'will be created'})",
+        )
+    if failures:
+        raise click.ClickException(f"{failures} check(s) failed")
+
+
+@cli.command()
+@click.option(
+    "--model-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="An extracted, signed bundle folder.",
+)
+@click.option(
+    "--bundle",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A bundle zip (verified and extracted to a temporary folder).",
+)
+@click.option(
+    "--public-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="The trainer's Ed25519 public key PEM.",
+)
+@click.option("--backend", type=click.Choice(["openvino", "fake"]), default="openvino", show_default=True)
+@click.option("--device", default="AUTO", show_default=True, help="OpenVINO device name.")
+@click.option("--precision", type=click.Choice(["auto", "FP32", "FP16"]), default="auto", show_default=True)
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+def classify(
+    model_dir: Path | None,
+    bundle: Path | None,
+    public_key: Path,
+    backend: str,
+    device: str,
+    precision: str,
+    files: tuple[Path, ...],
+) -> None:
+    """Classify FILES offline; print one JSON line per file (exit 1 if any file failed)."""
+    from agents.backends import BackendError, create_backend
+    from agents.config import Precision, effective_precision
+    from agents.models import ModelError, verify_model_dir
+    from shared.bundle import BundleError, load_public_key, verify_bundle
+    from shared.preprocessing import ImageDecodeError, crop_and_resize, decode_image
+
+    if (model_dir is None) == (bundle is None):
+        raise click.UsageError("give exactly one of --model-dir or --bundle")
+    with tempfile.TemporaryDirectory(prefix="leukonet-classify-") as tmp:
+        try:
+            key = load_public_key(public_key)
+            if bundle is not None:
+                model_dir = Path(tmp) / "model"
+                manifest = verify_bundle(bundle, key, model_dir)
+            else:
+                assert model_dir is not None
+                manifest = verify_model_dir(model_dir, key)
+            prec = effective_precision(cast(Precision, precision), device)
+            engine = create_backend(backend, device, prec)
+            engine.load(model_dir, manifest)
+        except (BundleError, ModelError, BackendError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        failed = 0
+        spec = manifest.preprocessing
+        try:
+            for path in files:
+                line: dict[str, Any] = {"file": str(path)}
+                try:
+                    image = decode_image(path.read_bytes(), path.name)
+                    crop = crop_and_resize(image, spec.image_size, spec.central_fraction)
+                    probs = engine.infer(crop[np.newaxis])[0]
+                    best = int(np.argmax(probs))
+                    line.update(
+                        label=manifest.labels[best],
+                        confidence=round(float(probs[best]), 6),
+                        probabilities={
+                            lab: round(float(p), 6) for lab, p in zip(manifest.labels, probs, strict=True)
+                        },
+                        model_name=manifest.name,
+                        model_version=manifest.version,
+                        device=engine.device,
+                    )
+                except (OSError, ImageDecodeError, BackendError) as exc:
+                    failed += 1
+                    line["error"] = str(exc)
+                click.echo(json.dumps(line))
+        finally:
+            engine.close()
+    if failed:
+        sys.exit(1)
+
+
+@cli.command()
+@CONFIG_OPTION
+def rollback(config_path: Path) -> None:
+    """Re-activate the previous model of a stopped agent (the current one is marked rejected)."""
+    from agents.backends import BackendError
+    from agents.daemon import build_agent
+    from agents.models import ModelError
+    from agents.statelock import StateLock, StateLockedError
+    from shared.logs import setup_logging
+
+    config = _load_config(config_path)
+    setup_logging(config.log_level)
+    try:
+        with StateLock(config.state_path):
+            agent = build_agent(config, connect=False)
+            try:
+                loaded = agent.models.rollback()
+            finally:
+                agent.models.close()
+                agent.outbox.close()
+    except (StateLockedError, ModelError, BackendError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"rolled back: active model is now {loaded.name} {loaded.version}; "
+        "the agent reports it when it next starts"
+    )

@@ -1,0 +1,135 @@
+"""The agent's configuration: one strict, typed object loaded once at start-up.
+
+Load it with ``AgentConfig.load(path, **overrides)`` (YAML file, then ``LEUKONET_AGENT_*`` environment
+variables, nested with ``__``, e.g. ``LEUKONET_AGENT_MQTT__HOST``). Unknown or invalid fields raise
+:class:`shared.config.ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from shared.config import StrictConfig
+from shared.topics import validate_agent_id
+
+Precision = Literal["auto", "FP32", "FP16"]
+
+
+class MqttConfig(BaseModel):
+    """How the agent reaches the MQTT broker."""
+
+    model_config = ConfigDict(extra="forbid", title="MQTT broker")
+
+    host: str = Field("127.0.0.1", min_length=1, title="broker host")
+    port: int = Field(1883, ge=1, le=65535, title="broker port")
+    username: str | None = Field(None, title="broker user name")
+    password: SecretStr | None = Field(None, title="broker password")
+    keepalive: int = Field(30, ge=5, le=3600, title="MQTT keepalive (s)")
+    tls: bool = Field(False, title="use TLS to the broker")
+    ca_file: Path | None = Field(None, title="CA bundle for TLS (system CAs when unset)")
+    reconnect_min_s: int = Field(1, ge=1, le=60, title="first reconnect delay (s)")
+    reconnect_max_s: int = Field(30, ge=1, le=600, title="largest reconnect delay (s), exponential backoff")
+
+
+class HubConfig(BaseModel):
+    """Where bundles are downloaded from and with which token."""
+
+    model_config = ConfigDict(extra="forbid", title="hub")
+
+    url: str = Field("http://127.0.0.1:5000", min_length=1, title="hub base URL (for `check`)")
+    token: SecretStr | None = Field(None, title="bearer token with the `agent` role")
+    timeout_s: float = Field(30.0, gt=0, le=600, title="HTTP connect/read timeout (s)")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"hub url must start with http:// or https://, got {v!r}")
+        return v.rstrip("/")
+
+
+class AgentConfig(StrictConfig):
+    """Everything an edge agent needs; see the README's agent section for an example YAML."""
+
+    model_config = SettingsConfigDict(env_prefix="LEUKONET_AGENT_", title="leukonet agent")
+    section = "agent"
+
+    agent_id: str = Field(title="agent id (topic-safe, unique in the fleet)")
+    lab: str = Field("", max_length=128, title="lab name reported with every result")
+    watch_dir: Path = Field(title="folder the microscope drops images into")
+    done_dir: Path | None = Field(None, title="where classified images go (default watch_dir/done)")
+    failed_dir: Path | None = Field(None, title="where undecodable images go (default watch_dir/failed)")
+    state_dir: Path | None = Field(None, title="model store + outbox (default ./var/agent-<agent_id>)")
+    backend: Literal["openvino", "fake"] = Field("openvino", title="inference backend")
+    device: str = Field("AUTO", min_length=1, title="OpenVINO device name (CPU, GPU, NPU, MYRIAD, AUTO)")
+    precision: Precision = Field("auto", title="IR precision (auto: FP16 on MYRIAD, else FP32)")
+    performance_hint: Literal["THROUGHPUT", "LATENCY"] = Field(
+        "THROUGHPUT", title="OpenVINO PERFORMANCE_HINT for compile_model"
+    )
+    low_confidence_threshold: float = Field(0.8, ge=0.0, le=1.0, title="flag results below this confidence")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, title="MQTT broker")
+    hub: HubConfig = Field(default_factory=HubConfig, title="hub")
+    model_public_key: Path | None = Field(
+        None, title="trainer's Ed25519 public key (PEM); required to accept any bundle"
+    )
+    status_interval_s: float = Field(30.0, gt=0, le=3600, title="status publish period (s)")
+    poll_interval_s: float = Field(0.5, gt=0, le=60, title="watch-folder poll period (s)")
+    settle_s: float = Field(1.0, ge=0, le=600, title="a file must keep its size+mtime this long")
+    batch_size: int = Field(8, ge=1, le=256, title="most images classified per inference call")
+    initial_model: Path | None = Field(None, title="bundle zip installed at first start (no active model)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", title="log level")
+
+    @field_validator("agent_id")
+    @classmethod
+    def _agent_id(cls, v: str) -> str:
+        return validate_agent_id(v)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _defaults_and_rules(self) -> AgentConfig:
+        if self.done_dir is None:
+            self.done_dir = self.watch_dir / "done"
+        if self.failed_dir is None:
+            self.failed_dir = self.watch_dir / "failed"
+        if self.state_dir is None:
+            self.state_dir = Path("var") / f"agent-{self.agent_id}"
+        if self.done_dir == self.watch_dir or self.failed_dir == self.watch_dir:
+            raise ValueError("done_dir and failed_dir must differ from watch_dir (files would be re-read)")
+        if self.done_dir == self.failed_dir:
+            raise ValueError("done_dir and failed_dir must be different folders")
+        return self
+
+    # The validator above fills these; the properties give mypy non-optional types.
+    @property
+    def done_path(self) -> Path:
+        assert self.done_dir is not None
+        return self.done_dir
+
+    @property
+    def failed_path(self) -> Path:
+        assert self.failed_dir is not None
+        return self.failed_dir
+
+    @property
+    def state_path(self) -> Path:
+        assert self.state_dir is not None
+        return self.state_dir
+
+    def effective_precision(self) -> Literal["FP32", "FP16"]:
+        """The IR precision to load: FP16 for MYRIAD (NCS2 runs FP16 only) under ``auto``, else FP32."""
+        return effective_precision(self.precision, self.device)
+
+
+def effective_precision(precision: Precision, device: str) -> Literal["FP32", "FP16"]:
+    """Resolve ``auto`` for ``device``: FP16 when the device list names MYRIAD, FP32 otherwise."""
+    if precision != "auto":
+        return precision
+    return "FP16" if "MYRIAD" in device.upper() else "FP32"

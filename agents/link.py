@@ -1,0 +1,252 @@
+"""The agent's MQTT link: status, results from the outbox, model events, desired-model updates.
+
+One paho-mqtt 2.x client (``CallbackAPIVersion.VERSION2``) with client id = agent id and
+``clean_session=False``, so the broker keeps the agent's QoS 1 subscription to its ``desired``
+topic while it is away. The last will is a retained ``AgentStatus(state=offline)`` on the status
+topic; every (re)connect publishes a retained ``online`` status and re-subscribes. paho reconnects
+by itself with exponential backoff between ``reconnect_min_s`` and ``reconnect_max_s``.
+
+Results flow from the :class:`agents.outbox.Outbox` through a single pump thread: it publishes
+rows in sequence order (QoS 1, at most ``window`` unacknowledged) and deletes a row when the
+broker's PUBACK for its message id arrives (``on_publish``). paho re-sends in-flight messages
+itself after a reconnect; rows it never got are published when the connection is back. Callbacks
+never take the pump's state lock while paho holds its own, so the two threads cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from agents.config import MqttConfig
+from agents.outbox import Outbox
+from shared.logs import kv
+from shared.schemas import AgentState, AgentStatus, DesiredModel, ModelEvent, PayloadError, parse_payload
+from shared.topics import Kind, TopicError, build, parse
+
+log = logging.getLogger(__name__)
+
+StatusFn = Callable[[AgentState], AgentStatus]
+DesiredFn = Callable[[DesiredModel], None]
+
+
+class Link:
+    """MQTT session of one agent. ``start()`` connects in the background; ``stop()`` says goodbye."""
+
+    def __init__(
+        self,
+        agent_id: str,
+        mqtt_config: MqttConfig,
+        outbox: Outbox,
+        status_fn: StatusFn,
+        on_desired: DesiredFn,
+        status_interval_s: float = 30.0,
+        window: int = 100,
+    ) -> None:
+        self.agent_id = agent_id
+        self._cfg = mqtt_config
+        self._outbox = outbox
+        self._status_fn = status_fn
+        self._on_desired = on_desired
+        self._status_interval_s = status_interval_s
+        self._window = window
+        self._topics = {k: build(agent_id, k) for k in Kind}
+        self._connected = threading.Event()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        # Pump-thread state: message id -> outbox seq of results in flight, and the last seq sent.
+        self._inflight: dict[int, int] = {}
+        self._last_seq = 0
+        self._threads: list[threading.Thread] = []
+        self.client = self._make_client()
+
+    # --- setup ------------------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.agent_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
+        offline = self._status_fn(AgentState.OFFLINE)
+        client.will_set(self._topics[Kind.STATUS], offline.to_json(), qos=1, retain=True)
+        if self._cfg.username:
+            password = self._cfg.password.get_secret_value() if self._cfg.password else None
+            client.username_pw_set(self._cfg.username, password)
+        if self._cfg.tls:
+            client.tls_set(ca_certs=str(self._cfg.ca_file) if self._cfg.ca_file else None)
+        client.reconnect_delay_set(
+            self._cfg.reconnect_min_s, max(self._cfg.reconnect_min_s, self._cfg.reconnect_max_s)
+        )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> None:
+        """Connect in the background (retrying until it works) and start the pump and status threads."""
+        log.info(kv("mqtt_connecting", host=self._cfg.host, port=self._cfg.port, client_id=self.agent_id))
+        self.client.connect_async(self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive)
+        self.client.loop_start()
+        for target, name in ((self._pump, "outbox-pump"), (self._status_loop, "status")):
+            t = threading.Thread(target=target, name=f"{name}-{self.agent_id}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a connection; True when connected."""
+        return self._connected.wait(timeout)
+
+    def notify_outbox(self) -> None:
+        """A result was put in the outbox: wake the pump."""
+        self._wake.set()
+
+    # --- paho callbacks (network thread) ------------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        if reason_code.is_failure:
+            log.error(
+                kv("mqtt_connect_refused", reason=reason_code, host=self._cfg.host, port=self._cfg.port)
+            )
+            return
+        log.info(
+            kv(
+                "mqtt_connected",
+                host=self._cfg.host,
+                port=self._cfg.port,
+                session_present=getattr(flags, "session_present", None),
+            )
+        )
+        self._connected.set()
+        client.subscribe(self._topics[Kind.DESIRED], qos=1)
+        self._publish_status_now(client)
+        self._wake.set()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        self._connected.clear()
+        if not self._stop.is_set():
+            log.warning(kv("mqtt_disconnected", reason=reason_code, retry="backoff"))
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
+        self._acks.put(mid)
+        self._wake.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if not message.payload:
+            return  # a cleared retained desired state: nothing to do
+        try:
+            topic = parse(message.topic)
+            desired = parse_payload(Kind.DESIRED, bytes(message.payload))
+        except (TopicError, PayloadError) as exc:
+            log.error(kv("desired_rejected", topic=message.topic, error=exc))
+            return
+        if topic.kind is not Kind.DESIRED or not isinstance(desired, DesiredModel):
+            log.error(kv("unexpected_message", topic=message.topic))
+            return
+        if desired.agent_id != self.agent_id:
+            log.error(
+                kv(
+                    "desired_rejected",
+                    topic=message.topic,
+                    error=f"payload is for agent {desired.agent_id}, not {self.agent_id}",
+                )
+            )
+            return
+        self._on_desired(desired)
+
+    # --- publishing ---------------------------------------------------------------------------
+
+    def _publish_status_now(self, client: mqtt.Client) -> None:
+        status = self._status_fn(AgentState.ONLINE)
+        client.publish(self._topics[Kind.STATUS], status.to_json(), qos=1, retain=True)
+
+    def publish_status(self) -> None:
+        """Publish a retained online status with fresh vitals, when connected (else the next connect does)."""
+        if self.connected:
+            self._publish_status_now(self.client)
+
+    def publish_event(self, event: ModelEvent) -> None:
+        """Publish a model event (QoS 1; paho queues it while disconnected)."""
+        log.info(
+            kv(
+                "model_event",
+                kind=event.event.value,
+                model=event.model_name,
+                version=event.model_version,
+                detail=event.detail,
+            )
+        )
+        self.client.publish(self._topics[Kind.EVENTS], event.to_json(), qos=1)
+
+    def _status_loop(self) -> None:
+        while not self._stop.wait(self._status_interval_s):
+            self.publish_status()
+
+    def _pump(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            self._drain_acks()
+            if self.connected:
+                self._fill_window()
+
+    def _drain_acks(self) -> None:
+        while True:
+            try:
+                mid = self._acks.get_nowait()
+            except queue.Empty:
+                return
+            seq = self._inflight.pop(mid, None)
+            if seq is not None:  # status and event acks are not outbox rows
+                self._outbox.ack(seq)
+
+    def _fill_window(self) -> None:
+        room = self._window - len(self._inflight)
+        if room <= 0:
+            return
+        for row in self._outbox.after(self._last_seq, room):
+            info = self.client.publish(row.topic, row.payload, qos=1)
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                log.error(kv("result_publish_failed", result_id=row.result_id, rc=mqtt.error_string(info.rc)))
+                return  # retried on the next wake-up
+            # NO_CONN: paho queued it and sends it after the reconnect; the ack will still come.
+            self._inflight[info.mid] = row.seq
+            self._last_seq = row.seq
+        self._drain_acks()
+
+    # --- shutdown ----------------------------------------------------------------------------
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Publish a retained offline status (when connected), disconnect and stop every thread."""
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout)
+        if self.connected:
+            info = self.client.publish(
+                self._topics[Kind.STATUS], self._status_fn(AgentState.OFFLINE).to_json(), qos=1, retain=True
+            )
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                info.wait_for_publish(timeout)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._connected.clear()
+        log.info(kv("mqtt_stopped", agent_id=self.agent_id))

@@ -1,0 +1,131 @@
+"""The on-disk outbox: results survive broker outages and agent restarts.
+
+paho-mqtt keeps unacknowledged messages in memory only, so every result is first committed to a
+SQLite database (WAL mode) and deleted only when the broker's PUBACK for it arrives. A fresh
+process re-publishes every row still present, oldest first; the hub drops duplicates by result id.
+
+The same database journals *pending moves*: a result and the source file it came from are
+committed in one transaction, and the file's journal entry is cleared only after the file has
+been moved to ``done``. If the agent dies in between, the next start finishes the move instead of
+classifying the image again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.schemas import ClassificationResult
+from shared.topics import Kind, build
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    result_id TEXT NOT NULL UNIQUE,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pending_moves (
+    source TEXT PRIMARY KEY,
+    image_sha256 TEXT NOT NULL,
+    result_id TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    seq: int
+    result_id: str
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class PendingMove:
+    source: Path
+    image_sha256: str
+    result_id: str
+
+
+class Outbox:
+    """Thread-safe SQLite outbox at ``path`` (created if needed). Close it with :meth:`close`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a committed result must survive power loss
+        self._db.executescript(_SCHEMA)
+
+    def put(self, result: ClassificationResult, source: Path | None = None) -> int:
+        """Commit ``result`` (and the pending move of ``source``) durably; return its sequence number."""
+        topic = build(result.agent_id, Kind.RESULTS)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.execute(
+                    "INSERT INTO outbox (result_id, topic, payload, created_at) VALUES (?, ?, ?, ?)",
+                    (str(result.result_id), topic, result.to_json(), time.time()),
+                )
+                if source is not None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO pending_moves (source, image_sha256, result_id) "
+                        "VALUES (?, ?, ?)",
+                        (str(source), result.image_sha256, str(result.result_id)),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        seq = cur.lastrowid
+        assert seq is not None
+        return seq
+
+    def after(self, seq: int, limit: int) -> list[OutboxRow]:
+        """Up to ``limit`` rows with a sequence number above ``seq``, in order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, result_id, topic, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            ).fetchall()
+        return [OutboxRow(int(r[0]), str(r[1]), str(r[2]), bytes(r[3])) for r in rows]
+
+    def ack(self, seq: int) -> None:
+        """Delete row ``seq``: the broker has acknowledged it."""
+        with self._lock:
+            self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+
+    def depth(self) -> int:
+        """Results not yet acknowledged by the broker."""
+        with self._lock:
+            (n,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        return int(n)
+
+    def pending_moves(self) -> list[PendingMove]:
+        """Source files whose result is committed but which were not moved to ``done`` yet."""
+        with self._lock:
+            rows = self._db.execute("SELECT source, image_sha256, result_id FROM pending_moves").fetchall()
+        return [PendingMove(Path(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def pending_move(self, source: Path) -> PendingMove | None:
+        with self._lock:
+            r = self._db.execute(
+                "SELECT source, image_sha256, result_id FROM pending_moves WHERE source = ?", (str(source),)
+            ).fetchone()
+        return PendingMove(Path(r[0]), str(r[1]), str(r[2])) if r else None
+
+    def clear_move(self, source: Path) -> None:
+        """Forget the pending move of ``source`` (it has been moved)."""
+        with self._lock:
+            self._db.execute("DELETE FROM pending_moves WHERE source = ?", (str(source),))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
