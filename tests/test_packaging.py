@@ -31,14 +31,15 @@ def resolve(extra: str) -> set[str]:
 def test_agent_extra_has_no_tensorflow_or_web_stack():
     pkgs = resolve("agent")
     assert "openvino" in pkgs and "paho-mqtt" in pkgs
-    assert not {p for p in pkgs if p.startswith("tensorflow") or p in {"tf-slim", "keras", "flask", "sqlalchemy"}}
+    forbidden = {"tf-slim", "keras", "flask", "sqlalchemy"}
+    assert not {p for p in pkgs if p.startswith("tensorflow") or p in forbidden}
 
 
 def test_trainer_extra_keeps_the_pinned_stack():
     pkgs = resolve("trainer")
     assert {"tensorflow-cpu", "tf-slim", "openvino"} <= pkgs
-    out = subprocess.run([sys.executable, "-c", "import numpy, cv2; print(numpy.__version__, cv2.__version__)"],
-                         capture_output=True, text=True, check=True)
+    code = "import numpy, cv2; print(numpy.__version__, cv2.__version__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     numpy_v, cv_v = out.stdout.split()
     assert tuple(map(int, numpy_v.split(".")[:2])) <= (1, 24), "TensorFlow 2.12 needs numpy <= 1.24.3"
     assert tuple(map(int, cv_v.split(".")[:2])) < (4, 12), "opencv 4.12+ pulls numpy 2"

@@ -22,7 +22,8 @@ from shared.preprocessing import PreprocessingSpec
 def keys(tmp_path):
     generate_keypair(tmp_path / "k" / "signing.pem", tmp_path / "k" / "signing.pub.pem")
     assert (tmp_path / "k" / "signing.pem").stat().st_mode & 0o777 == 0o600
-    return load_private_key(tmp_path / "k" / "signing.pem"), load_public_key(tmp_path / "k" / "signing.pub.pem")
+    priv = load_private_key(tmp_path / "k" / "signing.pem")
+    return priv, load_public_key(tmp_path / "k" / "signing.pub.pem")
 
 
 def _bundle(tmp_path: Path, priv) -> tuple[Path, str]:

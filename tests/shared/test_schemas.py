@@ -17,11 +17,11 @@ from shared.topics import Kind
 
 
 def make_result(**kw) -> ClassificationResult:
-    base = dict(
-        agent_id="a1", image_name="x.jpg", image_sha256="0" * 64, label="ALL", confidence=0.9,
-        probabilities={"ALL": 0.9, "normal": 0.1}, model_name="m", model_version="1.0.0",
-        timings=Timings(decode_ms=1, preprocess_ms=1, inference_ms=2, total_ms=4),
-    )
+    base = {
+        "agent_id": "a1", "image_name": "x.jpg", "image_sha256": "0" * 64, "label": "ALL", "confidence": 0.9,
+        "probabilities": {"ALL": 0.9, "normal": 0.1}, "model_name": "m", "model_version": "1.0.0",
+        "timings": Timings(decode_ms=1, preprocess_ms=1, inference_ms=2, total_ms=4),
+    }
     base.update(kw)
     return ClassificationResult(**base)
 

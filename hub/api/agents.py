@@ -1,0 +1,83 @@
+"""Agent routes: list, show, and set the desired model (admin)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select
+
+from hub.api.blueprint import bp
+from hub.api.serialize import agent_json
+from hub.auth import require_roles
+from hub.config import Role
+from hub.db.models import Agent
+from hub.errors import ApiError
+from hub.extensions import hub_ext
+from hub.mqtt.publisher import BrokerUnavailable
+from hub.registry.service import RegistryError
+from hub.twin import set_desired
+from shared.topics import TopicError, validate_agent_id
+
+
+class DesiredBody(BaseModel):
+    """Body of ``PUT /agents/<id>/desired``."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_name: str = Field(min_length=1, max_length=128, title="registered model name")
+    model_version: str = Field(min_length=1, max_length=64, title="registered model version")
+
+
+@bp.get("/agents")
+@require_roles(Role.TRAINER)
+def list_agents() -> dict[str, Any]:
+    with hub_ext.services.db.session() as s:
+        rows = s.scalars(select(Agent).order_by(Agent.agent_id)).all()
+        return {"items": [agent_json(a) for a in rows]}
+
+
+@bp.get("/agents/<agent_id>")
+@require_roles(Role.TRAINER)
+def show_agent(agent_id: str) -> dict[str, Any]:
+    with hub_ext.services.db.session() as s:
+        agent = s.scalar(select(Agent).where(Agent.agent_id == agent_id))
+        if agent is None:
+            raise ApiError(404, "agent_not_found", f"agent {agent_id!r} is unknown to the hub")
+        return agent_json(agent)
+
+
+@bp.put("/agents/<agent_id>/desired")
+@require_roles()
+def put_desired(agent_id: str) -> dict[str, Any]:
+    """Store the desired model and publish it retained; returns the DesiredModel JSON (503: no broker)."""
+    try:
+        validate_agent_id(agent_id)
+    except TopicError as exc:
+        raise ApiError(400, "invalid_agent_id", str(exc)) from exc
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_body", 'send JSON {"model_name": "...", "model_version": "..."}')
+    try:
+        body = DesiredBody.model_validate(data)
+    except ValidationError as exc:
+        errs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ApiError(422, "invalid_body", errs) from exc
+    services = hub_ext.services
+    try:
+        _agent, desired = set_desired(
+            services.db,
+            services.publisher,
+            services.config.public_url,
+            agent_id,
+            body.model_name,
+            body.model_version,
+        )
+    except RegistryError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from exc
+    except BrokerUnavailable as exc:
+        raise ApiError(
+            503, "broker_unavailable", f"{exc}; nothing was changed, retry when the broker is up"
+        ) from exc
+    return desired.model_dump(mode="json")

@@ -1,0 +1,72 @@
+"""Row -> JSON shapes of the API (one function per resource, used by API and dashboard)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from hub.db.models import Agent, Classification, ModelVersion
+from hub.twin import bundle_url
+
+
+def iso(dt: datetime | None) -> str | None:
+    return dt.isoformat() if dt else None
+
+
+def model_json(row: ModelVersion, public_url: str) -> dict[str, Any]:
+    m = row.manifest
+    return {
+        "name": row.name,
+        "version": row.version,
+        "sha256": row.sha256,
+        "size_bytes": row.size_bytes,
+        "labels": m.get("labels", []),
+        "metrics": m.get("metrics", {}),
+        "parity": m.get("parity", {}),
+        "architecture": m.get("architecture"),
+        "input": m.get("input"),
+        "output": m.get("output"),
+        "preprocessing": m.get("preprocessing"),
+        "artifacts": m.get("artifacts", {}),
+        "dataset_fingerprint": m.get("dataset_fingerprint", ""),
+        "built_at": m.get("created_at"),
+        "created_at": iso(row.created_at),
+        "uploaded_by": row.uploaded_by,
+        "bundle_url": bundle_url(public_url, row.name, row.version),
+    }
+
+
+def agent_json(a: Agent) -> dict[str, Any]:
+    return {
+        "agent_id": a.agent_id,
+        "lab": a.lab,
+        "state": a.state,
+        "model_name": a.model_name,
+        "model_version": a.model_version,
+        "desired_model_name": a.desired_model_name,
+        "desired_model_version": a.desired_model_version,
+        "desired_set_at": iso(a.desired_set_at),
+        "device": a.device,
+        "last_seen": iso(a.last_seen),
+        "vitals": a.vitals or {},
+    }
+
+
+def classification_json(c: Classification) -> dict[str, Any]:
+    return {
+        "result_id": str(c.result_id),
+        "agent_id": c.agent_id,
+        "lab": c.lab,
+        "image_name": c.image_name,
+        "image_sha256": c.image_sha256,
+        "label": c.label,
+        "confidence": c.confidence,
+        "probabilities": c.probabilities,
+        "low_confidence": c.low_confidence,
+        "model_name": c.model_name,
+        "model_version": c.model_version,
+        "device": c.device,
+        "timings": c.timings,
+        "captured_at": iso(c.captured_at),
+        "received_at": iso(c.received_at),
+    }

@@ -1,0 +1,92 @@
+"""Bearer-token and dashboard-session authentication, with per-route role checks.
+
+API routes take ``Authorization: Bearer <token>``; tokens and their roles come from the config.
+A logged-in dashboard session counts as ``admin`` for safe (GET/HEAD) requests only, so the
+dashboard's fetch() calls work without exposing writes to cross-site requests.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, TypeVar, cast
+
+from flask import g, request, session
+
+from hub.config import ApiToken, Role
+from hub.errors import ApiError
+from hub.extensions import hub_ext
+
+F = TypeVar("F", bound=Callable[..., Any])
+SESSION_USER = "dashboard_user"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a token's name (or ``dashboard``) and its role."""
+
+    name: str
+    role: Role
+
+
+class TokenAuth:
+    """Looks up bearer tokens in constant time per configured token."""
+
+    def __init__(self, tokens: list[ApiToken]) -> None:
+        self._tokens = [(t.token.get_secret_value().encode(), Principal(t.name, t.role)) for t in tokens]
+
+    def authenticate(self, header: str | None) -> Principal | None:
+        """The principal for an ``Authorization`` header value, or None."""
+        if not header:
+            return None
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return None
+        presented = value.strip().encode()
+        found: Principal | None = None
+        for secret, principal in self._tokens:
+            # compare against every token so timing does not reveal which one nearly matched
+            if hmac.compare_digest(secret, presented):
+                found = principal
+        return found
+
+
+def current_principal(auth: TokenAuth) -> Principal | None:
+    """The caller of this request: bearer token first, then a dashboard session for GET/HEAD."""
+    principal = auth.authenticate(request.headers.get("Authorization"))
+    if principal is None and request.method in ("GET", "HEAD") and session.get(SESSION_USER):
+        principal = Principal("dashboard", Role.ADMIN)
+    return principal
+
+
+def require_roles(*roles: Role) -> Callable[[F], F]:
+    """Decorator: 401 without credentials, 403 when the role is not ``admin`` or one of ``roles``."""
+    allowed = {Role.ADMIN, *roles}
+
+    def decorator(fn: F) -> F:
+        @wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            principal = current_principal(hub_ext.services.auth)
+            if principal is None:
+                raise ApiError(
+                    401,
+                    "unauthorized",
+                    "missing or unknown credentials: send 'Authorization: Bearer <token>' "
+                    "with a token from the hub config",
+                )
+            if principal.role not in allowed:
+                names = ", ".join(sorted(r.value for r in allowed))
+                raise ApiError(
+                    403,
+                    "forbidden",
+                    f"token {principal.name!r} has role {principal.role.value}; "
+                    f"this endpoint needs one of: {names}",
+                )
+            g.principal = principal
+            return fn(*args, **kwargs)
+
+        return cast(F, wrapper)
+
+    return decorator

@@ -1,0 +1,179 @@
+"""``leukonet hub ...``: serve, migrate, ingest, check. Each command is a composition root.
+
+A bad config exits with status 1 and the :class:`~shared.config.ConfigError` text.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import threading
+from pathlib import Path
+
+import click
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from hub.config import HubConfig
+from shared.config import ConfigError
+from shared.logs import kv, setup_logging
+
+log = logging.getLogger(__name__)
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="LEUKONET_HUB_CONFIG",
+    help="Hub config YAML (env LEUKONET_HUB_CONFIG); LEUKONET_HUB_* variables override it.",
+)
+
+
+def load_config(path: Path | None) -> HubConfig:
+    """Load and validate the config, turning a ConfigError into a clean CLI error (exit 1)."""
+    try:
+        config: HubConfig = HubConfig.load(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    setup_logging(config.log_level)
+    return config
+
+
+@click.group("hub")
+def cli() -> None:
+    """Run the hub: REST API + dashboard, MQTT ingest, database migrations."""
+
+
+@cli.command()
+@config_option
+def serve(config_path: Path | None) -> None:
+    """Migrate, start the embedded broker (if configured), ingest and the web server until Ctrl-C."""
+    from hub.broker.embedded import BrokerStartError
+    from hub.server import serve as run_serve
+
+    config = load_config(config_path)
+    try:
+        run_serve(config)
+    except (ConfigError, BrokerStartError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"database {_safe_url(config)} failed: {exc}") from exc
+
+
+@cli.command()
+@config_option
+def migrate(config_path: Path | None) -> None:
+    """Upgrade the database schema to the newest revision (Alembic ``upgrade head``)."""
+    from hub.db.migrate import upgrade
+    from hub.db.session import Database
+
+    config = load_config(config_path)
+    db = Database(config.db_url)
+    try:
+        revision = upgrade(db)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"migrating {_safe_url(config)} failed: {exc}") from exc
+    finally:
+        db.dispose()
+    click.echo(f"database at revision {revision}")
+
+
+@cli.command()
+@config_option
+@click.option("--client-id", default=None, help="Override mqtt.client_id (one per scale-out worker).")
+def ingest(config_path: Path | None, client_id: str | None) -> None:
+    """Run only the MQTT ingest worker (scale out with mqtt.share_group and distinct client ids)."""
+    from hub.db.session import Database
+    from hub.ingest.worker import IngestWorker
+    from hub.server import install_stop_handlers
+
+    config = load_config(config_path)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    db = Database(config.db_url)
+    try:
+        IngestWorker(config, db, client_id=client_id).run_until(stop)
+    finally:
+        db.dispose()
+
+
+@cli.command()
+@config_option
+def check(config_path: Path | None) -> None:
+    """Validate the config and test the database and the broker; exit 1 when something fails."""
+    from hub.db.migrate import current_revision, head_revision
+    from hub.db.session import Database
+    from hub.mqtt.publisher import BrokerUnavailable, MqttPublisher
+    from hub.registry.service import load_trusted_keys
+
+    config = load_config(config_path)
+    failures = 0
+
+    def report(ok: bool, what: str, detail: str) -> None:
+        nonlocal failures
+        failures += 0 if ok else 1
+        click.echo(f"{'ok  ' if ok else 'FAIL'}  {what:<14} {detail}")
+
+    report(True, "config", f"valid ({len(config.tokens)} tokens, public_url {config.public_url})")
+    if config.secret_key is None:
+        # only `serve` needs it; an ingest-only worker is fine without
+        click.echo("warn  secret_key     missing: `serve` needs secret_key (or LEUKONET_HUB_SECRET_KEY)")
+    try:
+        keys = load_trusted_keys(config.trusted_keys)
+        report(True, "trusted_keys", f"{len(keys)} loaded" + ("" if keys else " (uploads will be refused)"))
+    except ConfigError as exc:
+        report(False, "trusted_keys", str(exc))
+    db = Database(config.db_url)
+    try:
+        with db.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        current, head = current_revision(db), head_revision()
+        report(
+            True,
+            "database",
+            f"{_safe_url(config)} reachable; revision {current or 'none'} (head {head})"
+            + ("" if current == head else "; run `leukonet hub migrate`"),
+        )
+    except SQLAlchemyError as exc:
+        report(False, "database", f"{_safe_url(config)}: {str(exc).splitlines()[0]}")
+    finally:
+        db.dispose()
+    if config.broker.embedded:
+        exe = shutil.which("mosquitto")
+        impl = config.broker.implementation
+        kind = "mosquitto" if exe and impl != "amqtt" else "amqtt"
+        free = _port_free(config.broker.port)
+        report(
+            free and not (impl == "mosquitto" and not exe),
+            "broker",
+            f"embedded {kind} on 127.0.0.1:{config.broker.port}"
+            + ("" if free else " -- port already in use"),
+        )
+    else:
+        publisher = MqttPublisher(config.mqtt)
+        try:
+            publisher.check(timeout=5.0)
+            report(True, "broker", f"{config.mqtt.host}:{config.mqtt.port} accepts connections")
+        except BrokerUnavailable as exc:
+            report(False, "broker", str(exc))
+        finally:
+            publisher.close()
+    log.debug(kv("check_done", failures=failures))
+    if failures:
+        raise click.exceptions.Exit(1)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _safe_url(config: HubConfig) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(config.db_url).render_as_string(hide_password=True)

@@ -1,0 +1,155 @@
+"""The hub's configuration: one strict, typed object loaded once per process.
+
+Load it with :meth:`HubConfig.load` (YAML file, then ``LEUKONET_HUB_*`` environment variables,
+nested sections with ``__``, e.g. ``LEUKONET_HUB_MQTT__HOST``). Secrets (``secret_key``, API tokens,
+the dashboard password, the MQTT password) are :class:`pydantic.SecretStr` so they never show up in
+logs or reprs; they come from the file or the environment, never from code.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from shared.config import ConfigError, StrictConfig
+
+
+class Role(str, Enum):
+    """What a bearer token may do: ``admin`` everything, ``trainer`` upload + read, ``agent`` models only."""
+
+    ADMIN = "admin"
+    TRAINER = "trainer"
+    AGENT = "agent"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ApiToken(_Section):
+    """One API client: a name for the logs, its secret token and its role."""
+
+    name: str = Field(min_length=1, max_length=64, title="token owner (shown in logs)")
+    token: SecretStr = Field(title="bearer token (at least 16 characters)")
+    role: Role = Field(title="role: admin, trainer or agent")
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, v: SecretStr) -> SecretStr:
+        if len(v.get_secret_value()) < 16:
+            raise ValueError(
+                "token must be at least 16 characters; generate one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        return v
+
+
+class MqttSection(_Section):
+    """How the hub reaches the MQTT broker (ingest worker and desired-state publisher)."""
+
+    host: str = Field("127.0.0.1", title="broker host")
+    port: int = Field(1883, ge=1, le=65535, title="broker port")
+    username: str | None = Field(None, title="broker user name")
+    password: SecretStr | None = Field(None, title="broker password")
+    client_id: str = Field(
+        "leukonet-hub-ingest",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        title="stable client id of the ingest worker (persistent session); "
+        "unique per worker when scaling out",
+    )
+    keepalive: int = Field(30, ge=5, le=3600, title="MQTT keepalive in seconds")
+    share_group: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        title="shared-subscription group ($share/<group>/...) for N workers",
+    )
+    publish_timeout_s: float = Field(5.0, gt=0, le=60, title="how long to wait for the broker on publish")
+
+
+class BrokerSection(_Section):
+    """The broker the hub can run itself (single-machine deployments and the demo)."""
+
+    embedded: bool = Field(False, title="start a broker inside the hub (`serve` only)")
+    port: int = Field(1883, ge=1, le=65535, title="loopback port of the embedded broker")
+    implementation: Literal["auto", "mosquitto", "amqtt"] = Field(
+        "auto", title="auto = child mosquitto when on PATH, else in-process amqtt"
+    )
+    max_queued_messages: int = Field(100_000, ge=1000, title="mosquitto per-client queue limit")
+
+
+class IngestSection(_Section):
+    """Batching of result writes: one transaction per batch, PUBACK after commit."""
+
+    batch_size: int = Field(200, ge=1, le=10_000, title="results per transaction at most")
+    batch_ms: int = Field(200, ge=1, le=60_000, title="longest wait for a batch to fill, in ms")
+
+
+class HubConfig(StrictConfig):
+    """Everything the hub processes (serve, ingest, migrate, check) need."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LEUKONET_HUB_", extra="forbid", env_nested_delimiter="__", validate_default=True
+    )
+    section = "hub"
+
+    data_dir: Path = Field(Path("var/hub"), title="folder for the SQLite file, bundles and broker state")
+    database_url: str | None = Field(
+        None, title="SQLAlchemy URL (sqlite:///... or postgresql+psycopg://...); default SQLite in data_dir"
+    )
+    public_url: str = Field(
+        "http://127.0.0.1:8080",
+        pattern=r"^https?://",
+        title="URL agents use to reach this hub (bundle URLs are built from it)",
+    )
+    host: str = Field("127.0.0.1", title="web server bind address")
+    port: int = Field(8080, ge=1, le=65535, title="web server port")
+    secret_key: SecretStr | None = Field(None, title="key signing dashboard sessions (required by serve)")
+    tokens: list[ApiToken] = Field(default_factory=list, title="API bearer tokens with their roles")
+    dashboard_password: SecretStr | None = Field(None, title="dashboard login password (no login if unset)")
+    trusted_keys: list[Path] = Field(
+        default_factory=list, title="Ed25519 public key PEMs accepted on bundle upload"
+    )
+    max_upload_mb: int = Field(512, ge=1, le=8192, title="largest accepted request body, in MiB")
+    mqtt: MqttSection = Field(default_factory=MqttSection, title="MQTT connection")
+    broker: BrokerSection = Field(default_factory=BrokerSection, title="embedded broker")
+    ingest: IngestSection = Field(default_factory=IngestSection, title="ingest batching")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", title="log level")
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> HubConfig:
+        names = [t.name for t in self.tokens]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"tokens: names must be unique, repeated: {', '.join(dupes)}")
+        secrets_ = [t.token.get_secret_value() for t in self.tokens]
+        if len(set(secrets_)) != len(secrets_):
+            raise ValueError("tokens: two entries share the same token; give each client its own")
+        return self
+
+    @property
+    def db_url(self) -> str:
+        """The effective database URL (the SQLite default lives in ``data_dir``)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'hub.db').resolve()}"
+
+    def require_secret_key(self) -> str:
+        """Return the session key or raise :class:`ConfigError` saying how to set it."""
+        if self.secret_key is None or not self.secret_key.get_secret_value():
+            raise ConfigError(
+                "configuration field secret_key is required to serve the hub: set `secret_key` "
+                "in the config file or LEUKONET_HUB_SECRET_KEY (e.g. the output of "
+                "`python -c 'import secrets; print(secrets.token_hex(32))'`)"
+            )
+        return self.secret_key.get_secret_value()

@@ -1,0 +1,110 @@
+"""The hub's tables as typed SQLAlchemy 2 models.
+
+Timestamps are UTC-aware (:class:`~hub.db.types.UTCDateTime`). Classification and model events are
+keyed by the UUID the agent generated (``result_id`` / ``event_id``), unique, so a redelivered
+QoS 1 message is stored once. Change a model here together with a new Alembic revision in
+``hub/migrations/versions`` (a test compares both).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Float, Index, Integer, String, Text, UniqueConstraint, Uuid
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from hub.db.types import UTCDateTime
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Declarative base; ``Base.metadata`` is what Alembic migrations must match."""
+
+
+class Agent(Base):
+    """An edge agent: what it reports (state, model, vitals) and what the hub wants it to run."""
+
+    __tablename__ = "agents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    agent_id: Mapped[str] = mapped_column(String(64), unique=True)
+    lab: Mapped[str] = mapped_column(String(128), default="")
+    state: Mapped[str] = mapped_column(String(16), default="unknown")
+    model_name: Mapped[str | None] = mapped_column(String(128))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    device: Mapped[str | None] = mapped_column(String(64))
+    vitals: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    status_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    desired_model_name: Mapped[str | None] = mapped_column(String(128))
+    desired_model_version: Mapped[str | None] = mapped_column(String(64))
+    desired_set_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Classification(Base):
+    """One classified image as an agent reported it."""
+
+    __tablename__ = "classifications"
+    __table_args__ = (
+        Index("ix_classifications_captured_at", "captured_at"),
+        Index("ix_classifications_agent_captured", "agent_id", "captured_at"),
+        Index("ix_classifications_label", "label"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[uuid.UUID] = mapped_column(Uuid(), unique=True)
+    agent_id: Mapped[str] = mapped_column(String(64))
+    lab: Mapped[str] = mapped_column(String(128), default="")
+    image_name: Mapped[str] = mapped_column(String(512))
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(64))
+    confidence: Mapped[float] = mapped_column(Float)
+    probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
+    low_confidence: Mapped[bool] = mapped_column(Boolean, default=False)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    device: Mapped[str] = mapped_column(String(64), default="")
+    timings: Mapped[dict[str, float]] = mapped_column(JSON)
+    captured_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ModelVersion(Base):
+    """A verified bundle in the registry; the zip itself lives in the bundle store under ``sha256``."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_model_versions_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    storage_path: Mapped[str] = mapped_column(String(1024))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    uploaded_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ModelEventRecord(Base):
+    """A model-update step an agent reported (downloading, activated, failed, ...)."""
+
+    __tablename__ = "model_events"
+    __table_args__ = (Index("ix_model_events_agent_sent", "agent_id", "sent_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid(), unique=True)
+    agent_id: Mapped[str] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(String(32))
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    rollout_id: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

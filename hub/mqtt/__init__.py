@@ -1,0 +1,1 @@
+"""The hub's MQTT plumbing: client construction and the retained desired-state publisher."""

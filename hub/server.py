@@ -1,0 +1,84 @@
+"""``leukonet hub serve``: the one-process composition root.
+
+Order on start: migrate the database, start the embedded broker (if configured), start the
+ingest worker thread, then serve the web app (werkzeug ``make_server``, threaded). SIGINT and
+SIGTERM stop them in reverse order. For production run the web app under gunicorn
+(``gunicorn 'hub.wsgi:app'`` with ``LEUKONET_HUB_CONFIG``) and ``leukonet hub ingest`` workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from werkzeug.serving import make_server
+
+from hub.app import close_app, create_app
+from hub.broker.embedded import EmbeddedBroker, start_embedded_broker
+from hub.config import HubConfig
+from hub.db.migrate import upgrade
+from hub.db.session import Database
+from hub.ingest.stats import IngestStats
+from hub.ingest.worker import IngestWorker
+from shared.logs import kv
+
+log = logging.getLogger(__name__)
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """Set ``stop`` on SIGINT / SIGTERM (main thread only)."""
+
+    def _handler(signum: int, _frame: FrameType | None) -> None:
+        log.info(kv("signal", name=signal.Signals(signum).name, action="shutting down"))
+        stop.set()
+
+    signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _handler)
+
+
+def serve(config: HubConfig, stop: threading.Event | None = None) -> None:
+    """Run broker (optional) + ingest + web until ``stop`` is set or a signal arrives."""
+    config.require_secret_key()
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        install_stop_handlers(stop)
+    db = Database(config.db_url)
+    broker: EmbeddedBroker | None = None
+    worker: IngestWorker | None = None
+    app = None
+    try:
+        upgrade(db)
+        if config.broker.embedded:
+            broker = start_embedded_broker(config.broker, config.data_dir / "broker")
+        stats = IngestStats()
+        worker = IngestWorker(config, db, stats)
+        worker.start()
+        app = create_app(config, database=db, ingest_stats=stats)
+        server = make_server(config.host, config.port, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, name="web", daemon=True)
+        thread.start()
+        log.info(
+            kv(
+                "hub_ready",
+                dashboard=f"http://{config.host}:{server.server_port}/",
+                public_url=config.public_url,
+                broker=broker.name if broker else "external",
+                mqtt=f"{config.mqtt.host}:{config.mqtt.port}",
+            )
+        )
+        while not stop.wait(0.5):
+            if not thread.is_alive():
+                raise RuntimeError("the web server thread stopped unexpectedly; see the log above")
+        server.shutdown()
+        thread.join(10)
+    finally:
+        if worker is not None:
+            worker.stop()
+        if app is not None:
+            close_app(app)
+        if broker is not None:
+            broker.stop()
+        db.dispose()
+        log.info(kv("hub_stopped"))

@@ -1,0 +1,240 @@
+"""Hub fixtures: a config on a temp SQLite file, the ``app`` / ``client`` / ``runner`` trio, keys and
+test bundles signed with a key generated per test, and helpers to publish agent messages."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+
+from hub.app import close_app, create_app
+from hub.config import HubConfig
+from hub.db.migrate import upgrade
+from hub.db.session import Database
+from shared.bundle import (
+    Manifest,
+    TensorSpec,
+    build_bundle,
+    digest_files,
+    generate_keypair,
+    load_private_key,
+)
+from shared.preprocessing import PreprocessingSpec
+from shared.schemas import ClassificationResult, Timings
+from tests.conftest import free_port
+
+TOKENS = {
+    "admin": "admin-token-0123456789abcdef",
+    "trainer": "trainer-token-0123456789abcdef",
+    "agent": "agent-token-0123456789abcdef",
+}
+DASHBOARD_PASSWORD = "correct horse battery staple"
+
+
+def auth(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+
+@dataclass
+class Keys:
+    private: Path
+    public: Path
+
+
+def make_keys(folder: Path) -> Keys:
+    k = Keys(folder / "signing.pem", folder / "signing.pub.pem")
+    generate_keypair(k.private, k.public)
+    return k
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return make_keys(tmp_path / "keys")
+
+
+def hub_config(tmp_path: Path, keys: Keys | None, **overrides: Any) -> HubConfig:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "hub",
+        "database_url": f"sqlite:///{tmp_path / 'hub' / 'hub.db'}",
+        "public_url": "http://hub.test:8080",
+        "secret_key": "test-secret-key-not-for-production",
+        "dashboard_password": DASHBOARD_PASSWORD,
+        "tokens": [{"name": f"t-{role}", "token": tok, "role": role} for role, tok in TOKENS.items()],
+        "trusted_keys": [str(keys.public)] if keys else [],
+        # nothing listens here unless a test points mqtt at a broker
+        "mqtt": {
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "publish_timeout_s": 2.0,
+            "client_id": f"hub-test-{uuid.uuid4().hex[:8]}",
+        },
+        "ingest": {"batch_size": 50, "batch_ms": 50},
+    }
+    values.update(overrides)
+    config: HubConfig = HubConfig.load(None, **values)
+    return config
+
+
+@pytest.fixture
+def config(tmp_path: Path, keys: Keys) -> HubConfig:
+    return hub_config(tmp_path, keys)
+
+
+@pytest.fixture
+def app(config: HubConfig) -> Iterator[Flask]:
+    db = Database(config.db_url)
+    upgrade(db)
+    db.dispose()
+    application = create_app(config)
+    application.config["TESTING"] = True
+    try:
+        yield application
+    finally:
+        close_app(application)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> FlaskCliRunner:
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def db(app: Flask) -> Database:
+    from hub.extensions import hub_ext
+
+    return hub_ext.for_app(app).db
+
+
+# --- bundles ----------------------------------------------------------------------------------
+
+BundleMaker = Callable[..., Path]
+
+
+def build_test_bundle(
+    out: Path,
+    keys: Keys,
+    name: str = "leuko",
+    version: str = "1.0.0",
+    labels: list[str] | None = None,
+    pb_bytes: int = 2000,
+) -> Path:
+    """A small but well-formed bundle: fake model files, real manifest and signature."""
+    labels = labels or ["ALL", "normal"]
+    src = out.parent / f"src-{name}-{version}-{uuid.uuid4().hex[:6]}"
+    for sub in ("ir/fp32", "ir/fp16"):
+        (src / sub).mkdir(parents=True)
+    (src / "model.pb").write_bytes(random.Random(pb_bytes).randbytes(pb_bytes))  # incompressible
+    for prec in ("fp32", "fp16"):
+        (src / "ir" / prec / "model.xml").write_text(f"<net name='{name}' precision='{prec}'/>")
+        (src / "ir" / prec / "model.bin").write_bytes(prec.encode() * 64)
+    rel = ["model.pb", "ir/fp32/model.xml", "ir/fp32/model.bin", "ir/fp16/model.xml", "ir/fp16/model.bin"]
+    manifest = Manifest(
+        name=name,
+        version=version,
+        labels=labels,
+        input=TensorSpec(name="input", shape=[1, 75, 75, 3], dtype="uint8", layout="NHWC"),
+        output=TensorSpec(name="probabilities", shape=[1, len(labels)], dtype="float32"),
+        preprocessing=PreprocessingSpec(image_size=75),
+        artifacts={
+            "frozen_graph": "model.pb",
+            "ir_fp32": "ir/fp32/model.xml",
+            "ir_fp16": "ir/fp16/model.xml",
+        },
+        files=digest_files(src, rel),
+        metrics={"accuracy": 0.9},
+        parity={"fp32_max_abs": 1e-5},
+    )
+    build_bundle(src, manifest, load_private_key(keys.private), out)
+    return out
+
+
+@pytest.fixture
+def make_bundle(tmp_path: Path, keys: Keys) -> BundleMaker:
+    def _make(name: str = "leuko", version: str = "1.0.0", signed_by: Keys | None = None, **kw: Any) -> Path:
+        out = tmp_path / "bundles" / f"{name}-{version}-{uuid.uuid4().hex[:6]}.zip"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return build_test_bundle(out, signed_by or keys, name, version, **kw)
+
+    return _make
+
+
+# --- agent messages ---------------------------------------------------------------------------
+
+
+def make_result(
+    agent_id: str = "scope-1",
+    label: str = "ALL",
+    confidence: float = 0.9,
+    captured_at: datetime | None = None,
+    **kw: Any,
+) -> ClassificationResult:
+    other = "normal" if label == "ALL" else "ALL"
+    fields: dict[str, Any] = {
+        "agent_id": agent_id,
+        "lab": "Lab A",
+        "image_name": f"img-{uuid.uuid4().hex[:8]}.png",
+        "image_sha256": "a" * 64,
+        "label": label,
+        "confidence": confidence,
+        "probabilities": {label: confidence, other: round(1 - confidence, 6)},
+        "model_name": "leuko",
+        "model_version": "1.0.0",
+        "device": "CPU",
+        "timings": Timings(decode_ms=1, preprocess_ms=1, inference_ms=5, total_ms=8),
+        "captured_at": captured_at or datetime.now(timezone.utc),
+    }
+    fields.update(kw)
+    return ClassificationResult(**fields)
+
+
+def publish_all(
+    port: int, messages: list[tuple[str, bytes, bool]], client_id: str | None = None, timeout: float = 10.0
+) -> None:
+    """Publish ``(topic, payload, retain)`` at QoS 1 and wait for every PUBACK."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"pub-{uuid.uuid4().hex[:8]}")
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        infos = [c.publish(t, p, qos=1, retain=r) for t, p, r in messages]
+        for info in infos:
+            info.wait_for_publish(timeout)
+            assert info.is_published()
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll ``cond`` until truthy or ``timeout`` (then fail the test)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"condition not met within {timeout} s")
+
+
+def as_json(message: Any) -> bytes:
+    data: bytes = message.to_json()
+    return data
+
+
+def raw(obj: Any) -> bytes:
+    return json.dumps(obj).encode()

@@ -1,0 +1,60 @@
+"""HubConfig: defaults, environment overrides, and errors that name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub.config import HubConfig, Role
+from shared.config import ConfigError
+
+
+def test_defaults_and_sqlite_in_data_dir(tmp_path):
+    cfg = HubConfig.load(None, data_dir=tmp_path / "d")
+    assert cfg.db_url == f"sqlite:///{(tmp_path / 'd' / 'hub.db').resolve()}"
+    assert (cfg.host, cfg.port, cfg.public_url, cfg.max_upload_mb) == (
+        "127.0.0.1",
+        8080,
+        "http://127.0.0.1:8080",
+        512,
+    )
+    assert cfg.broker.embedded is False and cfg.mqtt.share_group is None
+    with pytest.raises(ConfigError, match="secret_key"):
+        cfg.require_secret_key()
+
+
+def test_yaml_and_env_overrides(tmp_path, monkeypatch):
+    f = tmp_path / "hub.yaml"
+    f.write_text(
+        "public_url: https://hub.example/\ntokens:\n"
+        "  - {name: ci, token: abcdefghijklmnopqrstuvwxyz, role: trainer}\nmqtt: {port: 1884}\n"
+    )
+    monkeypatch.setenv("LEUKONET_HUB_MQTT__HOST", "broker.lan")
+    monkeypatch.setenv("LEUKONET_HUB_SECRET_KEY", "from-env")
+    cfg = HubConfig.load(f)
+    assert cfg.public_url == "https://hub.example"
+    assert (cfg.mqtt.host, cfg.mqtt.port) == ("broker.lan", 1884)
+    assert cfg.tokens[0].role is Role.TRAINER
+    assert cfg.require_secret_key() == "from-env"
+    assert "abcdefghijklmnop" not in repr(cfg)  # secrets never print
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("tokens:\n  - {name: a, token: tooshort, role: admin}\n", "tokens.0.token"),
+        ("tokens:\n  - {name: a, token: abcdefghijklmnopq, role: root}\n", "tokens.0.role"),
+        (
+            "tokens:\n  - {name: a, token: abcdefghijklmnopq, role: admin}\n"
+            "  - {name: a, token: qrstuvwxyzabcdefg, role: agent}\n",
+            "names must be unique",
+        ),
+        ("broker: {embeded: true}\n", "broker.embeded: unknown field"),
+        ("ingest: {batch_size: 0}\n", "ingest.batch_size"),
+        ("public_url: hub.example\n", "public_url"),
+    ],
+)
+def test_invalid_config_names_the_field(tmp_path, yaml_text, message):
+    f = tmp_path / "hub.yaml"
+    f.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message):
+        HubConfig.load(f)
