@@ -1,4 +1,6 @@
 # leukonet: the two commands are `make demo` and `make test`; both build .venv when it is missing.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -30,7 +32,9 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest tests/benchmarks -m bench -s -p no:randomly $(PYTEST_ARGS)
+	mkdir -p var
+	LEUKONET_BENCH=1 $(BIN)/python -m pytest tests/benchmarks -s -p no:cacheprovider $(PYTEST_ARGS) 2>&1 | tee var/bench.log
+	@grep "^BENCH " var/bench.log || true
 
 lint: $(STAMP)
 	$(BIN)/ruff check shared hub agents trainer tests

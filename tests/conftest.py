@@ -127,3 +127,8 @@ def postgres_url() -> Iterator[str]:
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name})
             conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
+
+
+# Benchmarks measure, they do not assert speed: `make bench` runs them (LEUKONET_BENCH=1);
+# `make test` does not collect them.
+collect_ignore_glob = [] if os.environ.get("LEUKONET_BENCH") == "1" else ["benchmarks/*"]
