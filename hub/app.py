@@ -23,6 +23,7 @@ from hub.ingest.stats import IngestStats
 from hub.mqtt.publisher import MqttPublisher
 from hub.registry.service import ModelRegistry, load_trusted_keys
 from hub.registry.store import FilesystemBundleStore
+from hub.rollouts.engine import RolloutEngine
 from hub.web import bp as web_bp
 
 MIB = 1024 * 1024
@@ -34,6 +35,7 @@ def create_app(
     database: Database | None = None,
     publisher: MqttPublisher | None = None,
     ingest_stats: IngestStats | None = None,
+    rollouts: RolloutEngine | None = None,
 ) -> Flask:
     """Build a hub web app for ``config``.
 
@@ -43,6 +45,8 @@ def create_app(
             new engine on ``config.db_url`` owned by the app.
         publisher: the MQTT publisher for desired states; default a lazily connecting one.
         ingest_stats: counters of an in-process ingest worker, if any.
+        rollouts: the rollout engine shared with an in-process ingest worker and ticker; default
+            a new one on this app's database and publisher.
 
     Raises:
         ConfigError: no ``secret_key``, or a trusted key file cannot be loaded.
@@ -63,12 +67,14 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
     db = database or Database(config.db_url)
     store = FilesystemBundleStore(config.data_dir / "bundles")
+    pub = publisher or MqttPublisher(config.mqtt)
     services = Services(
         config=config,
         db=db,
         auth=TokenAuth(config.tokens),
         registry=ModelRegistry(db, store, keys, max_bytes=config.max_upload_mb * MIB),
-        publisher=publisher or MqttPublisher(config.mqtt),
+        publisher=pub,
+        rollouts=rollouts or RolloutEngine(db, pub, config.public_url, config.rollouts),
         ingest_stats=ingest_stats,
         owns_db=database is None,
         owns_publisher=publisher is None,

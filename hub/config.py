@@ -90,6 +90,35 @@ class IngestSection(_Section):
     batch_ms: int = Field(200, ge=1, le=60_000, title="longest wait for a batch to fill, in ms")
 
 
+class RolloutSection(_Section):
+    """Defaults of new rollouts and how often the engine checks timeouts."""
+
+    tick_s: float = Field(2.0, gt=0, le=300, title="seconds between rollout engine ticks (timeouts, retries)")
+    default_stages: list[int] = Field(
+        default_factory=lambda: [10, 50, 100], min_length=1, title="cumulative % of targets per stage"
+    )
+    default_success_threshold: float = Field(
+        0.9, gt=0, le=1, title="fraction of a stage that must activate before the next stage starts"
+    )
+    default_error_threshold: float = Field(
+        0.2, ge=0, lt=1, title="fraction of a stage that may fail before the rollout pauses or rolls back"
+    )
+    default_on_failure: Literal["pause", "rollback"] = Field(
+        "pause", title="what the error threshold does: pause, or roll the rollout back"
+    )
+    default_timeout_s: int = Field(
+        900, ge=1, le=7 * 86400, title="seconds an agent may take to report before it counts as failed"
+    )
+
+    @field_validator("default_stages")
+    @classmethod
+    def _stages(cls, v: list[int]) -> list[int]:
+        increasing = all(a < b for a, b in zip(v, v[1:], strict=False))
+        if not increasing or any(not 0 < p <= 100 for p in v) or v[-1] != 100:
+            raise ValueError(f"stages must increase strictly within 1..100 and end at 100, got {v}")
+        return v
+
+
 class HubConfig(StrictConfig):
     """Everything the hub processes (serve, ingest, migrate, check) need."""
 
@@ -119,6 +148,7 @@ class HubConfig(StrictConfig):
     mqtt: MqttSection = Field(default_factory=MqttSection, title="MQTT connection")
     broker: BrokerSection = Field(default_factory=BrokerSection, title="embedded broker")
     ingest: IngestSection = Field(default_factory=IngestSection, title="ingest batching")
+    rollouts: RolloutSection = Field(default_factory=RolloutSection, title="staged rollouts")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", title="log level")
 
     @field_validator("public_url")

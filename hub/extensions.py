@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from hub.ingest.stats import IngestStats
     from hub.mqtt.publisher import MqttPublisher
     from hub.registry.service import ModelRegistry
+    from hub.rollouts.engine import RolloutEngine
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Services:
     auth: TokenAuth
     registry: ModelRegistry
     publisher: MqttPublisher
+    rollouts: RolloutEngine
     ingest_stats: IngestStats | None
     owns_db: bool = True
     owns_publisher: bool = True

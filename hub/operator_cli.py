@@ -1,13 +1,16 @@
-"""Operator commands that talk to the hub's REST API: ``leukonet models ...`` and ``leukonet agents ...``.
+"""Operator commands that talk to the hub's REST API: ``leukonet models|agents|rollout ...``.
 
 Every command takes ``--hub URL`` (env ``LEUKONET_HUB_URL``), ``--token`` (env ``LEUKONET_TOKEN``)
 and ``--json`` (print the API's JSON instead of a table). Exit codes: 0 success, 1 the API
-refused or could not be reached (its error message is printed), 2 usage errors.
+refused or could not be reached (its error message is printed), 2 usage errors;
+``rollout status --watch`` ends with 0 when the rollout completed, 1 when it was rolled back or
+aborted, 3 when it paused (an operator must decide), 4 when ``--timeout`` expired first.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +20,8 @@ import requests
 
 F = TypeVar("F", bound=Callable[..., Any])
 TIMEOUT_S = 30.0
+WATCH_EXIT = {"completed": 0, "rolled_back": 1, "aborted": 1, "paused": 3}
+WATCH_TIMEOUT_EXIT = 4
 UPLOAD_TIMEOUT_S = 600.0
 
 
@@ -29,7 +34,9 @@ class HubClient:
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
-    def call(self, method: str, path: str, timeout: float = TIMEOUT_S, **kwargs: Any) -> Any:
+    def call(
+        self, method: str, path: str, timeout: float = TIMEOUT_S, expect_json: bool = True, **kwargs: Any
+    ) -> Any:
         url = f"{self.base}/api/v1{path}"
         try:
             resp = self.session.request(method, url, timeout=timeout, **kwargs)
@@ -42,15 +49,28 @@ class HubClient:
             except (ValueError, KeyError, TypeError):
                 message = f"HTTP {resp.status_code} from {method} {url}: {resp.text[:300]}"
             raise click.ClickException(message)
-        return resp.json()
+        if not expect_json:
+            return None
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise click.ClickException(
+                f"{method} {url} answered {resp.status_code} without JSON; is --hub the leukonet hub?"
+            ) from exc
 
 
 def api_options(fn: F) -> F:
     """Add --hub, --token and --json to a command."""
     fn = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")(fn)
     fn = click.option("--token", envvar="LEUKONET_TOKEN", help="API bearer token (env LEUKONET_TOKEN).")(fn)
-    fn = click.option("--hub", "hub_url", envvar="LEUKONET_HUB_URL", default="http://127.0.0.1:8080",
-                      show_default=True, help="Hub base URL (env LEUKONET_HUB_URL).")(fn)
+    fn = click.option(
+        "--hub",
+        "hub_url",
+        envvar="LEUKONET_HUB_URL",
+        default="http://127.0.0.1:8080",
+        show_default=True,
+        help="Hub base URL (env LEUKONET_HUB_URL).",
+    )(fn)
     return fn
 
 
@@ -76,9 +96,10 @@ def _pairs(data: dict[str, Any], keys: Sequence[str]) -> None:
 
 # --- models -----------------------------------------------------------------------------------
 
+
 @click.group("models")
 def models() -> None:
-    """Model registry: list, show, upload, activate."""
+    """Model registry: list, show, compare, upload, delete, activate."""
 
 
 @models.command("list")
@@ -89,9 +110,20 @@ def models_list(hub_url: str, token: str | None, as_json: bool) -> None:
     if as_json:
         _emit_json(data)
         return
-    _table(["name", "version", "sha256", "size", "accuracy", "created"],
-           [[m["name"], m["version"], m["sha256"][:12], m["size_bytes"], m.get("metrics", {}).get("accuracy"),
-             m["created_at"]] for m in data["items"]])
+    _table(
+        ["name", "version", "sha256", "size", "accuracy", "created"],
+        [
+            [
+                m["name"],
+                m["version"],
+                m["sha256"][:12],
+                m["size_bytes"],
+                m.get("metrics", {}).get("accuracy"),
+                m["created_at"],
+            ]
+            for m in data["items"]
+        ],
+    )
 
 
 @models.command("show")
@@ -104,8 +136,21 @@ def models_show(name: str, version: str, hub_url: str, token: str | None, as_jso
     if as_json:
         _emit_json(data)
         return
-    _pairs(data, ["name", "version", "sha256", "size_bytes", "labels", "metrics", "parity", "created_at",
-                  "uploaded_by", "bundle_url"])
+    _pairs(
+        data,
+        [
+            "name",
+            "version",
+            "sha256",
+            "size_bytes",
+            "labels",
+            "metrics",
+            "parity",
+            "created_at",
+            "uploaded_by",
+            "bundle_url",
+        ],
+    )
 
 
 @models.command("upload")
@@ -114,13 +159,80 @@ def models_show(name: str, version: str, hub_url: str, token: str | None, as_jso
 def models_upload(bundle: Path, hub_url: str, token: str | None, as_json: bool) -> None:
     """Upload a signed bundle zip (trainer or admin token)."""
     with bundle.open("rb") as fh:
-        data = HubClient(hub_url, token).call("POST", "/models", timeout=UPLOAD_TIMEOUT_S,
-                                              files={"bundle": (bundle.name, fh, "application/zip")})
+        data = HubClient(hub_url, token).call(
+            "POST",
+            "/models",
+            timeout=UPLOAD_TIMEOUT_S,
+            files={"bundle": (bundle.name, fh, "application/zip")},
+        )
     if as_json:
         _emit_json(data)
         return
-    click.echo(f"registered {data['name']} {data['version']} "
-               f"(sha256 {data['sha256']}, {data['size_bytes']} bytes)")
+    click.echo(
+        f"registered {data['name']} {data['version']} (sha256 {data['sha256']}, {data['size_bytes']} bytes)"
+    )
+
+
+@models.command("compare")
+@click.argument("name")
+@click.argument("version_a")
+@click.argument("version_b")
+@click.option("--other-name", default=None, help="Model name of VERSION_B when it differs from NAME.")
+@api_options
+def models_compare(
+    name: str,
+    version_a: str,
+    version_b: str,
+    other_name: str | None,
+    hub_url: str,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Compare two versions side by side: identity, metrics and parity, with deltas (B - A)."""
+    data = HubClient(hub_url, token).call(
+        "GET",
+        "/models/compare",
+        params={"a": f"{name}/{version_a}", "b": f"{other_name or name}/{version_b}"},
+    )
+    if as_json:
+        _emit_json(data)
+        return
+    a, b = data["a"], data["b"]
+    rows = []
+    for row in data["rows"]:
+        delta = row["delta"]
+        rows.append(
+            [
+                row["key"],
+                _short(row["a"]),
+                _short(row["b"]),
+                "" if delta is None else f"{delta:+.4g}",
+                "" if row["same"] else "*",
+            ]
+        )
+    _table(["field", f"{a['name']} {a['version']}", f"{b['name']} {b['version']}", "delta", "diff"], rows)
+
+
+@models.command("delete")
+@click.argument("name")
+@click.argument("version")
+@api_options
+def models_delete(name: str, version: str, hub_url: str, token: str | None, as_json: bool) -> None:
+    """Delete a version (admin); refused while an agent runs it or a rollout involves it."""
+    HubClient(hub_url, token).call("DELETE", f"/models/{name}/{version}", expect_json=False)
+    if as_json:
+        _emit_json({"deleted": {"name": name, "version": version}})
+        return
+    click.echo(f"deleted {name} {version}")
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= 40 else text[:20] + "..." + text[-12:]
 
 
 @models.command("activate")
@@ -128,16 +240,20 @@ def models_upload(bundle: Path, hub_url: str, token: str | None, as_json: bool) 
 @click.argument("version")
 @click.option("--agent", "agent_ids", multiple=True, required=True, help="Agent id (repeat for several).")
 @api_options
-def models_activate(name: str, version: str, agent_ids: tuple[str, ...], hub_url: str, token: str | None,
-                    as_json: bool) -> None:
+def models_activate(
+    name: str, version: str, agent_ids: tuple[str, ...], hub_url: str, token: str | None, as_json: bool
+) -> None:
     """Set NAME VERSION as the desired model of each --agent (admin token)."""
     client = HubClient(hub_url, token)
     done: list[dict[str, Any]] = []
     failed: list[tuple[str, str]] = []
     for agent_id in agent_ids:
         try:
-            done.append(client.call("PUT", f"/agents/{agent_id}/desired",
-                                    json={"model_name": name, "model_version": version}))
+            done.append(
+                client.call(
+                    "PUT", f"/agents/{agent_id}/desired", json={"model_name": name, "model_version": version}
+                )
+            )
         except click.ClickException as exc:
             failed.append((agent_id, exc.message))
     if as_json:
@@ -153,23 +269,62 @@ def models_activate(name: str, version: str, agent_ids: tuple[str, ...], hub_url
 
 # --- agents -----------------------------------------------------------------------------------
 
+
 @click.group("agents")
 def agents() -> None:
-    """Inspect agents: list, show."""
+    """Inspect agents: list, show (with model history), tag; tag labs."""
 
 
 @agents.command("list")
+@click.option("--tag", default=None, help="Only agents with this tag (on the agent or its lab).")
 @api_options
-def agents_list(hub_url: str, token: str | None, as_json: bool) -> None:
-    """List agents with state, running and desired model, last seen."""
-    data = HubClient(hub_url, token).call("GET", "/agents")
+def agents_list(tag: str | None, hub_url: str, token: str | None, as_json: bool) -> None:
+    """List agents with state, running and desired model, tags, last seen."""
+    data = HubClient(hub_url, token).call("GET", "/agents", params={"tag": tag} if tag else None)
     if as_json:
         _emit_json(data)
         return
-    _table(["agent", "lab", "state", "model", "desired", "last seen"],
-           [[a["agent_id"], a["lab"], a["state"], _model(a["model_name"], a["model_version"]),
-             _model(a["desired_model_name"], a["desired_model_version"]), a["last_seen"] or "never"]
-            for a in data["items"]])
+    _table(
+        ["agent", "lab", "state", "model", "desired", "tags", "last seen"],
+        [
+            [
+                a["agent_id"],
+                a["lab"],
+                a["state"],
+                _model(a["model_name"], a["model_version"]),
+                _model(a["desired_model_name"], a["desired_model_version"]),
+                ",".join(a.get("tags", [])),
+                a["last_seen"] or "never",
+            ]
+            for a in data["items"]
+        ],
+    )
+
+
+@agents.command("tag")
+@click.argument("agent_id")
+@click.option("--tag", "tags", multiple=True, help="A tag (repeat); the set replaces the agent's tags.")
+@api_options
+def agents_tag(agent_id: str, tags: tuple[str, ...], hub_url: str, token: str | None, as_json: bool) -> None:
+    """Set AGENT_ID's tags (admin); no --tag clears them."""
+    data = HubClient(hub_url, token).call("PUT", f"/agents/{agent_id}/tags", json={"tags": list(tags)})
+    if as_json:
+        _emit_json(data)
+        return
+    click.echo(f"{agent_id}: tags {', '.join(data['tags']) or '(none)'}")
+
+
+@agents.command("tag-lab")
+@click.argument("lab")
+@click.option("--tag", "tags", multiple=True, help="A tag (repeat); the set replaces the lab's tags.")
+@api_options
+def agents_tag_lab(lab: str, tags: tuple[str, ...], hub_url: str, token: str | None, as_json: bool) -> None:
+    """Set LAB's tags (admin): every agent of the lab matches them in rollout targets."""
+    data = HubClient(hub_url, token).call("PUT", f"/labs/{lab}/tags", json={"tags": list(tags)})
+    if as_json:
+        _emit_json(data)
+        return
+    click.echo(f"lab {lab} ({data['agents']} agents): tags {', '.join(data['tags']) or '(none)'}")
 
 
 @agents.command("show")
@@ -177,13 +332,325 @@ def agents_list(hub_url: str, token: str | None, as_json: bool) -> None:
 @api_options
 def agents_show(agent_id: str, hub_url: str, token: str | None, as_json: bool) -> None:
     """Show one agent, vitals included."""
-    data = HubClient(hub_url, token).call("GET", f"/agents/{agent_id}")
+    client = HubClient(hub_url, token)
+    data = client.call("GET", f"/agents/{agent_id}")
+    history = client.call("GET", f"/agents/{agent_id}/history")
     if as_json:
-        _emit_json(data)
+        _emit_json({**data, "history": history})
         return
-    _pairs(data, ["agent_id", "lab", "state", "model_name", "model_version", "desired_model_name",
-                  "desired_model_version", "device", "last_seen", "vitals"])
+    _pairs(
+        data,
+        [
+            "agent_id",
+            "lab",
+            "state",
+            "model_name",
+            "model_version",
+            "desired_model_name",
+            "desired_model_version",
+            "device",
+            "tags",
+            "lab_tags",
+            "last_seen",
+            "vitals",
+        ],
+    )
+    if history["events"]:
+        click.echo("\nmodel history (newest first)")
+        _table(
+            ["sent", "event", "model", "rollout", "detail"],
+            [
+                [
+                    e["sent_at"],
+                    e["event"],
+                    _model(e["model_name"], e["model_version"]),
+                    e["rollout_id"] or "-",
+                    (e["detail"] or "")[:60],
+                ]
+                for e in history["events"][:20]
+            ],
+        )
 
 
 def _model(name: str | None, version: str | None) -> str:
     return f"{name} {version}" if name else "-"
+
+
+# --- rollouts ---------------------------------------------------------------------------------
+
+
+@click.group("rollout")
+def rollout() -> None:
+    """Staged rollouts: start, list, status (--watch), pause, resume, abort, rollback."""
+
+
+def _stages(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(p.strip().rstrip("%")) for p in value.split(",") if p.strip()]
+    except ValueError:
+        raise click.BadParameter(
+            f"use comma-separated percentages such as 10,50,100, got {value!r}"
+        ) from None
+
+
+@rollout.command("start")
+@click.argument("name")
+@click.argument("version")
+@click.option("--all", "all_agents", is_flag=True, help="Target every agent the hub knows.")
+@click.option("--lab", "labs", multiple=True, help="Target agents of this lab (repeat).")
+@click.option(
+    "--tag", "tags", multiple=True, help="Target agents carrying this tag or whose lab does (repeat)."
+)
+@click.option("--agent", "agent_ids", multiple=True, help="Target this agent id (repeat).")
+@click.option(
+    "--stages", default=None, help="Cumulative percentages per stage, e.g. 10,50,100 (hub default)."
+)
+@click.option(
+    "--success-threshold",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    help="Fraction of a stage that must activate before the next starts (hub default 0.9).",
+)
+@click.option(
+    "--error-threshold",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=None,
+    help="Fraction of a stage allowed to fail before --on-failure applies (hub default 0.2).",
+)
+@click.option(
+    "--on-failure",
+    type=click.Choice(["pause", "rollback"]),
+    default=None,
+    help="What the error threshold does (hub default pause).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.IntRange(1),
+    default=None,
+    help="Seconds an agent may stay silent before it counts as failed (hub default 900).",
+)
+@api_options
+def rollout_start(
+    name: str,
+    version: str,
+    all_agents: bool,
+    labs: tuple[str, ...],
+    tags: tuple[str, ...],
+    agent_ids: tuple[str, ...],
+    stages: str | None,
+    success_threshold: float | None,
+    error_threshold: float | None,
+    on_failure: str | None,
+    timeout_s: int | None,
+    hub_url: str,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Roll NAME VERSION out to one target (--all, --lab, --tag or --agent) in stages (admin)."""
+    chosen = [
+        flag
+        for flag, on in (("--all", all_agents), ("--lab", labs), ("--tag", tags), ("--agent", agent_ids))
+        if on
+    ]
+    if len(chosen) != 1:
+        raise click.UsageError(
+            "choose exactly one target: --all, --lab, --tag or --agent"
+            + (f" (got {', '.join(chosen)})" if chosen else "")
+        )
+    body: dict[str, Any] = {
+        "model_name": name,
+        "model_version": version,
+        "target": {"all": True}
+        if all_agents
+        else {"labs": list(labs)}
+        if labs
+        else {"tags": list(tags)}
+        if tags
+        else {"agents": list(agent_ids)},
+    }
+    for key, value in (
+        ("stages", _stages(stages)),
+        ("success_threshold", success_threshold),
+        ("error_threshold", error_threshold),
+        ("on_failure", on_failure),
+        ("timeout_s", timeout_s),
+    ):
+        if value is not None:
+            body[key] = value
+    data = HubClient(hub_url, token).call("POST", "/rollouts", json=body)
+    if as_json:
+        _emit_json(data)
+        return
+    click.echo(
+        f"started rollout {data['rollout_id']}: {name} {version} to {data['totals']['size']} agents "
+        f"in stages {','.join(map(str, data['stages']))}"
+    )
+    _print_rollout(data)
+
+
+@rollout.command("list")
+@click.option("--state", default=None, help="Only rollouts in this state (running, paused, completed, ...).")
+@api_options
+def rollout_list(state: str | None, hub_url: str, token: str | None, as_json: bool) -> None:
+    """List rollouts, newest first."""
+    data = HubClient(hub_url, token).call("GET", "/rollouts", params={"state": state} if state else None)
+    if as_json:
+        _emit_json(data)
+        return
+    _table(
+        ["rollout", "model", "state", "stage", "succeeded", "failed", "targets", "by", "created"],
+        [
+            [
+                r["rollout_id"],
+                _model(r["model_name"], r["model_version"]),
+                r["state"],
+                f"{r['current_stage']}/{len(r['stages'])}",
+                r["totals"]["succeeded"],
+                r["totals"]["failed"],
+                r["totals"]["size"],
+                r["created_by"],
+                r["created_at"],
+            ]
+            for r in data["items"]
+        ],
+    )
+
+
+@rollout.command("status")
+@click.argument("rollout_id")
+@click.option("--watch", is_flag=True, help="Refresh until the rollout completes, pauses or ends.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
+@click.option(
+    "--timeout",
+    "watch_timeout",
+    type=click.FloatRange(0),
+    default=None,
+    help="Give up watching after this many seconds (exit 4).",
+)
+@api_options
+def rollout_status(
+    rollout_id: str,
+    watch: bool,
+    interval: float,
+    watch_timeout: float | None,
+    hub_url: str,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Show a rollout's stages, progress and failures; with --watch follow it live."""
+    client = HubClient(hub_url, token)
+    deadline = None if watch_timeout is None else time.monotonic() + watch_timeout
+    last = None
+    while True:
+        data = client.call("GET", f"/rollouts/{rollout_id}")
+        if as_json:
+            if not watch or data["state"] in WATCH_EXIT:
+                _emit_json({k: v for k, v in data.items() if k != "targets"})
+        else:
+            line = _progress_line(data)
+            if not watch:
+                _print_rollout(data)
+            elif line != last:
+                click.echo(line)
+                last = line
+        if not watch:
+            return
+        if data["state"] in WATCH_EXIT:
+            if not as_json:
+                _print_rollout(data)
+            raise click.exceptions.Exit(WATCH_EXIT[data["state"]])
+        if deadline is not None and time.monotonic() >= deadline:
+            click.echo(f"still {data['state']} after {watch_timeout:g} s; stopped watching", err=True)
+            raise click.exceptions.Exit(WATCH_TIMEOUT_EXIT)
+        time.sleep(interval)
+
+
+def _progress_line(r: dict[str, Any]) -> str:
+    t = r["totals"]
+    return (
+        f"{time.strftime('%H:%M:%S')} {r['rollout_id']} {r['state']:<11} stage {r['current_stage']}/"
+        f"{len(r['stages'])}  succeeded {t['succeeded']}/{t['size']}  in progress {t['in_progress']}  "
+        f"failed {t['failed']}  pending {t['pending']}"
+    )
+
+
+def _print_rollout(r: dict[str, Any]) -> None:
+    _pairs(
+        r,
+        [
+            "rollout_id",
+            "model_name",
+            "model_version",
+            "state",
+            "reason",
+            "target_description",
+            "success_threshold",
+            "error_threshold",
+            "on_failure",
+            "timeout_s",
+            "created_by",
+            "created_at",
+            "finished_at",
+        ],
+    )
+    click.echo("")
+    _table(
+        ["stage", "percent", "agents", "succeeded", "in progress", "failed", "pending", "rolled back"],
+        [
+            [
+                ("> " if g["stage"] == r["current_stage"] else "  ") + str(g["stage"]),
+                f"{g['percent']}%",
+                g["size"],
+                g["succeeded"],
+                g["in_progress"],
+                g["failed"],
+                g["pending"],
+                g["rolled_back"],
+            ]
+            for g in r["groups"]
+        ],
+    )
+    if r["failures"]:
+        click.echo("\nfailures")
+        _table(
+            ["agent", "stage", "state", "reason"],
+            [[f["agent_id"], f["stage"], f["state"], f["detail"][:80]] for f in r["failures"]],
+        )
+
+
+def _rollout_action(action: str) -> click.Command:
+    @click.argument("rollout_id")
+    @click.option("--reason", default="", help="Why (kept in the audit log).")
+    @api_options
+    def command(rollout_id: str, reason: str, hub_url: str, token: str | None, as_json: bool) -> None:
+        data = HubClient(hub_url, token).call(
+            "POST", f"/rollouts/{rollout_id}/{action}", json={"reason": reason}
+        )
+        if as_json:
+            _emit_json({k: v for k, v in data.items() if k != "targets"})
+            return
+        click.echo(
+            f"rollout {rollout_id}: {data['state']}" + (f" ({data['reason']})" if data["reason"] else "")
+        )
+
+    helps = {
+        "pause": "Pause ROLLOUT_ID: no further stages start (admin).",
+        "resume": "Resume a paused ROLLOUT_ID, accepting the current stage's failures (admin).",
+        "abort": "Abort ROLLOUT_ID: agents not reached yet are skipped (admin).",
+        "rollback": "Roll ROLLOUT_ID back: every agent it reached gets its previous model again (admin).",
+    }
+    command.__doc__ = helps[action]
+    return rollout.command(action)(command)
+
+
+for _action in ("pause", "resume", "abort", "rollback"):
+    _rollout_action(_action)

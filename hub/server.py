@@ -1,7 +1,8 @@
 """``leukonet hub serve``: the one-process composition root.
 
 Order on start: migrate the database, start the embedded broker (if configured), start the
-ingest worker thread, then serve the web app (werkzeug ``make_server``, threaded). SIGINT and
+ingest worker thread (which feeds agents' model reports to the rollout engine), the rollout tick
+thread (timeouts, retries), then serve the web app (werkzeug ``make_server``, threaded). SIGINT and
 SIGTERM stop them in reverse order. For production run the web app under gunicorn
 (``gunicorn 'hub.wsgi:app'`` with ``LEUKONET_HUB_CONFIG``) and ``leukonet hub ingest`` workers.
 """
@@ -22,6 +23,9 @@ from hub.db.migrate import upgrade
 from hub.db.session import Database
 from hub.ingest.stats import IngestStats
 from hub.ingest.worker import IngestWorker
+from hub.mqtt.publisher import MqttPublisher
+from hub.rollouts.engine import RolloutEngine
+from hub.rollouts.ticker import RolloutTicker
 from shared.logs import kv
 
 log = logging.getLogger(__name__)
@@ -47,15 +51,20 @@ def serve(config: HubConfig, stop: threading.Event | None = None) -> None:
     db = Database(config.db_url)
     broker: EmbeddedBroker | None = None
     worker: IngestWorker | None = None
+    ticker: RolloutTicker | None = None
+    publisher = MqttPublisher(config.mqtt)
     app = None
     try:
         upgrade(db)
         if config.broker.embedded:
             broker = start_embedded_broker(config.broker, config.data_dir / "broker")
         stats = IngestStats()
-        worker = IngestWorker(config, db, stats)
+        engine = RolloutEngine(db, publisher, config.public_url, config.rollouts)
+        worker = IngestWorker(config, db, stats, on_commit=engine.on_ingest)
         worker.start()
-        app = create_app(config, database=db, ingest_stats=stats)
+        ticker = RolloutTicker(engine, config.rollouts.tick_s)
+        ticker.start()
+        app = create_app(config, database=db, publisher=publisher, ingest_stats=stats, rollouts=engine)
         server = make_server(config.host, config.port, app, threaded=True)
         thread = threading.Thread(target=server.serve_forever, name="web", daemon=True)
         thread.start()
@@ -71,13 +80,18 @@ def serve(config: HubConfig, stop: threading.Event | None = None) -> None:
         while not stop.wait(0.5):
             if not thread.is_alive():
                 raise RuntimeError("the web server thread stopped unexpectedly; see the log above")
+            if not ticker.is_alive():
+                raise RuntimeError("the rollout tick thread stopped unexpectedly; see the log above")
         server.shutdown()
         thread.join(10)
     finally:
+        if ticker is not None:
+            ticker.stop()
         if worker is not None:
             worker.stop()
         if app is not None:
             close_app(app)
+        publisher.close()
         if broker is not None:
             broker.stop()
         db.dispose()

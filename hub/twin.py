@@ -28,6 +28,22 @@ def bundle_url(public_url: str, name: str, version: str) -> str:
     return f"{public_url.rstrip('/')}/api/v1/models/{name}/{version}/bundle"
 
 
+def desired_message(
+    public_url: str, agent_id: str, model: ModelVersion, rollout_id: str | None, now: datetime
+) -> tuple[str, DesiredModel]:
+    """The retained desired-state topic and payload telling ``agent_id`` to run ``model``."""
+    desired = DesiredModel(
+        agent_id=agent_id,
+        model_name=model.name,
+        model_version=model.version,
+        bundle_url=bundle_url(public_url, model.name, model.version),
+        bundle_sha256=model.sha256,
+        rollout_id=rollout_id,
+        set_at=now,
+    )
+    return topics.build(agent_id, topics.Kind.DESIRED), desired
+
+
 def set_desired(
     db: Database,
     publisher: MqttPublisher,
@@ -66,15 +82,7 @@ def set_desired(
         agent.desired_model_name = model_name
         agent.desired_model_version = model_version
         agent.desired_set_at = now
-        desired = DesiredModel(
-            agent_id=agent_id,
-            model_name=model_name,
-            model_version=model_version,
-            bundle_url=bundle_url(public_url, model_name, model_version),
-            bundle_sha256=model.sha256,
-            rollout_id=rollout_id,
-            set_at=now,
-        )
+        _topic, desired = desired_message(public_url, agent_id, model, rollout_id, now)
         s.flush()
         publisher.publish(topic, desired.to_json(), retain=True, qos=1)
     log.info(kv("desired_set", agent=agent_id, model=model_name, version=model_version))

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from hub.api.blueprint import bp
 from hub.api.serialize import agent_json
+from hub.api.tags import agent_tags, lab_tags
 from hub.auth import require_roles
 from hub.config import Role
 from hub.db.models import Agent
@@ -33,9 +34,19 @@ class DesiredBody(BaseModel):
 @bp.get("/agents")
 @require_roles(Role.TRAINER)
 def list_agents() -> dict[str, Any]:
+    """Every agent; ``?tag=`` keeps those carrying the tag (on the agent or its lab)."""
+    tag = request.args.get("tag")
     with hub_ext.services.db.session() as s:
         rows = s.scalars(select(Agent).order_by(Agent.agent_id)).all()
-        return {"items": [agent_json(a) for a in rows]}
+        tags = agent_tags(s)
+        by_lab = lab_tags(s)
+        items = []
+        for a in rows:
+            own = tags.get(a.agent_id, [])
+            if tag and tag not in own and tag not in by_lab.get(a.lab, []):
+                continue
+            items.append(agent_json(a, tags=own))
+        return {"items": items}
 
 
 @bp.get("/agents/<agent_id>")
@@ -45,7 +56,9 @@ def show_agent(agent_id: str) -> dict[str, Any]:
         agent = s.scalar(select(Agent).where(Agent.agent_id == agent_id))
         if agent is None:
             raise ApiError(404, "agent_not_found", f"agent {agent_id!r} is unknown to the hub")
-        return agent_json(agent)
+        body = agent_json(agent, tags=agent_tags(s, [agent_id]).get(agent_id, []))
+        body["lab_tags"] = lab_tags(s).get(agent.lab, [])
+        return body
 
 
 @bp.put("/agents/<agent_id>/desired")

@@ -1,4 +1,5 @@
-"""Model registry routes: upload (admin/trainer), list + show (any role), bundle download (agent/admin)."""
+"""Model registry routes: upload (admin/trainer), list + show + compare (any role), delete (admin,
+refused while in use), bundle download (agent/admin)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,84 @@ def upload_model() -> tuple[Response, int]:
 def list_models() -> dict[str, Any]:
     services = hub_ext.services
     return {"items": [model_json(r, services.config.public_url) for r in services.registry.list()]}
+
+
+def _ref(param: str) -> tuple[str, str]:
+    raw = request.args.get(param, "")
+    name, sep, version = raw.partition("/")
+    if not sep or not name or not version:
+        raise ApiError(
+            400, "invalid_parameter", f"{param} must be NAME/VERSION, e.g. leuko/1.2.0; got {raw!r}"
+        )
+    return name, version
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+
+
+def compare_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """Side-by-side rows for metrics, parity and identity fields; numeric rows carry ``delta`` = b - a."""
+    rows: list[dict[str, Any]] = []
+    for key in (
+        "version",
+        "sha256",
+        "size_bytes",
+        "labels",
+        "architecture",
+        "dataset_fingerprint",
+        "created_at",
+        "uploaded_by",
+    ):
+        rows.append(
+            {"key": key, "a": a.get(key), "b": b.get(key), "delta": None, "same": a.get(key) == b.get(key)}
+        )
+    for section in ("metrics", "parity"):
+        fa: dict[str, Any] = {}
+        fb: dict[str, Any] = {}
+        _flatten(section, a.get(section, {}), fa)
+        _flatten(section, b.get(section, {}), fb)
+        for key in sorted(set(fa) | set(fb)):
+            va, vb = fa.get(key), fb.get(key)
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (va, vb))
+            rows.append(
+                {
+                    "key": key,
+                    "a": va,
+                    "b": vb,
+                    "delta": (vb - va) if numeric else None,  # type: ignore[operator]
+                    "same": va == vb,
+                }
+            )
+    return rows
+
+
+@bp.get("/models/compare")
+@require_roles(Role.TRAINER, Role.AGENT)
+def compare_models() -> dict[str, Any]:
+    """``?a=NAME/VERSION&b=NAME/VERSION``: both models and their metrics side by side."""
+    services = hub_ext.services
+    try:
+        a = model_json(services.registry.get(*_ref("a")), services.config.public_url)
+        b = model_json(services.registry.get(*_ref("b")), services.config.public_url)
+    except RegistryError as exc:
+        raise _registry_error(exc) from exc
+    return {"a": a, "b": b, "rows": compare_rows(a, b)}
+
+
+@bp.delete("/models/<name>/<version>")
+@require_roles()
+def delete_model(name: str, version: str) -> tuple[str, int]:
+    """204; 409 ``model_in_use`` while an agent runs or desires it or a rollout involves it."""
+    try:
+        hub_ext.services.registry.delete(name, version, actor=g.principal.name)
+    except RegistryError as exc:
+        raise _registry_error(exc) from exc
+    return "", 204
 
 
 @bp.get("/models/<name>/<version>")

@@ -36,7 +36,7 @@ def model_json(row: ModelVersion, public_url: str) -> dict[str, Any]:
     }
 
 
-def agent_json(a: Agent) -> dict[str, Any]:
+def agent_json(a: Agent, tags: list[str] | None = None) -> dict[str, Any]:
     return {
         "agent_id": a.agent_id,
         "lab": a.lab,
@@ -49,6 +49,7 @@ def agent_json(a: Agent) -> dict[str, Any]:
         "device": a.device,
         "last_seen": iso(a.last_seen),
         "vitals": a.vitals or {},
+        "tags": tags or [],
     }
 
 

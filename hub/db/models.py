@@ -108,3 +108,105 @@ class ModelEventRecord(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime())
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AgentTag(Base):
+    """A free-form tag on one agent (rollouts can target a tag)."""
+
+    __tablename__ = "agent_tags"
+    __table_args__ = (UniqueConstraint("agent_id", "tag", name="uq_agent_tags_agent_tag"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    agent_id: Mapped[str] = mapped_column(String(64), index=True)
+    tag: Mapped[str] = mapped_column(String(64), index=True)
+
+
+class LabTag(Base):
+    """A tag on a lab: every agent reporting that lab carries it for rollout targeting."""
+
+    __tablename__ = "lab_tags"
+    __table_args__ = (UniqueConstraint("lab", "tag", name="uq_lab_tags_lab_tag"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lab: Mapped[str] = mapped_column(String(128), index=True)
+    tag: Mapped[str] = mapped_column(String(64), index=True)
+
+
+class Rollout(Base):
+    """A staged rollout of one model version to a set of agents (see :mod:`hub.rollouts`)."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (Index("ix_rollouts_state", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[str] = mapped_column(String(64), unique=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    target: Mapped[dict[str, Any]] = mapped_column(JSON)
+    stages: Mapped[list[int]] = mapped_column(JSON)
+    current_stage: Mapped[int] = mapped_column(Integer, default=0)
+    success_threshold: Mapped[float] = mapped_column(Float)
+    error_threshold: Mapped[float] = mapped_column(Float)
+    on_failure: Mapped[str] = mapped_column(String(16))
+    timeout_s: Mapped[int] = mapped_column(Integer)
+    acknowledged_failures: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class RolloutTarget(Base):
+    """One agent in a rollout: its stage, state, and the model it ran before (for rollback)."""
+
+    __tablename__ = "rollout_targets"
+    __table_args__ = (
+        UniqueConstraint("rollout_id", "agent_id", name="uq_rollout_targets_rollout_agent"),
+        Index("ix_rollout_targets_agent_state", "agent_id", "state"),
+        Index("ix_rollout_targets_rollout_stage", "rollout_id", "stage"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[str] = mapped_column(String(64))
+    agent_id: Mapped[str] = mapped_column(String(64))
+    stage: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    previous_model_name: Mapped[str | None] = mapped_column(String(128))
+    previous_model_version: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    failure: Mapped[str] = mapped_column(Text, default="")  # last failure reason, kept after a rollback
+    desired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RolloutHistory(Base):
+    """A state change of a rollout (``agent_id`` NULL) or of one of its targets."""
+
+    __tablename__ = "rollout_history"
+    __table_args__ = (
+        Index("ix_rollout_history_rollout", "rollout_id", "id"),
+        Index("ix_rollout_history_agent", "agent_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[str] = mapped_column(String(64))
+    agent_id: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AuditEntry(Base):
+    """Who did what: an operator action (token name or ``dashboard``) or an automatic decision."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(256))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

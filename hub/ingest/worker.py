@@ -8,7 +8,9 @@ redelivers to the persistent session and the duplicates are ignored by ``result_
 
 Invalid messages (topic outside the grammar, not JSON, schema errors, agent id differing from
 the topic) are counted per reason, logged and acknowledged; they never reach the database and
-never stop the loop.
+never stop the loop. An empty retained payload (a cleared retained status) is acknowledged and
+ignored. After each commit the batch's statuses and model events go to ``on_commit`` (the
+rollout engine's reconciliation).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -62,12 +65,21 @@ class IngestWorker:
         db: where results go; the worker does not own it (the caller disposes it).
         stats: counters to update (shared with the web app in ``serve``).
         client_id: override of ``config.mqtt.client_id`` (each scale-out worker needs its own).
+        on_commit: called on the writer thread with each committed batch's model events and
+            statuses, after their PUBACKs (the rollout engine's reconciliation hook); it must not
+            raise for outages it can recover from.
     """
 
     def __init__(
-        self, config: HubConfig, db: Database, stats: IngestStats | None = None, client_id: str | None = None
+        self,
+        config: HubConfig,
+        db: Database,
+        stats: IngestStats | None = None,
+        client_id: str | None = None,
+        on_commit: Callable[[Sequence[Message]], None] | None = None,
     ) -> None:
         self.config = config
+        self.on_commit = on_commit
         self.writer = IngestWriter(db)
         self.stats = stats or IngestStats()
         self.client_id = client_id or config.mqtt.client_id
@@ -180,6 +192,11 @@ class IngestWorker:
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         self.stats.add(received=1)
+        if not msg.payload and msg.retain:
+            # someone cleared a retained status (an agent decommissioned): nothing to store
+            log.debug(kv("retained_cleared", topic=msg.topic[:200]))
+            client.ack(msg.mid, msg.qos)
+            return
         reason, detail, message = self._validate(msg)
         if message is None:
             self.stats.add_invalid(reason)
@@ -283,6 +300,10 @@ class IngestWorker:
                 return
             self.stats.committed(outcome.stored, outcome.duplicates, outcome.statuses, outcome.events)
             self._ack(items)
+            if self.on_commit is not None:
+                reports = [i.message for i in items if isinstance(i.message, (AgentStatus, ModelEvent))]
+                if reports:
+                    self.on_commit(reports)
             log.debug(
                 kv("ingest_batch", size=len(items), stored=outcome.stored, duplicates=outcome.duplicates)
             )

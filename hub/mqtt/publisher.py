@@ -106,6 +106,46 @@ class MqttPublisher:
                 )
         log.info(kv("published", topic=topic, retain=retain, bytes=len(payload)))
 
+    def publish_many(
+        self, messages: list[tuple[str, bytes]], *, retain: bool, qos: int = 1, timeout: float | None = None
+    ) -> None:
+        """Publish every ``(topic, payload)`` and wait until the broker acknowledged all of them.
+
+        The messages are pipelined (paho keeps its in-flight window full), so a stage of hundreds of
+        desired states costs a few round trips, not one per agent. An empty payload with
+        ``retain=True`` clears the retained message of that topic.
+
+        Raises:
+            BrokerUnavailable: no connection, or not every message acknowledged within ``timeout``
+                (default ``mqtt.publish_timeout_s`` plus 10 ms per message). Some messages may
+                have been delivered; callers publish idempotent retained states and retry.
+        """
+        if not messages:
+            return
+        limit = timeout if timeout is not None else self.section.publish_timeout_s + 0.01 * len(messages)
+        deadline = time.monotonic() + limit
+        with self._lock:
+            client = self._ensure_connected(limit)
+            infos = []
+            for topic, payload in messages:
+                info = client.publish(topic, payload, qos=qos, retain=retain)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    self._drop()
+                    raise BrokerUnavailable(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+                infos.append((topic, info))
+            for topic, info in infos:
+                try:
+                    info.wait_for_publish(max(deadline - time.monotonic(), 0.1))
+                except (RuntimeError, ValueError) as exc:
+                    self._drop()
+                    raise BrokerUnavailable(f"publish to {topic} failed: {exc}") from exc
+                if not info.is_published():
+                    self._drop()
+                    raise BrokerUnavailable(
+                        f"the broker did not acknowledge {len(messages)} publishes within {limit:.0f} s"
+                    )
+        log.info(kv("published_many", messages=len(messages), retain=retain))
+
     def check(self, timeout: float) -> None:
         """Connect (if needed) within ``timeout`` seconds; raises :class:`BrokerUnavailable`."""
         with self._lock:

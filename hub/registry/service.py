@@ -8,21 +8,25 @@ content-addressed store and a row written. Nothing from a bundle is trusted befo
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
 import tempfile
 import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from hub.db.models import ModelVersion
+from hub.audit import record
+from hub.db.models import Agent, ModelVersion, Rollout, RolloutTarget
 from hub.db.session import Database
 from hub.registry.store import BundleStore
+from hub.rollouts.spec import ACTIVE_ROLLOUT_STATES, TargetState
 from shared.bundle import (
     MANIFEST,
     SIGNATURE,
@@ -148,6 +152,15 @@ class ModelRegistry:
             try:
                 with self.db.transaction() as s:
                     s.add(row)
+                    record(
+                        s,
+                        uploaded_by,
+                        "model.upload",
+                        f"model/{row.name}/{row.version}",
+                        datetime.now(timezone.utc),
+                        sha256=sha256,
+                        size_bytes=size,
+                    )
             except IntegrityError as exc:
                 raise RegistryError(
                     409, "model_exists", f"model {manifest.name} {manifest.version} is already registered"
@@ -232,7 +245,7 @@ class ModelRegistry:
         return None
 
     # --- lookups ----------------------------------------------------------------------------
-    def list(self) -> list[ModelVersion]:
+    def list(self) -> builtins.list[ModelVersion]:
         with self.db.session() as s:
             return list(
                 s.scalars(
@@ -254,6 +267,76 @@ class ModelRegistry:
                 "model_not_found",
                 f"model {name} {version} is not registered; list models with GET /api/v1/models",
             )
+        return row
+
+    def users(self, name: str, version: str, limit: int = 5) -> builtins.list[str]:
+        """Who still needs ``name`` ``version``: agents running or desiring it, active rollouts of it,
+        and agents being rolled back to it (up to ``limit`` of each, described for an error)."""
+        found: list[str] = []
+        with self.db.session() as s:
+            running = s.scalars(
+                select(Agent.agent_id)
+                .where(Agent.model_name == name, Agent.model_version == version)
+                .limit(limit)
+            ).all()
+            found += [f"agent {a} runs it" for a in running]
+            desiring = s.scalars(
+                select(Agent.agent_id)
+                .where(Agent.desired_model_name == name, Agent.desired_model_version == version)
+                .limit(limit)
+            ).all()
+            found += [f"agent {a} is told to run it" for a in desiring]
+            rollouts = s.scalars(
+                select(Rollout.rollout_id)
+                .where(
+                    Rollout.model_name == name,
+                    Rollout.model_version == version,
+                    Rollout.state.in_(ACTIVE_ROLLOUT_STATES),
+                )
+                .limit(limit)
+            ).all()
+            found += [f"rollout {r} is rolling it out" for r in rollouts]
+            back = s.scalars(
+                select(RolloutTarget.agent_id)
+                .where(
+                    RolloutTarget.previous_model_name == name,
+                    RolloutTarget.previous_model_version == version,
+                    RolloutTarget.state == TargetState.ROLLING_BACK.value,
+                )
+                .limit(limit)
+            ).all()
+            found += [f"agent {a} is rolling back to it" for a in back]
+        return found
+
+    def delete(self, name: str, version: str, actor: str) -> ModelVersion:
+        """Remove a version nothing uses; its zip goes too unless another version shares the bytes.
+
+        Raises:
+            RegistryError: 404 unknown; 409 an agent runs or is told to run it, or a rollout of it
+                (or back to it) is in progress (the message names them).
+        """
+        row = self.get(name, version)
+        users = self.users(name, version)
+        if users:
+            raise RegistryError(
+                409,
+                "model_in_use",
+                f"model {name} {version} is in use and cannot be deleted: {'; '.join(users)}",
+            )
+        with self.db.transaction() as s:
+            s.execute(delete(ModelVersion).where(ModelVersion.id == row.id))
+            shared = s.scalar(select(ModelVersion.id).where(ModelVersion.sha256 == row.sha256).limit(1))
+            record(
+                s,
+                actor,
+                "model.delete",
+                f"model/{name}/{version}",
+                datetime.now(timezone.utc),
+                sha256=row.sha256,
+            )
+        if shared is None:
+            self.store.delete(row.sha256)
+        log.info(kv("model_deleted", name=name, version=version, by=actor))
         return row
 
     def bundle_path(self, row: ModelVersion) -> Path:

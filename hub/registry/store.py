@@ -27,6 +27,10 @@ class BundleStore(Protocol):
 
     def exists(self, sha256: str) -> bool: ...
 
+    def delete(self, sha256: str) -> None:
+        """Remove the bundle (no error when it is already gone)."""
+        ...
+
     def temp_dir(self) -> Path:
         """A folder on the same filesystem for uploads in progress (so ``put`` can rename)."""
         ...
@@ -60,6 +64,9 @@ class FilesystemBundleStore:
 
     def exists(self, sha256: str) -> bool:
         return self._target(sha256).is_file()
+
+    def delete(self, sha256: str) -> None:
+        self._target(sha256).unlink(missing_ok=True)
 
     def temp_dir(self) -> Path:
         d = self.root / ".incoming"

@@ -31,7 +31,12 @@
   }
   function agentRow(a) {
     const tr = document.createElement("tr");
-    tr.appendChild(cell(a.agent_id));
+    const id = cell(null);
+    const link = document.createElement("a");
+    link.href = "/agents/" + encodeURIComponent(a.agent_id);
+    link.textContent = a.agent_id;
+    id.replaceChildren(link);
+    tr.appendChild(id);
     tr.appendChild(cell(a.lab));
     const st = cell(null);
     const badge = document.createElement("span");
@@ -91,5 +96,6 @@
     }
   }
   document.querySelectorAll("td.time[data-time]").forEach((td) => { td.textContent = when(td.dataset.time); });
-  setInterval(refresh, REFRESH_MS);
+  // the fleet page refreshes its tables; other pages only use the time formatting above
+  if (document.getElementById("agents") && document.getElementById("results")) setInterval(refresh, REFRESH_MS);
 })();

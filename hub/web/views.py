@@ -1,25 +1,49 @@
-"""Dashboard views. Pages need a session from ``/login``; the page refreshes itself via the API.
+"""Dashboard views. Pages need a session from ``/login``; pages refresh themselves via the API.
 
-All user data reaches the HTML through Jinja autoescaping (templates) or ``textContent`` (JS).
+Pages: fleet (``/``), models with metrics side by side and a compare view (``/models``), rollouts
+(``/rollouts``, ``/rollouts/<id>`` with groups, progress, failures and reasons, and pause / resume /
+abort / rollback buttons), and one agent with its model history (``/agents/<id>``). Rollout
+actions are form POSTs protected by a per-session CSRF token; the audit log records them with the
+actor ``dashboard``. All user data reaches the HTML through Jinja autoescaping (templates) or
+``textContent`` (JS).
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+import secrets
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from flask import Blueprint, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    abort,
+    flash,
+    get_flashed_messages,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from sqlalchemy import select
 from werkzeug.wrappers import Response
 
-from hub.api.serialize import agent_json, classification_json
+from hub import audit
+from hub.api.models import compare_rows
+from hub.api.serialize import agent_json, classification_json, iso, model_json
+from hub.api.tags import agent_tags, lab_tags
 from hub.auth import SESSION_USER
-from hub.db.models import Agent, Classification
+from hub.db.models import Agent, Classification, ModelEventRecord, Rollout, RolloutHistory
 from hub.extensions import hub_ext
+from hub.mqtt.publisher import BrokerUnavailable
+from hub.registry.service import RegistryError
+from hub.rollouts.engine import RolloutError
+from hub.rollouts.report import audit_json, history_json, rollout_json
 from shared.logs import kv
 
 log = logging.getLogger(__name__)
@@ -28,6 +52,9 @@ bp = Blueprint(
 )
 F = TypeVar("F", bound=Callable[..., Any])
 LATEST = 50
+CSRF_KEY = "csrf_token"
+ROLLOUT_ACTIONS = ("pause", "resume", "abort", "rollback")
+HISTORY_ROWS = 200
 
 
 def login_required(fn: F) -> F:
@@ -87,3 +114,151 @@ def index() -> str:
             )
         ]
     return render_template("index.html", agents=agents, results=results, latest=LATEST)
+
+
+def csrf_token() -> str:
+    """The session's CSRF token for dashboard forms (created on first use)."""
+    token = session.get(CSRF_KEY)
+    if not token:
+        token = secrets.token_urlsafe(32)
+        session[CSRF_KEY] = token
+    return str(token)
+
+
+@bp.app_context_processor
+def _template_globals() -> dict[str, Any]:
+    return {"csrf_token": csrf_token, "flashes": get_flashed_messages}
+
+
+@bp.app_template_filter("fmt")
+def fmt(value: Any) -> str:
+    """Compact display of a metric value: floats to 4 significant digits, lists and dicts as JSON."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+@bp.get("/models")
+@login_required
+def models_page() -> str:
+    """Every version with its metrics and parity side by side; ``?a=&b=`` (NAME/VERSION) compares two."""
+    services = hub_ext.services
+    models = [model_json(m, services.config.public_url) for m in services.registry.list()]
+    metric_keys = sorted({k for m in models for k, v in m["metrics"].items() if _scalar(v)})
+    parity_keys = sorted({k for m in models for k, v in m["parity"].items() if _scalar(v)})
+    comparison = None
+    a, b = request.args.get("a"), request.args.get("b")
+    if a and b:
+        try:
+            left = model_json(services.registry.get(*_split_ref(a)), services.config.public_url)
+            right = model_json(services.registry.get(*_split_ref(b)), services.config.public_url)
+        except RegistryError as exc:
+            flash(exc.message)
+        else:
+            comparison = {"a": left, "b": right, "rows": compare_rows(left, right)}
+    return render_template(
+        "models.html",
+        models=models,
+        metric_keys=metric_keys,
+        parity_keys=parity_keys,
+        comparison=comparison,
+        a=a or "",
+        b=b or "",
+    )
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    name, _, version = ref.partition("/")
+    return name, version
+
+
+def _scalar(v: Any) -> bool:
+    return isinstance(v, (int, float, str, bool)) or v is None
+
+
+@bp.get("/rollouts")
+@login_required
+def rollouts_page() -> str:
+    with hub_ext.services.db.session() as s:
+        rollouts = [rollout_json(s, r) for r in s.scalars(select(Rollout).order_by(Rollout.id.desc()))]
+    return render_template("rollouts.html", rollouts=rollouts)
+
+
+@bp.get("/rollouts/<rollout_id>")
+@login_required
+def rollout_page(rollout_id: str) -> str:
+    with hub_ext.services.db.session() as s:
+        row = s.scalar(select(Rollout).where(Rollout.rollout_id == rollout_id))
+        if row is None:
+            abort(404)
+        rollout = rollout_json(s, row, with_targets=True)
+        history = [
+            history_json(h)
+            for h in s.scalars(
+                select(RolloutHistory)
+                .where(RolloutHistory.rollout_id == rollout_id, RolloutHistory.agent_id.is_(None))
+                .order_by(RolloutHistory.id)
+            )
+        ]
+        entries = [audit_json(a) for a in audit.recent(s, HISTORY_ROWS, f"rollout/{rollout_id}")]
+    return render_template("rollout.html", r=rollout, history=history, audit=entries, actions=ROLLOUT_ACTIONS)
+
+
+@bp.post("/rollouts/<rollout_id>/<action>")
+@login_required
+def rollout_action(rollout_id: str, action: str) -> Response:
+    """Pause / resume / abort / rollback from the dashboard (actor ``dashboard``), CSRF-checked."""
+    if action not in ROLLOUT_ACTIONS:
+        abort(404)
+    given = request.form.get(CSRF_KEY, "")
+    if not given or not hmac.compare_digest(given, csrf_token()):
+        abort(400, description="the form expired; reload the page and try again")
+    engine = hub_ext.services.rollouts
+    try:
+        getattr(engine, action)(rollout_id, "dashboard", request.form.get("reason", "")[:1024])
+        flash(f"{action}: done")
+    except RolloutError as exc:
+        flash(f"{action} refused: {exc.message}")
+    except BrokerUnavailable as exc:
+        flash(f"{action} failed: {exc}; nothing was changed, retry when the broker is up")
+    return redirect(url_for("web.rollout_page", rollout_id=rollout_id))
+
+
+@bp.get("/agents/<agent_id>")
+@login_required
+def agent_page(agent_id: str) -> str:
+    with hub_ext.services.db.session() as s:
+        row = s.scalar(select(Agent).where(Agent.agent_id == agent_id))
+        if row is None:
+            abort(404)
+        agent = agent_json(row, tags=agent_tags(s, [agent_id]).get(agent_id, []))
+        agent["lab_tags"] = lab_tags(s).get(row.lab, [])
+        events = [
+            {
+                "event": e.event,
+                "model": f"{e.model_name} {e.model_version}",
+                "rollout_id": e.rollout_id,
+                "detail": e.detail,
+                "sent_at": iso(e.sent_at),
+            }
+            for e in s.scalars(
+                select(ModelEventRecord)
+                .where(ModelEventRecord.agent_id == agent_id)
+                .order_by(ModelEventRecord.sent_at.desc(), ModelEventRecord.id.desc())
+                .limit(HISTORY_ROWS)
+            )
+        ]
+        rollouts = [
+            history_json(h)
+            for h in s.scalars(
+                select(RolloutHistory)
+                .where(RolloutHistory.agent_id == agent_id)
+                .order_by(RolloutHistory.id.desc())
+                .limit(HISTORY_ROWS)
+            )
+        ]
+    return render_template("agent.html", a=agent, events=events, rollouts=rollouts)

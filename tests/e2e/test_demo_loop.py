@@ -28,6 +28,6 @@ def test_demo_loop_end_to_end(tmp_path: Path):
     assert set(summary["per_agent"]) == {"lab-a-scope-1", "lab-b-scope-1"}
     # A 96 px, 0.25-width network after 200 steps on the synthetic set is well above chance.
     assert summary["held_out_accuracy"] >= 0.7, summary
-    assert summary["parity"]["fp32_max_abs_diff"] <= 1e-4, summary["parity"]
+    assert summary["parity"]["max_abs_diff_fp32"] <= 1e-4, summary["parity"]
     # The dashboard was up and protected: the demo prints where it is.
     assert summary["dashboard_url"].startswith("http://127.0.0.1:")

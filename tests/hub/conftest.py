@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from hub.app import close_app, create_app
 from hub.config import HubConfig
 from hub.db.migrate import upgrade
 from hub.db.session import Database
+from hub.extensions import hub_ext
+from hub.ingest.writer import IngestWriter
 from shared.bundle import (
     Manifest,
     TensorSpec,
@@ -31,7 +33,14 @@ from shared.bundle import (
     load_private_key,
 )
 from shared.preprocessing import PreprocessingSpec
-from shared.schemas import ClassificationResult, Timings
+from shared.schemas import (
+    AgentState,
+    AgentStatus,
+    ClassificationResult,
+    ModelEvent,
+    ModelEventKind,
+    Timings,
+)
 from tests.conftest import free_port
 
 TOKENS = {
@@ -238,3 +247,124 @@ def as_json(message: Any) -> bytes:
 
 def raw(obj: Any) -> bytes:
     return json.dumps(obj).encode()
+
+
+# --- rollouts ---------------------------------------------------------------------------------
+
+
+def upload_bundle(client: FlaskClient, path: Path, role: str = "trainer") -> Any:
+    with path.open("rb") as fh:
+        return client.post(
+            "/api/v1/models",
+            data={"bundle": (fh, path.name)},
+            headers=auth(role),
+            content_type="multipart/form-data",
+        )
+
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def env(tmp_path: Path, keys: Keys, private_broker: Any, make_bundle: BundleMaker) -> Iterator[Env]:
+    """An app on a private Mosquitto with leuko 1.0.0 and 2.0.0 uploaded and a fake rollout clock."""
+    cfg = hub_config(
+        tmp_path,
+        keys,
+        mqtt={"host": "127.0.0.1", "port": private_broker.port, "client_id": f"hub-{uuid.uuid4().hex[:8]}"},
+    )
+    db = Database(cfg.db_url)
+    upgrade(db)
+    db.dispose()
+    app = create_app(cfg)
+    services = hub_ext.for_app(app)
+    clock = FakeClock()
+    services.rollouts.clock = clock
+    client = app.test_client()
+    for version in ("1.0.0", "2.0.0"):
+        assert upload_bundle(client, make_bundle(version=version)).status_code == 201
+    env = Env(app, client, services, clock, private_broker.port)
+    yield env
+    close_app(app)
+
+
+class Env:
+    def __init__(self, app, client, services, clock, port) -> None:
+        self.app, self.client, self.services, self.clock, self.port = app, client, services, clock, port
+        self.engine = services.rollouts
+        self.writer = IngestWriter(services.db)
+
+    def agents(self, n: int, lab: str = "Lab A", version: str = "1.0.0", prefix: str = "a") -> list[str]:
+        ids = [f"{prefix}{i:02d}" for i in range(n)]
+        self.writer.write(
+            [
+                AgentStatus(
+                    agent_id=a, state=AgentState.ONLINE, lab=lab, model_name="leuko", model_version=version
+                )
+                for a in ids
+            ]
+        )
+        return ids
+
+    def start(self, **body) -> dict:
+        body.setdefault("model_name", "leuko")
+        body.setdefault("model_version", "2.0.0")
+        body.setdefault("target", {"all": True})
+        r = self.client.post("/api/v1/rollouts", json=body, headers=auth("admin"))
+        assert r.status_code == 201, r.json
+        return r.json
+
+    def show(self, rollout_id: str) -> dict:
+        r = self.client.get(f"/api/v1/rollouts/{rollout_id}", headers=auth("trainer"))
+        assert r.status_code == 200, r.json
+        return r.json
+
+    def targets(self, rollout: dict, state: str | None = None, stage: int | None = None) -> list[str]:
+        return [
+            t["agent_id"]
+            for t in self.show(rollout["rollout_id"])["targets"]
+            if (state is None or t["state"] == state) and (stage is None or t["stage"] == stage)
+        ]
+
+    def report(
+        self,
+        rollout: dict,
+        agent_ids: list[str],
+        kind: ModelEventKind,
+        version: str = "2.0.0",
+        detail: str = "",
+    ) -> None:
+        msgs = [
+            ModelEvent(
+                agent_id=a,
+                event=kind,
+                model_name="leuko",
+                model_version=version,
+                rollout_id=rollout["rollout_id"],
+                detail=detail,
+            )
+            for a in agent_ids
+        ]
+        self.writer.write(msgs)  # what ingest commits, then hands to the engine
+        self.engine.handle(msgs)
+
+    def status(self, agent_ids: list[str], version: str) -> None:
+        msgs = [
+            AgentStatus(
+                agent_id=a, state=AgentState.ONLINE, lab="Lab A", model_name="leuko", model_version=version
+            )
+            for a in agent_ids
+        ]
+        self.writer.write(msgs)
+        self.engine.handle(msgs)

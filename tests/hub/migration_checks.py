@@ -10,7 +10,19 @@ from hub.db.migrate import current_revision, head_revision, upgrade
 from hub.db.models import Base
 from hub.db.session import Database
 
-TABLES = {"agents", "classifications", "model_versions", "model_events", "alembic_version"}
+TABLES = {
+    "agents",
+    "classifications",
+    "model_versions",
+    "model_events",
+    "alembic_version",
+    "agent_tags",
+    "lab_tags",
+    "rollouts",
+    "rollout_targets",
+    "rollout_history",
+    "audit_log",
+}
 
 
 def check_upgrade_creates_schema(url: str) -> None:

@@ -58,3 +58,12 @@ def test_invalid_config_names_the_field(tmp_path, yaml_text, message):
     f.write_text(yaml_text)
     with pytest.raises(ConfigError, match=message):
         HubConfig.load(f)
+
+
+def test_rollout_defaults_are_validated(tmp_path):
+    assert HubConfig.load(None, rollouts={"default_stages": [5, 100]}).rollouts.default_stages == [5, 100]
+    for bad in ([50, 20, 100], [10, 50], [0, 100]):
+        with pytest.raises(ConfigError, match="default_stages"):
+            HubConfig.load(None, rollouts={"default_stages": bad})
+    with pytest.raises(ConfigError, match="tick_s"):
+        HubConfig.load(None, rollouts={"tick_s": 0})

@@ -1,0 +1,89 @@
+"""Dashboard pages for models (metrics side by side, compare), rollouts (groups, progress, failures
+with reasons, CSRF-protected actions audited as ``dashboard``) and agents (model history)."""
+
+from __future__ import annotations
+
+import re
+
+from shared.schemas import ModelEventKind
+from tests.hub.conftest import DASHBOARD_PASSWORD, auth
+
+
+def login(client):
+    assert client.post("/login", data={"password": DASHBOARD_PASSWORD}).status_code == 302
+
+
+def csrf(html: str) -> str:
+    m = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert m, "no CSRF token in the page"
+    return m.group(1)
+
+
+def test_pages_need_a_session(env):
+    for path in ("/models", "/rollouts", "/rollouts/x", "/agents/a00"):
+        r = env.client.get(path)
+        assert r.status_code == 302 and "/login" in r.headers["Location"], path
+
+
+def test_models_page_shows_metrics_and_compares(env):
+    login(env.client)
+    html = env.client.get("/models").data.decode()
+    assert "accuracy" in html and "parity fp32_max_abs" in html and "1e-05" in html
+    assert html.count("<td>leuko</td>") == 2
+    html = env.client.get("/models?a=leuko/1.0.0&b=leuko/2.0.0").data.decode()
+    assert 'id="comparison"' in html and "metrics.accuracy" in html and "+0" in html
+    html = env.client.get("/models?a=leuko/1.0.0&b=leuko/7.7.7").data.decode()
+    assert "not registered" in html and 'id="comparison"' not in html
+
+
+def test_rollout_page_groups_failures_and_actions(env):
+    env.agents(4)
+    r = env.start(stages=[100], error_threshold=0.5)
+    env.report(r, ["a00"], ModelEventKind.FAILED, detail="reference output differs <script>x</script>")
+    env.report(r, ["a01"], ModelEventKind.ACTIVATED)
+    login(env.client)
+    listing = env.client.get("/rollouts").data.decode()
+    assert r["rollout_id"] in listing and "running" in listing
+    html = env.client.get(f"/rollouts/{r['rollout_id']}").data.decode()
+    assert "reference output differs &lt;script&gt;x&lt;/script&gt;" in html and "<script>x" not in html
+    assert 'id="groups"' in html and "rollout.js" in html
+    token = csrf(html)
+    # no token, wrong token: refused; nothing changes
+    assert env.client.post(f"/rollouts/{r['rollout_id']}/pause").status_code == 400
+    assert (
+        env.client.post(f"/rollouts/{r['rollout_id']}/pause", data={"csrf_token": "x" * 43}).status_code
+        == 400
+    )
+    assert env.show(r["rollout_id"])["state"] == "running"
+    done = env.client.post(
+        f"/rollouts/{r['rollout_id']}/pause", data={"csrf_token": token, "reason": "lunch"}
+    )
+    assert done.status_code == 302
+    assert env.show(r["rollout_id"])["state"] == "paused"
+    page = env.client.get(done.headers["Location"]).data.decode()
+    assert "pause: done" in page
+    again = env.client.post(
+        f"/rollouts/{r['rollout_id']}/pause", data={"csrf_token": token}, follow_redirects=True
+    )
+    assert "pause refused" in again.data.decode()
+    entry = env.client.get("/api/v1/audit", headers=auth("admin")).json["items"][0]
+    assert (entry["actor"], entry["action"], entry["details"]["reason"]) == (
+        "dashboard",
+        "rollout.pause",
+        "lunch",
+    )
+    assert env.client.get("/rollouts/nope").status_code == 404
+
+
+def test_agent_page_shows_model_history(env):
+    env.agents(2)
+    r = env.start(stages=[100])
+    env.report(r, ["a00"], ModelEventKind.DOWNLOADING)
+    env.report(r, ["a00"], ModelEventKind.ACTIVATED, detail="device CPU")
+    login(env.client)
+    html = env.client.get("/agents/a00").data.decode()
+    for text in ("activated", "downloading", "leuko 2.0.0", "device CPU", r["rollout_id"], "succeeded"):
+        assert text in html, text
+    assert env.client.get("/agents/ghost").status_code == 404
+    fleet = env.client.get("/").data.decode()
+    assert 'href="/agents/a00"' in fleet

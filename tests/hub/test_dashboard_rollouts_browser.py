@@ -1,0 +1,71 @@
+"""The rollout page in headless Chromium: live progress and failure reasons without a reload, no
+markup injection from agent-supplied text, and the Pause button (CSRF form) audited as dashboard."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from shared.schemas import ModelEventKind
+from tests.hub.conftest import DASHBOARD_PASSWORD, auth
+from tests.hub.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def live(env) -> Iterator[str]:
+    server = make_server("127.0.0.1", 0, env.app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def page(tmp_path: Path):
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is not installed: apt-get install -y chromium (.ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
+
+
+def test_rollout_page_live_progress_and_pause(env, live, page, tmp_path):
+    env.agents(4)
+    r = env.start(stages=[50, 100], success_threshold=1.0, error_threshold=0.5)
+    page.goto(f"{live}/rollouts/{r['rollout_id']}")
+    page.fill("#password", DASHBOARD_PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#groups tbody tr")
+    assert "running" in page.inner_text("#rollout-state")
+    assert "No failures." in page.inner_text("#failures")
+
+    # reports arrive while the page is open: the 3 s refresh shows them without a reload
+    first = env.targets(r, "desired")
+    env.report(r, first[:1], ModelEventKind.FAILED, detail="<img src=x onerror=alert(1)> smoke test")
+    page.wait_for_function(
+        "document.querySelector('#failures').innerText.includes('onerror=alert(1)> smoke test')",
+        timeout=15000,
+    )
+    assert page.locator("#failures img").count() == 0
+    assert page.inner_text("#failures-count") == "(1)"
+
+    page.click("#action-pause")
+    page.wait_for_selector(".notice")
+    assert "pause: done" in page.inner_text(".notice")
+    assert page.inner_text("#rollout-state") == "paused"
+    entry = env.client.get("/api/v1/audit", headers=auth("admin")).json["items"][0]
+    assert (entry["actor"], entry["action"]) == ("dashboard", "rollout.pause")
+    page.screenshot(path=str(tmp_path / "rollout.png"), full_page=True)
