@@ -7,6 +7,7 @@ exits with status 2 and the :class:`shared.config.ConfigError` text naming the f
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import sys
@@ -48,7 +49,12 @@ def cli() -> None:
 
 @cli.command()
 @CONFIG_OPTION
-def run(config_path: Path) -> None:
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Create this file once the model is loaded and images are being taken (for supervisors).",
+)
+def run(config_path: Path, ready_file: Path | None) -> None:
     """Run the agent until SIGINT/SIGTERM."""
     from agents.backends import BackendError
     from agents.daemon import build_agent
@@ -64,12 +70,21 @@ def run(config_path: Path) -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+
+    def ready() -> None:
+        if ready_file is not None:
+            ready_file.parent.mkdir(parents=True, exist_ok=True)
+            ready_file.write_text(f"{os.getpid()}\n", encoding="utf-8")
+
     try:
         with StateLock(config.state_path):
             agent = build_agent(config)
-            agent.run(stop)
-    except (StateLockedError, BackendError, ValueError) as exc:
+            agent.run(stop, on_ready=ready)
+    except (StateLockedError, BackendError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
+    finally:
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)
 
 
 @cli.command()
@@ -111,17 +126,37 @@ def check(config_path: Path) -> None:
             report(True, "model_public_key", str(config.model_public_key))
         except (OSError, BundleError) as exc:
             report(False, "model_public_key", str(exc))
-    try:
-        with socket.create_connection((config.mqtt.host, config.mqtt.port), timeout=3):
-            report(True, "broker", f"TCP {config.mqtt.host}:{config.mqtt.port} reachable")
-    except OSError as exc:
-        report(False, "broker", f"TCP {config.mqtt.host}:{config.mqtt.port}: {exc}")
+    ok, detail = _check_broker(config.mqtt, f"{config.agent_id}-check")
+    report(ok, "broker", detail)
     url = f"{config.hub.url}/healthz"
     try:
         resp = requests.get(url, timeout=5)
         report(resp.status_code == 200, "hub", f"GET {url} -> HTTP {resp.status_code}")
     except requests.RequestException as exc:
         report(False, "hub", f"GET {url}: {exc}")
+    else:
+        if config.hub.token is None:
+            report(False, "hub token", "hub.token is not set: the agent cannot download models")
+        else:
+            models_url = f"{config.hub.url}/api/v1/models"
+            try:
+                auth = {"Authorization": f"Bearer {config.hub.token.get_secret_value()}"}
+                resp = requests.get(models_url, headers=auth, timeout=5)
+                report(
+                    resp.status_code == 200,
+                    "hub token",
+                    f"GET {models_url} -> HTTP {resp.status_code}"
+                    + ("" if resp.status_code == 200 else " (is it a token with the agent role?)"),
+                )
+            except requests.RequestException as exc:
+                report(False, "hub token", f"GET {models_url}: {exc}")
+    if config.http.enabled:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((config.http.host, config.http.port))
+            report(True, "http endpoint", f"{config.http.host}:{config.http.port} can be bound")
+        except OSError as exc:
+            report(False, "http endpoint", f"{config.http.host}:{config.http.port}: {exc.strerror}")
     for name, folder in (("watch_dir", config.watch_dir), ("state_dir", config.state_path)):
         report(
             folder.is_dir() or not folder.exists(),
@@ -130,6 +165,42 @@ def check(config_path: Path) -> None:
         )
     if failures:
         raise click.ClickException(f"{failures} check(s) failed")
+
+
+def _check_broker(mqtt_config: Any, client_id: str, timeout: float = 5.0) -> tuple[bool, str]:
+    """Open a real MQTT session (credentials, TLS) and wait for the broker's CONNACK."""
+    import paho.mqtt.client as mqtt
+
+    where = f"mqtt://{mqtt_config.host}:{mqtt_config.port}"
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    if mqtt_config.username:
+        password = mqtt_config.password.get_secret_value() if mqtt_config.password else None
+        client.username_pw_set(mqtt_config.username, password)
+    if mqtt_config.tls:
+        client.tls_set(ca_certs=str(mqtt_config.ca_file) if mqtt_config.ca_file else None)
+    answer: list[Any] = []
+    got = threading.Event()
+
+    def on_connect(c: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        answer.append(reason_code)
+        got.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(mqtt_config.host, mqtt_config.port, keepalive=10)
+    except (OSError, ValueError) as exc:
+        return False, f"{where}: {exc}"
+    client.loop_start()
+    try:
+        if not got.wait(timeout):
+            return False, f"{where}: no CONNACK within {timeout:g} s"
+        code = answer[0]
+        if code.is_failure:
+            return False, f"{where}: connection refused ({code}); check mqtt.username/password"
+        return True, f"{where}: MQTT session accepted"
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 @cli.command()
@@ -152,6 +223,13 @@ def check(config_path: Path) -> None:
 @click.option("--backend", type=click.Choice(["openvino", "fake"]), default="openvino", show_default=True)
 @click.option("--device", default="AUTO", show_default=True, help="OpenVINO device name.")
 @click.option("--precision", type=click.Choice(["auto", "FP32", "FP16"]), default="auto", show_default=True)
+@click.option(
+    "--low-confidence-threshold",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.8,
+    show_default=True,
+    help="Results below this confidence are flagged low_confidence.",
+)
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 def classify(
     model_dir: Path | None,
@@ -160,6 +238,7 @@ def classify(
     backend: str,
     device: str,
     precision: str,
+    low_confidence_threshold: float,
     files: tuple[Path, ...],
 ) -> None:
     """Classify FILES offline; print one JSON line per file (exit 1 if any file failed)."""
@@ -198,6 +277,7 @@ def classify(
                     line.update(
                         label=manifest.labels[best],
                         confidence=round(float(probs[best]), 6),
+                        low_confidence=bool(probs[best] < low_confidence_threshold),
                         probabilities={
                             lab: round(float(p), 6) for lab, p in zip(manifest.labels, probs, strict=True)
                         },

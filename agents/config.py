@@ -43,6 +43,10 @@ class HubConfig(BaseModel):
     url: str = Field("http://127.0.0.1:8080", min_length=1, title="hub base URL (for `check`)")
     token: SecretStr | None = Field(None, title="bearer token with the `agent` role")
     timeout_s: float = Field(30.0, gt=0, le=600, title="HTTP connect/read timeout (s)")
+    download_attempts: int = Field(
+        6, ge=1, le=100, title="tries per bundle download; each resumes the partial file (HTTP Range)"
+    )
+    retry_backoff_s: float = Field(2.0, ge=0, le=600, title="wait before the first retry, doubling each time")
 
     @field_validator("url")
     @classmethod
@@ -50,6 +54,57 @@ class HubConfig(BaseModel):
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"hub url must start with http:// or https://, got {v!r}")
         return v.rstrip("/")
+
+
+class PipelineConfig(BaseModel):
+    """How images flow: decode threads feed the backend's asynchronous infer requests."""
+
+    model_config = ConfigDict(extra="forbid", title="pipeline")
+
+    decode_threads: int = Field(2, ge=1, le=32, title="threads reading, decoding and resizing images")
+    infer_requests: int = Field(0, ge=0, le=64, title="OpenVINO infer requests (0: the device's optimum)")
+    queue_size: int = Field(0, ge=0, le=4096, title="images waiting for a decode thread (0: automatic)")
+    commit_batch: int = Field(32, ge=1, le=1024, title="most results committed per outbox transaction")
+
+
+class OutboxConfig(BaseModel):
+    """Limits of the on-disk outbox; at a limit the agent stops taking images (none is dropped)."""
+
+    model_config = ConfigDict(extra="forbid", title="outbox")
+
+    max_rows: int = Field(
+        200_000, ge=1, title="results kept while the broker is unreachable; intake pauses at this cap"
+    )
+    min_free_disk_mb: float = Field(
+        200.0, ge=0, title="free space the state_dir disk must keep; intake pauses below it"
+    )
+    alarm_interval_s: float = Field(60.0, gt=0, le=86400, title="repeat the 'outbox full' error this often")
+
+
+class HttpConfig(BaseModel):
+    """The HTTP source: ``POST /classify`` (and the seed project's ``POST /Inference``)."""
+
+    model_config = ConfigDict(extra="forbid", title="HTTP endpoint")
+
+    enabled: bool = Field(False, title="serve the HTTP endpoint")
+    host: str = Field("127.0.0.1", min_length=1, title="bind address (0.0.0.0 exposes it to the network)")
+    port: int = Field(8090, ge=0, le=65535, title="TCP port (0: any free port)")
+    token: SecretStr | None = Field(None, title="when set, requests need `Authorization: Bearer <token>`")
+    max_upload_mb: float = Field(50.0, gt=0, le=4096, title="largest accepted image upload (MB)")
+    result_timeout_s: float = Field(120.0, gt=0, le=3600, title="longest wait for a result (s)")
+
+
+class CameraConfig(BaseModel):
+    """The camera/video source: OpenCV ``VideoCapture``, one frame in every ``every_nth_frame``."""
+
+    model_config = ConfigDict(extra="forbid", title="camera")
+
+    enabled: bool = Field(False, title="read frames from a camera or video")
+    source: str = Field("0", min_length=1, title="device index (0), device path, video file or stream URL")
+    every_nth_frame: int = Field(30, ge=1, le=100_000, title="classify one frame in this many")
+    name_prefix: str = Field("camera", min_length=1, max_length=64, title="image_name prefix of frames")
+    reopen_s: float = Field(5.0, gt=0, le=3600, title="wait before reopening a camera that stopped")
+    stop_at_end: bool = Field(True, title="a video file that ends stops the source (cameras reopen)")
 
 
 class AgentConfig(StrictConfig):
@@ -79,9 +134,13 @@ class AgentConfig(StrictConfig):
     status_interval_s: float = Field(30.0, gt=0, le=3600, title="status publish period (s)")
     poll_interval_s: float = Field(0.5, gt=0, le=60, title="watch-folder poll period (s)")
     settle_s: float = Field(1.0, ge=0, le=600, title="a file must keep its size+mtime this long")
-    batch_size: int = Field(8, ge=1, le=256, title="most images classified per inference call")
+    batch_size: int = Field(8, ge=1, le=256, title="most watch-folder files queued per poll")
     initial_model: Path | None = Field(None, title="bundle zip installed at first start (no active model)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", title="log level")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, title="pipeline")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig, title="outbox limits")
+    http: HttpConfig = Field(default_factory=HttpConfig, title="HTTP endpoint")
+    camera: CameraConfig = Field(default_factory=CameraConfig, title="camera/video source")
 
     @field_validator("agent_id")
     @classmethod

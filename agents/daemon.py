@@ -1,9 +1,11 @@
 """The agent process: :func:`build_agent` is its composition root, :meth:`Agent.run` its main loop.
 
-Pipeline per ready file: read bytes -> ``decode_image`` -> ``crop_and_resize`` (size and crop from
-the active manifest) -> ``backend.infer`` (a batch of up to ``batch_size`` files) ->
-:class:`ClassificationResult` -> outbox (committed) -> MQTT QoS 1 (outbox pump) -> file moved to
-``done``. Undecodable files go to ``failed`` with a reason. Without an active model, files wait.
+Sources feed one :class:`agents.pipeline.Pipeline` (decode threads -> asynchronous inference ->
+batched outbox commits): the watch folder (polled here, in :meth:`Agent.run`), and when enabled
+the HTTP endpoint (:mod:`agents.sources.http`) and a camera (:mod:`agents.sources.camera`), each
+on its own thread. The outbox pump (:mod:`agents.link`) publishes committed results over MQTT.
+Without an active model, watch-folder files wait; while the outbox is at its cap or the disk is
+low, every source waits (see :meth:`agents.pipeline.Pipeline.blocked_reason`).
 """
 
 from __future__ import annotations
@@ -11,36 +13,26 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
-import numpy as np
+import cv2
 
 from agents.backends import Backend, BackendError, create_backend
 from agents.config import AgentConfig
 from agents.link import Link
-from agents.models import ActiveModel, ModelError, ModelManager
+from agents.models import ModelError, ModelManager
 from agents.outbox import Outbox
+from agents.pipeline import Job, Outcome, OutcomeKind, Pipeline
+from agents.sources.camera import CameraSource
 from agents.sources.folder import FolderSource
+from agents.sources.http import HttpSource
 from agents.vitals import InferenceStats, collect_vitals
 from shared.logs import kv
-from shared.preprocessing import ImageDecodeError, crop_and_resize, decode_image
-from shared.schemas import AgentState, AgentStatus, ClassificationResult, ModelEvent, Timings, utcnow
+from shared.schemas import AgentState, AgentStatus, ModelEvent
 
 log = logging.getLogger(__name__)
-
-INFERENCE_ERROR_BACKOFF_S = 5.0
-
-
-@dataclass
-class _Prepared:
-    path: Path
-    sha256: str
-    crop: np.ndarray
-    started: float
-    decode_ms: float
-    preprocess_ms: float
 
 
 class Agent:
@@ -53,14 +45,22 @@ class Agent:
         outbox: Outbox,
         models: ModelManager,
         stats: InferenceStats,
+        pipeline: Pipeline,
+        http: HttpSource | None = None,
+        camera: CameraSource | None = None,
     ) -> None:
         self.config = config
         self.source = source
         self.outbox = outbox
         self.models = models
         self.stats = stats
+        self.pipeline = pipeline
+        self.http = http
+        self.camera = camera
         self.link: Link | None = None
-        self._paused_until = 0.0
+        self._inflight: set[Path] = set()
+        self._inflight_lock = threading.Lock()
+        self._started = False
 
     def attach_link(self, link: Link) -> None:
         self.link = link
@@ -84,7 +84,7 @@ class Agent:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Prepare folders, finish interrupted moves, restore or install the model, connect."""
+        """Prepare folders, finish interrupted moves, restore or install the model, start threads."""
         self.source.ensure_dirs()
         self._finish_pending_moves()
         try:
@@ -99,12 +99,18 @@ class Agent:
                 log.error(kv("initial_model_failed", bundle=self.config.initial_model, error=exc))
         if self.models.active is None:
             log.warning(kv("no_model", action="images wait in the watch folder until a model is desired"))
+        self.pipeline.start()
+        self._started = True
         self.models.start()
         if self.link is not None:
             self.link.start()
+        if self.http is not None:
+            self.http.start()
+        if self.camera is not None:
+            self.camera.start()
 
-    def run(self, stop: threading.Event) -> None:
-        """Start, then process the watch folder every ``poll_interval_s`` until ``stop`` is set."""
+    def run(self, stop: threading.Event, on_ready: Callable[[], None] | None = None) -> None:
+        """Start, call ``on_ready``, then feed the watch folder to the pipeline until ``stop`` is set."""
         self.start()
         log.info(
             kv(
@@ -113,18 +119,58 @@ class Agent:
                 watch_dir=self.config.watch_dir,
                 backend=self.config.backend,
                 device=self.config.device,
+                http=f"{self.http.host}:{self.http.port}" if self.http else "off",
+                camera=self.config.camera.source if self.camera else "off",
             )
         )
+        if on_ready is not None:
+            on_ready()
         try:
             while not stop.is_set():
-                n = self.process_once()
-                if n == 0:
-                    stop.wait(self.config.poll_interval_s)
+                self.feed_once(stop)
         finally:
             self.close()
 
+    def feed_once(self, stop: threading.Event | None = None) -> int:
+        """Queue ready watch-folder files (as many as the pipeline takes); wait when there is nothing to do.
+
+        Returns how many files were queued.
+        """
+        wait = stop.wait if stop is not None else threading.Event().wait
+        if self.models.active is None or self.pipeline.blocked_reason():
+            wait(self.config.poll_interval_s)
+            return 0
+        room = self.pipeline.room()
+        if room == 0:
+            self.pipeline.wait_for_room(self.config.poll_interval_s)
+            return 0
+        with self._inflight_lock:
+            ready = [p for p in self.source.poll() if p not in self._inflight]
+        queued = 0
+        for path in ready[: min(room, self.config.batch_size)]:
+            with self._inflight_lock:
+                self._inflight.add(path)
+            job = Job(name=path.name, path=path, on_done=partial(self._file_done, path))
+            if not self.pipeline.submit(job):
+                self._file_done(path, Outcome(OutcomeKind.STOPPED))
+                break
+            queued += 1
+        if queued == 0:
+            wait(self.config.poll_interval_s)
+        return queued
+
+    def _file_done(self, path: Path, outcome: Outcome) -> None:
+        with self._inflight_lock:
+            self._inflight.discard(path)
+
     def close(self) -> None:
-        """Say goodbye on MQTT, stop the model worker, close the outbox."""
+        """Stop the sources, drain the pipeline, say goodbye on MQTT, stop the model worker, close outbox."""
+        if self.camera is not None:
+            self.camera.stop()
+        if self.http is not None:
+            self.http.stop()
+        if self._started:
+            self.pipeline.close()
         if self.link is not None:
             self.link.stop()
         self.models.close()
@@ -140,109 +186,6 @@ class Agent:
                 )
             self.outbox.clear_move(move.source)
 
-    # --- pipeline -----------------------------------------------------------------------------
-
-    def process_once(self) -> int:
-        """Classify up to ``batch_size`` ready files; return how many files were handled."""
-        if time.monotonic() < self._paused_until:
-            return 0
-        with self.models.lease() as active:
-            if active is None:
-                return 0  # files wait for a model
-            ready = self.source.poll()[: self.config.batch_size]
-            if not ready:
-                return 0
-            prepared = [p for p in (self._prepare(path, active) for path in ready) if p is not None]
-            if prepared:
-                self._classify(prepared, active)
-            return len(ready)
-
-    def _prepare(self, path: Path, active: ActiveModel) -> _Prepared | None:
-        started = time.monotonic()
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None  # taken away by someone else meanwhile
-        sha = hashlib.sha256(data).hexdigest()
-        journal = self.outbox.pending_move(path)
-        if journal is not None and journal.image_sha256 == sha:
-            self.source.mark_done(path)  # result already committed before a crash
-            self.outbox.clear_move(path)
-            return None
-        try:
-            image = decode_image(data, path.name)
-        except ImageDecodeError as exc:
-            self.source.mark_failed(path, str(exc))
-            return None
-        decoded = time.monotonic()
-        spec = active.manifest.preprocessing
-        crop = crop_and_resize(image, spec.image_size, spec.central_fraction)
-        done = time.monotonic()
-        return _Prepared(path, sha, crop, started, (decoded - started) * 1e3, (done - decoded) * 1e3)
-
-    def _classify(self, items: list[_Prepared], active: ActiveModel) -> None:
-        t0 = time.monotonic()
-        try:
-            probs = active.backend.infer(np.stack([p.crop for p in items]))
-        except BackendError as exc:
-            self._paused_until = time.monotonic() + INFERENCE_ERROR_BACKOFF_S
-            log.error(
-                kv(
-                    "inference_failed",
-                    model=active.name,
-                    version=active.version,
-                    files=len(items),
-                    error=exc,
-                    retry_in_s=INFERENCE_ERROR_BACKOFF_S,
-                )
-            )
-            return
-        per_image_ms = (time.monotonic() - t0) * 1e3 / len(items)
-        labels = active.manifest.labels
-        for item, row in zip(items, probs, strict=True):
-            best = int(np.argmax(row))
-            probabilities = {
-                label: min(max(float(p), 0.0), 1.0) for label, p in zip(labels, row, strict=True)
-            }
-            confidence = probabilities[labels[best]]
-            total_ms = (time.monotonic() - item.started) * 1e3
-            result = ClassificationResult(
-                agent_id=self.config.agent_id,
-                lab=self.config.lab,
-                image_name=item.path.name,
-                image_sha256=item.sha256,
-                label=labels[best],
-                confidence=confidence,
-                probabilities=probabilities,
-                low_confidence=confidence < self.config.low_confidence_threshold,
-                model_name=active.name,
-                model_version=active.version,
-                device=active.backend.device,
-                timings=Timings(
-                    decode_ms=item.decode_ms,
-                    preprocess_ms=item.preprocess_ms,
-                    inference_ms=per_image_ms,
-                    total_ms=total_ms,
-                ),
-                captured_at=utcnow(),
-            )
-            self.outbox.put(result, source=item.path)
-            if self.link is not None:
-                self.link.notify_outbox()
-            self.source.mark_done(item.path)
-            self.outbox.clear_move(item.path)
-            self.stats.record(per_image_ms)
-            log.info(
-                kv(
-                    "classified",
-                    image=item.path.name,
-                    label=result.label,
-                    confidence=f"{confidence:.3f}",
-                    model=f"{active.name}-{active.version}",
-                    ms=f"{total_ms:.1f}",
-                )
-            )
-
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -255,8 +198,9 @@ def _sha256(path: Path) -> str:
 def build_agent(config: AgentConfig, connect: bool = True) -> Agent:
     """Compose an agent from ``config``: source, outbox, backend factory, model manager, MQTT link.
 
-    Nothing starts until :meth:`Agent.run` (or :meth:`Agent.start`). ``connect=False`` builds an
-    agent without MQTT (used by ``leukonet agent rollback`` and offline tests).
+    Nothing starts until :meth:`Agent.run` (or :meth:`Agent.start`); the HTTP port is bound by
+    ``start``. ``connect=False`` builds an agent without MQTT (used by ``leukonet agent rollback``
+    and offline tests).
 
     Raises:
         ValueError: unknown backend name.
@@ -267,9 +211,18 @@ def build_agent(config: AgentConfig, connect: bool = True) -> Agent:
     precision = config.effective_precision()
     # Fail at start-up, not at the first model: unknown backend names and devices.
     create_backend(config.backend, config.device, precision, config.performance_hint).close()
+    # OpenCV's own worker threads would compete with the inference streams for the cores; the
+    # pipeline parallelises across images with its decode threads instead.
+    cv2.setNumThreads(1)
 
     def make_backend() -> Backend:
-        return create_backend(config.backend, config.device, precision, config.performance_hint)
+        return create_backend(
+            config.backend,
+            config.device,
+            precision,
+            config.performance_hint,
+            infer_requests=config.pipeline.infer_requests,
+        )
 
     outbox = Outbox(state_dir / "outbox.sqlite3")
     source = FolderSource(config.watch_dir, config.done_path, config.failed_path, config.settle_s)
@@ -294,8 +247,30 @@ def build_agent(config: AgentConfig, connect: bool = True) -> Agent:
         publish_event=publish_event,
         on_change=on_change,
         http_timeout_s=config.hub.timeout_s,
+        download_attempts=config.hub.download_attempts,
+        retry_backoff_s=config.hub.retry_backoff_s,
     )
-    agent = Agent(config, source, outbox, models, stats)
+
+    def notify() -> None:
+        if link_box:
+            link_box[0].notify_outbox()
+
+    pipeline = Pipeline(
+        agent_id=config.agent_id,
+        lab=config.lab,
+        low_confidence_threshold=config.low_confidence_threshold,
+        models=models,
+        outbox=outbox,
+        folder=source,
+        stats=stats,
+        config=config.pipeline,
+        limits=config.outbox,
+        state_dir=state_dir,
+        notify=notify,
+    )
+    http = HttpSource(config.http, pipeline, models, config.agent_id) if config.http.enabled else None
+    camera = CameraSource(config.camera, pipeline, models) if config.camera.enabled else None
+    agent = Agent(config, source, outbox, models, stats, pipeline, http=http, camera=camera)
     if connect:
         link = Link(
             config.agent_id,

@@ -24,7 +24,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from agents.config import MqttConfig
-from agents.outbox import Outbox
+from agents.outbox import Outbox, OutboxError
 from shared.logs import kv
 from shared.schemas import AgentState, AgentStatus, DesiredModel, ModelEvent, PayloadError, parse_payload
 from shared.topics import Kind, TopicError, build, parse
@@ -209,14 +209,21 @@ class Link:
                 self._fill_window()
 
     def _drain_acks(self) -> None:
+        acked: list[int] = []
         while True:
             try:
                 mid = self._acks.get_nowait()
             except queue.Empty:
-                return
+                break
             seq = self._inflight.pop(mid, None)
             if seq is not None:  # status and event acks are not outbox rows
-                self._outbox.ack(seq)
+                acked.append(seq)
+        try:
+            self._outbox.ack_many(acked)
+        except OutboxError as exc:
+            # The broker has these results; they stay in the outbox and are sent again after a
+            # restart (the hub drops the duplicates). Not fatal for the pump.
+            log.error(kv("outbox_ack_failed", rows=len(acked), error=exc))
 
     def _fill_window(self) -> None:
         room = self._window - len(self._inflight)
@@ -248,5 +255,8 @@ class Link:
                 info.wait_for_publish(timeout)
         self.client.disconnect()
         self.client.loop_stop()
+        # paho closes its internal wake-up socket pair only in reinitialise() or at garbage
+        # collection; close it now so a stopped agent holds no sockets.
+        self.client.reinitialise(client_id=self.agent_id, clean_session=False)
         self._connected.clear()
         log.info(kv("mqtt_stopped", agent_id=self.agent_id))

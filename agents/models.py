@@ -3,11 +3,14 @@
 State on disk (``state_dir``)::
 
     models/<name>-<version>/   verified bundle contents (manifest.json + manifest.sig + files)
-    downloads/                 partial downloads (deleted after use)
+    downloads/                 partial downloads, <sha256>.part (kept across tries, deleted after use)
     active.json                {"current": {...}, "previous": {...} | null, "rejected": {...} | null}
 
 A desired model is applied in steps, each reported as a :class:`shared.schemas.ModelEvent`:
-``downloading`` (streamed with the hub token, sha256 checked against the desired state),
+``downloading`` (streamed with the hub token into ``downloads/<sha256>.part``; a broken transfer is
+resumed with an HTTP ``Range`` request up to ``download_attempts`` times, and when every try failed
+the worker starts over after ``redownload_after_s``; the whole file's sha256 must match the desired
+state),
 ``verifying`` (signature + file digests with the pinned public key, extracted into
 ``models/<name>-<version>``), then a new backend instance loads it and, when the manifest has a
 ``reference_image``, must reproduce ``metrics["reference_probabilities"]`` (1e-3 for FP32, 1e-2 for
@@ -20,13 +23,13 @@ rolled-back version as *rejected* so the hub's retained desired state does not r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -63,6 +66,10 @@ class ModelError(RuntimeError):
     """A model that cannot be installed or activated; the message says why."""
 
 
+class DownloadError(ModelError):
+    """A bundle download that failed for a reason that may pass (network, hub down): retried later."""
+
+
 @dataclass
 class ActiveModel:
     """A loaded model. ``users`` counts inferences in progress (see :meth:`ModelManager.lease`)."""
@@ -95,6 +102,11 @@ class ModelManager:
         precision: the IR precision the backend loads (picks the reference tolerance).
         publish_event: receives every :class:`ModelEvent`.
         on_change: called after the active model changed (the agent publishes its status).
+        http_timeout_s: connect/read timeout of bundle downloads.
+        download_attempts: tries per download; each resumes the partial file with an HTTP Range.
+        retry_backoff_s: wait before the first retry, doubled after each failed try.
+        redownload_after_s: when every try failed, the worker starts over after this long (the
+            partial file is kept), until another desired state arrives.
     """
 
     def __init__(
@@ -108,6 +120,9 @@ class ModelManager:
         publish_event: EventFn | None = None,
         on_change: Callable[[], None] | None = None,
         http_timeout_s: float = 30.0,
+        download_attempts: int = 6,
+        retry_backoff_s: float = 2.0,
+        redownload_after_s: float = 60.0,
     ) -> None:
         self.agent_id = agent_id
         self.state_dir = Path(state_dir)
@@ -121,6 +136,10 @@ class ModelManager:
         self._publish_event = publish_event or (lambda _e: None)
         self._on_change = on_change or (lambda: None)
         self._http_timeout_s = http_timeout_s
+        self._download_attempts = download_attempts
+        self._redownload_after_s = redownload_after_s
+        self._retry: tuple[DesiredModel, float] | None = None
+        self._retry_backoff_s = retry_backoff_s
         self._cond = threading.Condition()
         self._active: ActiveModel | None = None
         self._update_lock = threading.Lock()  # one install/rollback at a time
@@ -136,20 +155,33 @@ class ModelManager:
         with self._cond:
             return self._active
 
-    @contextmanager
-    def lease(self) -> Iterator[ActiveModel | None]:
-        """The active model (or None), guaranteed not to be closed until the ``with`` block ends."""
+    def acquire(self) -> ActiveModel | None:
+        """The active model (or None) with its user count raised: it is not closed before :meth:`release`.
+
+        The pipeline acquires per image, so an image preprocessed for a model is classified by that
+        model even when a swap happens meanwhile; the old backend closes when its last image is done.
+        """
         with self._cond:
             active = self._active
             if active is not None:
                 active.users += 1
+            return active
+
+    def release(self, active: ActiveModel) -> None:
+        """Give back a model from :meth:`acquire`."""
+        with self._cond:
+            active.users -= 1
+            self._cond.notify_all()
+
+    @contextmanager
+    def lease(self) -> Iterator[ActiveModel | None]:
+        """The active model (or None), guaranteed not to be closed until the ``with`` block ends."""
+        active = self.acquire()
         try:
             yield active
         finally:
             if active is not None:
-                with self._cond:
-                    active.users -= 1
-                    self._cond.notify_all()
+                self.release(active)
 
     # --- state file ---------------------------------------------------------------------------
 
@@ -390,6 +422,17 @@ class ModelManager:
                             bundle=f"{loaded.name} {loaded.version}",
                         )
                     )
+            except DownloadError as exc:
+                with self._cond:
+                    self._retry = (desired, time.monotonic() + self._redownload_after_s)
+                self._event(
+                    ModelEventKind.FAILED,
+                    desired.model_name,
+                    desired.model_version,
+                    desired.rollout_id,
+                    f"{exc}; retrying in {self._redownload_after_s:g} s",
+                )
+                return False
             except (ModelError, BackendError, ValueError, OSError) as exc:  # BundleError is a ValueError
                 self._last_failed = desired
                 self._event(
@@ -411,55 +454,107 @@ class ModelManager:
             return True
 
     def _download(self, desired: DesiredModel) -> Path:
+        """Download the desired bundle to ``downloads/<sha256>.part``, resuming after broken transfers.
+
+        The partial file survives failed tries and agent restarts; every try asks the hub for the
+        missing tail (``Range: bytes=<size>-``). A server that ignores the range (HTTP 200) restarts
+        the file. The complete file must hash to ``desired.bundle_sha256``.
+
+        Raises:
+            ModelError: no token, HTTP error other than a transient one, too many failed tries, or a
+                sha256 mismatch (the partial file is deleted then).
+        """
         if not self._hub_token:
             raise ModelError(
                 "hub.token is not set in the agent config: cannot download "
                 f"{desired.bundle_url}; set it to a token with the agent role"
             )
         self.downloads_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="bundle-", suffix=".zip", dir=self.downloads_dir)
-        path = Path(name)
-        h = hashlib.sha256()
-        try:
-            with requests.get(
-                desired.bundle_url,
-                headers={"Authorization": f"Bearer {self._hub_token}"},
-                stream=True,
-                timeout=self._http_timeout_s,
-            ) as resp:
-                if resp.status_code != 200:
-                    raise ModelError(
-                        f"download of {desired.bundle_url} failed: HTTP {resp.status_code} "
-                        f"{resp.text[:200]!r}"
-                    )
-                total = int(resp.headers.get("Content-Length") or 0)
-                with (
-                    os.fdopen(fd, "wb") as out,
-                    Progress(
-                        total, f"download {desired.model_name} {desired.model_version}", log, unit="B"
-                    ) as bar,
-                ):
-                    size = 0
-                    for chunk in resp.iter_content(1 << 20):
-                        size += len(chunk)
-                        if size > MAX_BUNDLE_BYTES:
-                            raise ModelError(f"{desired.bundle_url}: bundle larger than 4 GiB; refusing it")
-                        h.update(chunk)
-                        out.write(chunk)
-                        bar.update(len(chunk))
-        except requests.RequestException as exc:
-            path.unlink(missing_ok=True)
-            raise ModelError(f"download of {desired.bundle_url} failed: {exc}") from exc
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        if h.hexdigest() != desired.bundle_sha256:
-            path.unlink(missing_ok=True)
+        part = self.downloads_dir / f"{desired.bundle_sha256}.part"
+        backoff = self._retry_backoff_s
+        last_error = ""
+        for attempt in range(1, self._download_attempts + 1):
+            try:
+                if self._fetch(desired, part):
+                    break
+                last_error = "connection closed before the end of the bundle"
+            except (requests.RequestException, OSError) as exc:
+                last_error = str(exc)
+            if attempt == self._download_attempts:
+                raise DownloadError(
+                    f"download of {desired.bundle_url} failed after {attempt} tries: {last_error} "
+                    f"({part.stat().st_size if part.exists() else 0} bytes kept in {part} for the next try)"
+                )
+            log.warning(
+                kv(
+                    "download_interrupted",
+                    url=desired.bundle_url,
+                    attempt=attempt,
+                    have_bytes=part.stat().st_size if part.exists() else 0,
+                    error=last_error,
+                    retry_in_s=backoff,
+                )
+            )
+            if self._stop.wait(backoff):
+                raise DownloadError(f"download of {desired.bundle_url} interrupted: the agent is stopping")
+            backoff = min(backoff * 2, 300.0) if backoff else 0.0
+        actual = sha256_file(part)
+        if actual != desired.bundle_sha256:
+            part.unlink(missing_ok=True)
             raise ModelError(
-                f"downloaded bundle sha256 {h.hexdigest()} differs from the desired "
+                f"downloaded bundle sha256 {actual} differs from the desired "
                 f"{desired.bundle_sha256} ({desired.bundle_url})"
             )
-        return path
+        return part
+
+    def _fetch(self, desired: DesiredModel, part: Path) -> bool:
+        """One try: append the missing bytes to ``part``. True when the server sent the whole rest."""
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"Authorization": f"Bearer {self._hub_token}"}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        with requests.get(
+            desired.bundle_url, headers=headers, stream=True, timeout=self._http_timeout_s
+        ) as resp:
+            if resp.status_code == 416 and have:
+                return True  # nothing left to send: the part is complete (the sha256 check decides)
+            if resp.status_code not in (200, 206):
+                if resp.status_code in (408, 429) or resp.status_code >= 500:
+                    raise requests.HTTPError(f"HTTP {resp.status_code} from {desired.bundle_url}")
+                part.unlink(missing_ok=True)
+                raise ModelError(
+                    f"download of {desired.bundle_url} failed: HTTP {resp.status_code} {resp.text[:200]!r}"
+                )
+            if resp.status_code == 200:
+                have = 0  # the server ignored the range: start over
+            remaining = int(resp.headers.get("Content-Length") or 0)
+            expected_total = have + remaining if remaining else 0
+            if expected_total > MAX_BUNDLE_BYTES:
+                raise ModelError(f"{desired.bundle_url}: bundle larger than 4 GiB; refusing it")
+            # Keep what arrived before a connection broke (urllib3 would otherwise raise and drop the
+            # partly read chunk); a short body is detected below and resumed by the next try.
+            resp.raw.enforce_content_length = False
+            received = 0
+            with (
+                open(part, "r+b" if have else "wb") as out,
+                Progress(
+                    expected_total, f"download {desired.model_name} {desired.model_version}", log, unit="B"
+                ) as bar,
+            ):
+                out.seek(have)
+                out.truncate()
+                bar.update(have)
+                try:
+                    for chunk in resp.iter_content(1 << 18):
+                        received += len(chunk)
+                        if have + received > MAX_BUNDLE_BYTES:
+                            raise ModelError(f"{desired.bundle_url}: bundle larger than 4 GiB; refusing it")
+                        out.write(chunk)
+                        bar.update(len(chunk))
+                finally:
+                    out.flush()
+                    os.fsync(out.fileno())
+        return not remaining or received >= remaining
 
     def rollback(self) -> ActiveModel:
         """Re-activate the previous model; the rolled-back one is remembered as rejected.
@@ -508,6 +603,7 @@ class ModelManager:
         """Queue ``desired`` for the worker thread (a newer one replaces a queued older one)."""
         with self._cond:
             self._pending = desired
+            self._retry = None
             self._cond.notify_all()
 
     def start(self) -> None:
@@ -520,6 +616,8 @@ class ModelManager:
             with self._cond:
                 self._cond.wait_for(lambda: self._pending is not None or self._stop.is_set(), timeout=1.0)
                 desired, self._pending = self._pending, None
+                if desired is None and self._retry is not None and time.monotonic() >= self._retry[1]:
+                    desired, self._retry = self._retry[0], None  # a download that failed: try again
             if desired is not None and not self._stop.is_set():
                 self.apply(desired)
 

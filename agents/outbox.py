@@ -8,6 +8,11 @@ The same database journals *pending moves*: a result and the source file it came
 committed in one transaction, and the file's journal entry is cleared only after the file has
 been moved to ``done``. If the agent dies in between, the next start finishes the move instead of
 classifying the image again.
+
+Writes are grouped: :meth:`Outbox.put_many` commits a batch of results in one transaction (one
+fsync), which is what lets the outbox keep up with an accelerator. A write the disk refuses (full,
+read-only) raises :class:`OutboxError`; nothing of that batch is stored and the caller keeps the
+images for later.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ CREATE TABLE IF NOT EXISTS pending_moves (
 """
 
 
+class OutboxError(RuntimeError):
+    """The outbox could not store results (disk full, I/O error); nothing of the batch was stored."""
+
+
 @dataclass(frozen=True)
 class OutboxRow:
     seq: int
@@ -63,30 +72,63 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a committed result must survive power loss
         self._db.executescript(_SCHEMA)
+        (n,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        self._depth = int(n)
 
     def put(self, result: ClassificationResult, source: Path | None = None) -> int:
-        """Commit ``result`` (and the pending move of ``source``) durably; return its sequence number."""
-        topic = build(result.agent_id, Kind.RESULTS)
+        """Commit ``result`` (and the pending move of ``source``) durably; return its sequence number.
+
+        Raises:
+            OutboxError: the database refused the write; nothing was stored.
+        """
+        return self.put_many([(result, source)])[0]
+
+    def put_many(self, items: list[tuple[ClassificationResult, Path | None]]) -> list[int]:
+        """Commit every result (and the pending move of its source file) in one transaction.
+
+        Returns the sequence numbers in the order of ``items``.
+
+        Raises:
+            OutboxError: the database refused the write (e.g. disk full); nothing was stored.
+        """
+        if not items:
+            return []
+        now = time.time()
+        seqs: list[int] = []
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                cur = self._db.execute(
-                    "INSERT INTO outbox (result_id, topic, payload, created_at) VALUES (?, ?, ?, ?)",
-                    (str(result.result_id), topic, result.to_json(), time.time()),
-                )
-                if source is not None:
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO pending_moves (source, image_sha256, result_id) "
-                        "VALUES (?, ?, ?)",
-                        (str(source), result.image_sha256, str(result.result_id)),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        seq = cur.lastrowid
-        assert seq is not None
-        return seq
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for result, source in items:
+                        cur = self._db.execute(
+                            "INSERT INTO outbox (result_id, topic, payload, created_at) VALUES (?, ?, ?, ?)",
+                            (
+                                str(result.result_id),
+                                build(result.agent_id, Kind.RESULTS),
+                                result.to_json(),
+                                now,
+                            ),
+                        )
+                        assert cur.lastrowid is not None
+                        seqs.append(int(cur.lastrowid))
+                        if source is not None:
+                            self._db.execute(
+                                "INSERT OR REPLACE INTO pending_moves (source, image_sha256, result_id) "
+                                "VALUES (?, ?, ?)",
+                                (str(source), result.image_sha256, str(result.result_id)),
+                            )
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise OutboxError(
+                    f"outbox {self.path}: cannot store {len(items)} result(s): {exc}; "
+                    "free disk space on the state_dir volume (images stay in the watch folder)"
+                ) from exc
+            self._depth += len(seqs)
+        return seqs
 
     def after(self, seq: int, limit: int) -> list[OutboxRow]:
         """Up to ``limit`` rows with a sequence number above ``seq``, in order."""
@@ -99,14 +141,33 @@ class Outbox:
 
     def ack(self, seq: int) -> None:
         """Delete row ``seq``: the broker has acknowledged it."""
+        self.ack_many([seq])
+
+    def ack_many(self, seqs: list[int]) -> None:
+        """Delete every row in ``seqs`` in one transaction (a burst of PUBACKs)."""
+        if not seqs:
+            return
         with self._lock:
-            self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    deleted = 0
+                    for seq in seqs:
+                        cur = self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+                        deleted += max(cur.rowcount, 0)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox {self.path}: cannot delete acknowledged rows: {exc}") from exc
+            self._depth -= deleted
 
     def depth(self) -> int:
-        """Results not yet acknowledged by the broker."""
+        """Results not yet acknowledged by the broker (kept in memory: cheap to ask often)."""
         with self._lock:
-            (n,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
-        return int(n)
+            return self._depth
 
     def pending_moves(self) -> list[PendingMove]:
         """Source files whose result is committed but which were not moved to ``done`` yet."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from agents.backends.base import Backend, BackendError
+from agents.backends.base import Backend, BackendError, DoneFn
 from agents.backends.fake import FakeBackend
 from agents.backends.openvino_backend import OpenVinoBackend
 
@@ -26,8 +26,11 @@ def create_backend(
     device: str = "AUTO",
     precision: Literal["FP32", "FP16"] = "FP32",
     performance_hint: Literal["THROUGHPUT", "LATENCY"] = "THROUGHPUT",
+    infer_requests: int = 0,
 ) -> Backend:
     """Instantiate backend ``name`` for ``device`` (not loaded yet).
+
+    ``infer_requests`` sizes an asynchronous backend's request queue (0 = the device's optimum).
 
     Raises:
         ValueError: ``name`` is not registered; the message lists the known names.
@@ -35,7 +38,9 @@ def create_backend(
     """
     if name not in BACKENDS:
         raise ValueError(f"unknown inference backend {name!r}; known backends: {', '.join(sorted(BACKENDS))}")
-    return BACKENDS[name](device=device, precision=precision, performance_hint=performance_hint)
+    return BACKENDS[name](
+        device=device, precision=precision, performance_hint=performance_hint, infer_requests=infer_requests
+    )
 
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "create_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendError", "DoneFn", "create_backend"]

@@ -1,18 +1,29 @@
 """The inference backend interface every plugin implements.
 
-A backend runs one model: ``load(model_dir, manifest)`` once, then ``infer(batch)`` any number of
-times, then ``close()``. ``infer`` takes the IR input exactly as the manifest describes it (uint8,
-BGR, NHWC, ``[N, S, S, 3]``) and returns the softmax ``[N, num_labels]`` as float32.
+A backend runs one model: ``load(model_dir, manifest)`` once, then ``infer(batch)`` or ``submit``
+any number of times, then ``close()``. Both take the IR input exactly as the manifest describes it
+(uint8, BGR, NHWC, ``[S, S, 3]`` per image) and give the softmax over the labels as float32.
+
+``infer`` is synchronous (smoke tests, the one-shot CLI). ``submit`` is what the agent's pipeline
+uses: it starts one image and returns as soon as the device accepted it, blocking only while every
+infer request is busy (that is the pipeline's back-pressure); the callback runs later on a backend
+thread. The base class gives a synchronous ``submit`` so a simple backend only writes ``infer``.
 """
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from shared.bundle import Manifest
+
+#: ``done(probabilities [num_labels] float32 | None, inference_ms, error | None)``; exactly one of
+#: probabilities and error is set. Called once per submitted image, possibly on another thread.
+DoneFn = Callable[[np.ndarray | None, float, BaseException | None], None]
 
 
 class BackendError(RuntimeError):
@@ -45,6 +56,32 @@ class Backend(ABC):
         Raises:
             BackendError: not loaded, or the batch does not match the model input.
         """
+
+    @property
+    def parallelism(self) -> int:
+        """Images the backend works on at once (infer requests in flight); 1 for synchronous ones."""
+        return 1
+
+    def submit(self, image_uint8_bgr: np.ndarray, done: DoneFn) -> None:
+        """Start classifying one ``[S, S, 3]`` image; ``done`` receives the outcome.
+
+        This default runs :meth:`infer` in the caller's thread and calls ``done`` before returning.
+        Errors of the image itself are passed to ``done``; the method raises only when the backend
+        cannot take work at all.
+
+        Raises:
+            BackendError: not loaded or already closed.
+        """
+        t0 = time.perf_counter()
+        try:
+            probs = self.infer(image_uint8_bgr[np.newaxis])[0]
+        except BackendError as exc:
+            done(None, (time.perf_counter() - t0) * 1e3, exc)
+            return
+        done(probs, (time.perf_counter() - t0) * 1e3, None)
+
+    def wait_idle(self, timeout: float | None = None) -> None:  # noqa: B027 - optional hook, no-op here
+        """Return once every submitted image has had its ``done`` call (no-op when synchronous)."""
 
     @abstractmethod
     def close(self) -> None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
 
-from agents.backends.base import Backend, BackendError, check_batch
+from agents.backends.base import Backend, BackendError, DoneFn, check_batch
 from shared.bundle import Manifest
 from shared.logs import kv
 
@@ -66,10 +67,18 @@ def check_device(device: str, available: list[str]) -> None:
 
 
 class OpenVinoBackend(Backend):
-    """One compiled IR; ``infer`` of one image uses a sync request, of a batch an ``AsyncInferQueue``.
+    """One compiled IR driven through an ``AsyncInferQueue`` of the device's optimal size.
 
-    The IR's batch dimension is 1, so a batch of N images runs as N requests in flight on a queue of
-    ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` jobs, which is how THROUGHPUT mode keeps every stream busy.
+    The IR's batch dimension is 1, so images are separate requests: ``submit`` starts one on the
+    next idle request (blocking while all are busy) and the queue's callback hands the probabilities
+    to the caller. With ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` requests in flight THROUGHPUT mode keeps
+    every device stream busy while the caller decodes and preprocesses the next images.
+
+    Args:
+        device: OpenVINO device name (``CPU``, ``GPU``, ``NPU``, ``MYRIAD``, ``AUTO``, ``AUTO:GPU,CPU``...).
+        precision: which IR of the bundle to load (``FP16`` for MYRIAD).
+        performance_hint: ``PERFORMANCE_HINT`` passed to ``compile_model``.
+        infer_requests: size of the request queue; 0 takes the device's optimal number.
     """
 
     def __init__(
@@ -77,24 +86,32 @@ class OpenVinoBackend(Backend):
         device: str = "AUTO",
         precision: Literal["FP32", "FP16"] = "FP32",
         performance_hint: Literal["THROUGHPUT", "LATENCY"] = "THROUGHPUT",
+        infer_requests: int = 0,
     ) -> None:
         self._ov = import_openvino()
         self._core = self._ov.Core()
         check_device(device, list(self._core.available_devices))
         self._device = device
+        self._reported_device = device
         self._precision = precision
         self._hint = performance_hint
+        self._infer_requests = infer_requests
         self._compiled: Any = None
-        self._request: Any = None
         self._queue: Any = None
         self._size = 0
         self._input_name = ""
         self._output_name = ""
-        self._lock = threading.Lock()
+        self._submit_lock = threading.Lock()
 
     @property
     def device(self) -> str:
-        return self._device
+        """The configured device; for AUTO/MULTI also the devices it chose, e.g. ``AUTO(CPU)``."""
+        return self._reported_device
+
+    @property
+    def parallelism(self) -> int:
+        """Requests in the async queue (1 before ``load``)."""
+        return len(self._queue) if self._queue is not None else 1
 
     @property
     def num_requests(self) -> int:
@@ -130,51 +147,105 @@ class OpenVinoBackend(Backend):
             compiled.output(manifest.output.name)
         except RuntimeError as exc:  # OpenVINO raises RuntimeError subclasses for every failure
             raise BackendError(f"OpenVINO cannot compile {xml} for device {self._device}: {exc}") from exc
-        try:
-            jobs = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        except RuntimeError:
-            jobs = 1
+        jobs = self._infer_requests or _optimal_requests(compiled)
         self._compiled = compiled
         self._input_name, self._output_name = manifest.input.name, manifest.output.name
         self._size = manifest.preprocessing.image_size
-        self._request = compiled.create_infer_request()
         self._queue = self._ov.AsyncInferQueue(compiled, max(1, jobs))
+        self._queue.set_callback(self._on_done)
+        self._reported_device = _execution_devices(compiled, self._device)
         log.info(
-            kv("model_compiled", ir=xml, device=self._device, hint=self._hint, requests=len(self._queue))
+            kv(
+                "model_compiled",
+                ir=xml,
+                device=self._reported_device,
+                hint=self._hint,
+                requests=len(self._queue),
+            )
         )
 
+    def _on_done(self, request: Any, userdata: tuple[DoneFn, float]) -> None:
+        """AsyncInferQueue callback (OpenVINO thread): copy the output out and hand it on."""
+        done, t0 = userdata
+        try:
+            probs = np.array(request.get_tensor(self._output_name).data[0], dtype=np.float32, copy=True)
+            latency = getattr(request, "latency", None)
+            ms = float(latency) if latency else (time.perf_counter() - t0) * 1e3
+        except RuntimeError as exc:
+            done(None, (time.perf_counter() - t0) * 1e3, BackendError(f"OpenVINO inference failed: {exc}"))
+            return
+        done(probs, ms, None)
+
+    def submit(self, image_uint8_bgr: np.ndarray, done: DoneFn) -> None:
+        if self._queue is None:
+            raise BackendError("OpenVINO backend: submit() before load() (or after close())")
+        check_batch(image_uint8_bgr[np.newaxis], self._size)
+        data = np.ascontiguousarray(image_uint8_bgr[np.newaxis])
+        with self._submit_lock:  # one caller at a time waits for an idle request
+            queue = self._queue
+            if queue is None:
+                raise BackendError("OpenVINO backend: submit() after close()")
+            try:
+                queue.start_async({self._input_name: data}, (done, time.perf_counter()))
+            except RuntimeError as exc:
+                raise BackendError(f"OpenVINO cannot start an inference: {exc}") from exc
+
     def infer(self, batch_uint8_bgr: np.ndarray) -> np.ndarray:
-        if self._compiled is None:
+        if self._queue is None:
             raise BackendError("OpenVINO backend: infer() before load() (or after close())")
         check_batch(batch_uint8_bgr, self._size)
-        with self._lock:
-            if batch_uint8_bgr.shape[0] == 1:
-                return self._infer_sync(batch_uint8_bgr)
-            return self._infer_async(batch_uint8_bgr)
+        n = batch_uint8_bgr.shape[0]
+        results: list[np.ndarray | None] = [None] * n
+        errors: list[BaseException] = []
+        cond = threading.Condition()
+        finished = [0]
 
-    def _infer_sync(self, batch: np.ndarray) -> np.ndarray:
-        self._request.infer({self._input_name: np.ascontiguousarray(batch)})
-        out = self._request.get_tensor(self._output_name).data
-        return np.array(out, dtype=np.float32, copy=True)
+        def collect(index: int) -> DoneFn:
+            def done(probs: np.ndarray | None, ms: float, error: BaseException | None) -> None:
+                with cond:
+                    results[index] = probs
+                    if error is not None:
+                        errors.append(error)
+                    finished[0] += 1
+                    cond.notify_all()
 
-    def _infer_async(self, batch: np.ndarray) -> np.ndarray:
-        results: list[np.ndarray | None] = [None] * batch.shape[0]
-        output_name = self._output_name
+            return done
 
-        def done(request: Any, index: int) -> None:
-            results[index] = np.array(request.get_tensor(output_name).data, dtype=np.float32, copy=True)
+        for i in range(n):
+            self.submit(batch_uint8_bgr[i], collect(i))
+        with cond:
+            cond.wait_for(lambda: finished[0] == n)
+        if errors:
+            raise BackendError(f"OpenVINO inference failed for {len(errors)} of {n} images: {errors[0]}")
+        return np.stack([r for r in results if r is not None], axis=0)
 
-        self._queue.set_callback(done)
-        for i in range(batch.shape[0]):
-            self._queue.start_async({self._input_name: np.ascontiguousarray(batch[i : i + 1])}, i)
-        self._queue.wait_all()
-        missing = [i for i, r in enumerate(results) if r is None]
-        if missing:
-            raise BackendError(f"OpenVINO returned no output for batch items {missing}")
-        return np.concatenate([r for r in results if r is not None], axis=0)
+    def wait_idle(self, timeout: float | None = None) -> None:
+        queue = self._queue
+        if queue is not None:
+            queue.wait_all()
 
     def close(self) -> None:
-        with self._lock:
-            self._queue = None
-            self._request = None
-            self._compiled = None
+        with self._submit_lock:
+            queue, self._queue = self._queue, None
+        if queue is not None:
+            queue.wait_all()  # never free requests whose callbacks may still run
+        self._compiled = None
+
+
+def _optimal_requests(compiled: Any) -> int:
+    try:
+        return int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    except RuntimeError:
+        return 1
+
+
+def _execution_devices(compiled: Any, device: str) -> str:
+    """``device`` for a physical device; ``AUTO(GPU)`` etc. when a virtual device picked for us."""
+    if device.partition(":")[0].upper() not in VIRTUAL_DEVICES:
+        return device
+    try:
+        chosen = compiled.get_property("EXECUTION_DEVICES")
+    except RuntimeError:
+        return device
+    names = [str(d) for d in chosen] if isinstance(chosen, list | tuple) else [str(chosen)]
+    return f"{device}({','.join(names)})"[:64] if names else device

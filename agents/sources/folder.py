@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class FolderSource:
         self._clock = clock
         self._seen: dict[Path, _Seen] = {}
         self._ignored: set[Path] = set()
+        self._lock = threading.Lock()  # poll() runs in the feeder, moves in pipeline threads
 
     def ensure_dirs(self) -> None:
         """Create the watch, done and failed folders if needed."""
@@ -56,6 +58,10 @@ class FolderSource:
 
     def poll(self) -> list[Path]:
         """Files whose size+mtime have not changed for ``settle_s``, sorted by mtime then name."""
+        with self._lock:
+            return self._poll()
+
+    def _poll(self) -> list[Path]:
         now = self._clock()
         present: dict[Path, os.stat_result] = {}
         listed: set[Path] = set()
@@ -101,17 +107,20 @@ class FolderSource:
 
     def mark_failed(self, path: Path, reason: str) -> Path:
         """Move an unusable file to ``failed_dir`` and write ``<name>.reason.txt`` with ``reason``."""
-        dest = self._move(path, self.failed_dir)
-        reason_file = dest.with_name(dest.name + ".reason.txt")
-        reason_file.write_text(reason.rstrip() + "\n", encoding="utf-8")
+        dest = self._move(path, self.failed_dir, reason=reason.rstrip() + "\n")
         log.warning(kv("image_failed", path=path, moved_to=dest, reason=reason))
         return dest
 
-    def _move(self, path: Path, folder: Path) -> Path:
+    def _move(self, path: Path, folder: Path, reason: str | None = None) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        dest = unique_destination(folder, path.name)
-        shutil.move(str(path), str(dest))
-        self._seen.pop(path, None)
+        with self._lock:  # two threads must not pick the same free name
+            dest = unique_destination(folder, path.name)
+            shutil.move(str(path), str(dest))
+            if reason is not None:  # appears complete or not at all
+                tmp = dest.with_name(f".{dest.name}.reason.tmp")
+                tmp.write_text(reason, encoding="utf-8")
+                os.replace(tmp, dest.with_name(dest.name + ".reason.txt"))
+            self._seen.pop(path, None)
         return dest
 
 

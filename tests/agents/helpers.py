@@ -186,6 +186,7 @@ class Recorder:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        self.client.reinitialise()  # closes paho's wake-up socket pair now, not at GC
 
 
 @contextmanager

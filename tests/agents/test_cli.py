@@ -1,4 +1,7 @@
+import http.server
 import json
+import threading
+from contextlib import contextmanager
 
 import pytest
 from click.testing import CliRunner
@@ -134,3 +137,64 @@ def test_a_second_process_cannot_take_the_same_state_dir(tmp_path):
         StateLock(tmp_path).acquire()
     with StateLock(tmp_path):  # released: free again
         pass
+
+
+@contextmanager
+def fake_hub(token: str):
+    """/healthz open, /api/v1/models only with ``Bearer <token>`` (like the real hub)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            ok = self.path == "/healthz" or (
+                self.path == "/api/v1/models" and self.headers.get("Authorization") == f"Bearer {token}"
+            )
+            body = b'{"status": "ok"}' if ok else b'{"error": {"code": "unauthorized", "message": "no"}}'
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format, *args):  # noqa: A002
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize(("token", "ok"), [("agent-token-123", True), ("wrong-token", False)])
+def test_check_opens_an_mqtt_session_and_tries_the_hub_token(tmp_path, setup, private_broker, token, ok):
+    _, keys, _, _ = setup
+    cfg = tmp_path / "agent.yaml"
+    with fake_hub("agent-token-123") as hub:
+        cfg.write_text(
+            f"agent_id: chk2\nwatch_dir: {tmp_path}/in\nstate_dir: {tmp_path}/state\ndevice: CPU\n"
+            f"model_public_key: {keys.public}\nmqtt:\n  port: {private_broker.port}\nhub:\n  url: {hub}\n"
+            f"  token: {token}\nhttp:\n  enabled: true\n  port: {free_port()}\n"
+        )
+        res = CliRunner().invoke(cli, ["check", "--config", str(cfg)])
+    assert "ok   broker" in res.output and "MQTT session accepted" in res.output
+    assert "ok   hub: GET" in res.output and "ok   http endpoint" in res.output
+    if ok:
+        assert res.exit_code == 0, res.output
+        assert "ok   hub token" in res.output
+    else:
+        assert res.exit_code == 1
+        assert "FAIL hub token" in res.output and "HTTP 401" in res.output and "agent role" in res.output
+
+
+def test_classify_flags_low_confidence(tmp_path, setup):
+    _, keys, v1, _ = setup
+    grey = write_png(tmp_path / "grey.png", (128, 128, 128))
+    args = ["classify", "--bundle", str(v1), "--public-key", str(keys.public), "--backend", "fake"]
+    res = CliRunner().invoke(cli, [*args, "--low-confidence-threshold", "0.99", str(grey)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["low_confidence"] is True
+    res = CliRunner().invoke(cli, [*args, "--low-confidence-threshold", "0.1", str(grey)])
+    assert json.loads(res.output)["low_confidence"] is False

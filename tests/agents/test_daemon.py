@@ -112,7 +112,10 @@ def test_pipeline_publishes_results_and_moves_bad_files_to_failed(tmp_path, priv
         assert "not a decodable image" in reasons["corrupt.png.reason.txt"]
         assert "truncated" in reasons["truncated.png.reason.txt"]
         assert "empty" in reasons["empty.jpg.reason.txt"]
-        assert sorted(p.name for p in cfg.done_path.iterdir()) == ["blue.png", "grey.png", "red.png"]
+        # results are published as soon as they are committed; the moves to done/ follow
+        assert wait_until(
+            lambda: sorted(p.name for p in cfg.done_path.iterdir()) == ["blue.png", "grey.png", "red.png"]
+        )
         assert wait_until(
             lambda: any(
                 s.model_version == "1.0.0"

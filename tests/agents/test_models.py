@@ -1,6 +1,8 @@
+import http.server
 import json
 import threading
 import zipfile
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -178,4 +180,99 @@ def test_inference_in_flight_finishes_on_the_old_backend(tmp_path, bundles):
     assert not worker.is_alive()
     with pytest.raises(BackendError):
         old.backend.infer(batch)
+    mm.close()
+
+
+@contextmanager
+def flaky_range_server(body: bytes, token: str, cut_at: int, fail_first: int = 1):
+    """Serves ``body`` with Range support; the first ``fail_first`` responses stop after ``cut_at`` bytes."""
+    ranges: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            ranges.append(self.headers.get("Range"))
+            if self.headers.get("Authorization") != f"Bearer {token}":
+                self.send_response(401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            start = 0
+            if self.headers.get("Range"):
+                start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-"))
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(len(body) - start))
+            self.end_headers()
+            if len(ranges) <= fail_first:
+                self.wfile.write(body[start:cut_at])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(body[start:])
+
+        def log_message(self, format, *args):  # noqa: A002
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", ranges
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_a_broken_download_resumes_where_it_stopped(tmp_path, bundles):
+    keys, (v1, _), (v2, sha2), _ = bundles
+    events: list[ModelEvent] = []
+    mm = ModelManager(
+        "a1",
+        tmp_path,
+        lambda: create_backend("openvino", "CPU", "FP32"),
+        keys.public,
+        hub_token=TOKEN,
+        publish_event=events.append,
+        download_attempts=3,
+        retry_backoff_s=0.01,
+    )
+    mm.install_bundle(v1)
+    body = v2.read_bytes()
+    with flaky_range_server(body, TOKEN, cut_at=len(body) // 3) as (url, ranges):
+        assert mm.apply(desired(url, "/b/2", sha2, "2.0.0")) is True
+    assert ranges == [None, f"bytes={len(body) // 3}-"]
+    assert mm.active is not None and mm.active.version == "2.0.0"
+    assert kinds(events)[-1] == "activated"
+    assert list((tmp_path / "downloads").iterdir()) == []
+    mm.close()
+
+
+def test_a_download_that_keeps_failing_is_reported_and_retried_later(tmp_path, bundles):
+    keys, (v1, _), (v2, sha2), _ = bundles
+    events: list[ModelEvent] = []
+    mm = ModelManager(
+        "a1",
+        tmp_path,
+        lambda: create_backend("openvino", "CPU", "FP32"),
+        keys.public,
+        hub_token=TOKEN,
+        publish_event=events.append,
+        download_attempts=2,
+        retry_backoff_s=0.01,
+        redownload_after_s=0.2,
+    )
+    mm.install_bundle(v1)
+    body = v2.read_bytes()
+    step = len(body) // 5
+    with flaky_range_server(body, TOKEN, cut_at=step, fail_first=2) as (url, ranges):
+        mm.start()  # the worker retries after redownload_after_s
+        mm.submit(desired(url, "/b/2", sha2, "2.0.0"))
+        assert wait_until(lambda: mm.active is not None and mm.active.version == "2.0.0", 20)
+    failed = [e for e in events if e.event is ModelEventKind.FAILED]
+    assert len(failed) == 1 and "after 2 tries" in failed[0].detail and "retrying in" in failed[0].detail
+    assert ranges[0] is None and all(r == f"bytes={step}-" for r in ranges[1:])
+    assert kinds(events)[-1] == "activated"
     mm.close()
