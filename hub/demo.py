@@ -311,7 +311,7 @@ def _print_summary(s: dict[str, Any], demo: Demo) -> None:
 @click.option("--heldout-per-class", default=30, show_default=True, help="Held-out images per class.")
 @click.option("--image-size", default=128, show_default=True, help="Model input size (299 = full size).")
 @click.option("--depth-multiplier", default=0.35, show_default=True, help="Inception V3 width multiplier.")
-@click.option("--steps", default=500, show_default=True, help="Training steps.")
+@click.option("--steps", default=300, show_default=True, help="Training steps.")
 @click.option("--hub-port", default=8080, show_default=True, help="Preferred hub port (a free one if taken).")
 @click.option("--broker-port", default=18830, show_default=True, help="Preferred embedded broker port.")
 @click.option("--no-wait", is_flag=True, help="Exit after the summary instead of serving until Ctrl-C.")

@@ -16,7 +16,7 @@ def test_demo_loop_end_to_end(tmp_path: Path):
     proc = subprocess.run(
         [sys.executable, "-m", "shared.cli", "demo", "--no-wait", "--work", str(work),
          "--per-class", "50", "--heldout-per-class", "10", "--image-size", "96",
-         "--depth-multiplier", "0.25", "--steps", "200", "--hub-port", "0", "--broker-port", "0"],
+         "--depth-multiplier", "0.35", "--steps", "300", "--hub-port", "0", "--broker-port", "0"],
         capture_output=True, text=True, timeout=1200, check=False,
     )
     logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
@@ -26,7 +26,7 @@ def test_demo_loop_end_to_end(tmp_path: Path):
     summary = json.loads((work / "summary.json").read_text())
     assert summary["images_classified"] == 20
     assert set(summary["per_agent"]) == {"lab-a-scope-1", "lab-b-scope-1"}
-    # A 96 px, 0.25-width network after 200 steps on the synthetic set is well above chance.
+    # A 96 px, 0.35-width network after 300 steps on the synthetic set is well above chance.
     assert summary["held_out_accuracy"] >= 0.7, summary
     assert summary["parity"]["max_abs_diff_fp32"] <= 1e-4, summary["parity"]
     # The dashboard was up and protected: the demo prints where it is.

@@ -1,0 +1,244 @@
+"""``leukonet trainer ...``: generate data, train, evaluate, export, bundle and publish models.
+
+Every command logs to stderr and prints one JSON object as the **last line of stdout** (the demo
+and scripts parse it). TensorFlow is imported only by the commands that need it, so ``--help``
+is fast. The group callback is the composition root: it loads :class:`TrainerConfig` once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shared.config import ConfigError
+from shared.logs import setup_logging
+from trainer.config import TrainerConfig
+
+log = logging.getLogger(__name__)
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, sort_keys=True, default=str))
+
+
+def _quiet_tensorflow() -> None:
+    # TensorFlow's C++ INFO lines and Python deprecation notices drown the progress lines.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def _fail_cleanly(fn: Callable[..., None]) -> Callable[..., None]:
+    """Turn the errors a user can cause into a one-line ``Error: ...`` and exit status 1.
+
+    ValueError covers DatasetError, BundleError, ConfigError and pydantic's ValidationError;
+    ParityError and PublishError say what the IR or the hub got wrong. Anything else keeps its
+    traceback: it is a bug, not a usage error.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        from trainer.export import ParityError
+        from trainer.publish import PublishError
+
+        try:
+            fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError, FileExistsError, ParityError, PublishError) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+@click.group("trainer")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="YAML file with trainer settings (hub_url, token, signing_key, threads, log_level).")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None) -> None:
+    """Train, evaluate, export and publish models."""
+    try:
+        config = TrainerConfig.load(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    setup_logging(config.log_level)
+    _quiet_tensorflow()
+    ctx.obj = config
+
+
+@cli.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for signing.pem (private) and signing.pub.pem (public).")
+@_fail_cleanly
+def keygen(out: Path) -> None:
+    """Create an Ed25519 signing key pair (refuses to overwrite)."""
+    from trainer.publish import keygen as make_keys
+
+    private, public = make_keys(out)
+    _emit({"private_key": str(private), "public_key": str(public)})
+
+
+@cli.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Empty folder; images go to OUT/ALL and OUT/normal.")
+@click.option("--per-class", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Images per class.")
+@click.option("--image-size", default=256, show_default=True, type=click.IntRange(min=64, max=2048),
+              help="Image side in pixels.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed; same seed, same images.")
+@_fail_cleanly
+def generate(out: Path, per_class: int, image_size: int, seed: int) -> None:
+    """Generate a synthetic blood-smear data set (ALL vs normal)."""
+    from trainer.synthetic import generate_dataset
+
+    ds = generate_dataset(out, per_class, image_size, seed)
+    _emit({"out": str(ds.out_dir), "counts": ds.counts, "image_size": image_size, "seed": seed})
+
+
+def _train_options(fn: Callable[..., None]) -> Callable[..., None]:
+    options = [
+        click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
+                     help="Data set folder: one sub-folder of images per class."),
+        click.option("--work", required=True, type=click.Path(file_okay=False, path_type=Path),
+                     help="Work folder for the split, checkpoints, evaluation, export and bundle."),
+        click.option("--network", default="inception_v3", show_default=True, help="Network family."),
+        click.option("--image-size", default=299, show_default=True, type=int, help="Network input size."),
+        click.option("--depth-multiplier", default=1.0, show_default=True, type=float,
+                     help="Inception channel width multiplier (0.25-0.35 trains in minutes on a CPU)."),
+        click.option("--steps", default=1000, show_default=True, type=int, help="Training steps."),
+        click.option("--batch-size", default=16, show_default=True, type=int, help="Images per step."),
+        click.option("--learning-rate", default=1e-3, show_default=True, type=float),
+        click.option("--seed", default=0, show_default=True, type=int,
+                     help="Seed of split, initialisation and augmentation."),
+        click.option("--class-weighting", default="balanced", show_default=True,
+                     type=click.Choice(["balanced", "none"])),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _train_config(obj: TrainerConfig, **kw: Any) -> Any:
+    from trainer.train import TrainConfig
+
+    return TrainConfig(data_dir=kw["data"], work_dir=kw["work"], network=kw["network"],
+                       image_size=kw["image_size"], depth_multiplier=kw["depth_multiplier"],
+                       steps=kw["steps"], batch_size=kw["batch_size"], learning_rate=kw["learning_rate"],
+                       seed=kw["seed"], class_weighting=kw["class_weighting"], threads=obj.threads)
+
+
+@cli.command("train")
+@_train_options
+@click.pass_obj
+@_fail_cleanly
+def train_cmd(obj: TrainerConfig, **kw: Any) -> None:
+    """Split the data set and train (checkpoints in WORK/checkpoints)."""
+    from trainer.train import train
+
+    result = train(_train_config(obj, **kw))
+    _emit({"checkpoint": result.checkpoint_path, "labels": result.labels, "steps": result.steps,
+           "val_accuracy": result.val_accuracy, "elapsed_s": result.elapsed_s,
+           "final_loss": result.history[-1].loss, "dataset_fingerprint": result.dataset_fingerprint})
+
+
+@cli.command("evaluate")
+@click.option("--work", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--positive-label", default=None, help="Disease label for sensitivity etc. (default: ALL).")
+@_fail_cleanly
+def evaluate_cmd(work: Path, positive_label: str | None) -> None:
+    """Evaluate the trained model on the test split (WORK/eval/report.json, predictions.csv)."""
+    from trainer.pipeline import evaluate_step
+
+    report = evaluate_step(work, positive_label)
+    _emit(report.model_dump(mode="json"))
+
+
+@cli.command("export")
+@click.option("--work", required=True, type=click.Path(file_okay=False, path_type=Path))
+@_fail_cleanly
+def export_cmd(work: Path) -> None:
+    """Freeze to model.pb, convert to OpenVINO IR FP32 + FP16 and check parity (WORK/export)."""
+    from trainer.pipeline import export_step
+
+    _emit(export_step(work))
+
+
+def _signing_key(obj: TrainerConfig, given: Path | None) -> Path:
+    key = given or obj.signing_key
+    if key is None:
+        raise click.UsageError("no signing key: pass --signing-key or set LEUKONET_TRAINER_SIGNING_KEY "
+                               "(create one with `leukonet trainer keygen --out DIR`)")
+    return key
+
+
+@cli.command("bundle")
+@click.option("--work", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Model name, e.g. leukonet-all.")
+@click.option("--version", required=True, help="Semantic version X.Y.Z.")
+@click.option("--signing-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Ed25519 private key PEM (default: config signing_key).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Bundle path (default WORK/bundle/NAME-VERSION.zip).")
+@click.pass_obj
+@_fail_cleanly
+def bundle_cmd(obj: TrainerConfig, work: Path, name: str, version: str, signing_key: Path | None,
+               out: Path | None) -> None:
+    """Build and sign the model bundle from the train, evaluate and export outputs."""
+    from trainer.pipeline import bundle_step
+
+    info = bundle_step(work, name=name, version=version, signing_key=_signing_key(obj, signing_key),
+                       out_path=out)
+    _emit({"bundle": str(info.path), "sha256": info.sha256, "name": name, "version": version})
+
+
+def _token(obj: TrainerConfig, given: str | None) -> str:
+    if given:
+        return given
+    if obj.token is not None:
+        return obj.token.get_secret_value()
+    raise click.UsageError("no hub token: pass --token or set LEUKONET_TRAINER_TOKEN")
+
+
+@cli.command("publish")
+@click.option("--bundle", "bundle_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--hub", default=None, help="Hub base URL (default: config hub_url).")
+@click.option("--token", default=None, help="Hub token (default: LEUKONET_TRAINER_TOKEN).")
+@click.pass_obj
+@_fail_cleanly
+def publish_cmd(obj: TrainerConfig, bundle_path: Path, hub: str | None, token: str | None) -> None:
+    """Upload a bundle to the hub's model registry."""
+    from trainer.publish import publish
+
+    hub_url = hub or obj.hub_url
+    if not hub_url:
+        raise click.UsageError("no hub URL: pass --hub or set LEUKONET_TRAINER_HUB_URL")
+    _emit(publish(bundle_path, hub_url, _token(obj, token)))
+
+
+@cli.command("run")
+@_train_options
+@click.option("--name", required=True, help="Model name, e.g. leukonet-all.")
+@click.option("--version", required=True, help="Semantic version X.Y.Z.")
+@click.option("--signing-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Ed25519 private key PEM (default: config signing_key).")
+@click.option("--hub", default=None, help="Publish to this hub when given (or config hub_url).")
+@click.option("--token", default=None, help="Hub token (default: LEUKONET_TRAINER_TOKEN).")
+@click.pass_obj
+@_fail_cleanly
+def run_cmd(obj: TrainerConfig, name: str, version: str, signing_key: Path | None, hub: str | None,
+            token: str | None, **kw: Any) -> None:
+    """Split, train, evaluate, freeze, export (+parity), bundle, and publish if a hub is given.
+
+    The last stdout line is a JSON summary: bundle, sha256, metrics, parity, published.
+    """
+    from trainer.pipeline import run_pipeline
+
+    hub_url = hub or obj.hub_url
+    summary = run_pipeline(_train_config(obj, **kw), name=name, version=version,
+                           signing_key=_signing_key(obj, signing_key), hub_url=hub_url,
+                           token=_token(obj, token) if hub_url else None)
+    click.echo(summary.to_json())

@@ -1,0 +1,26 @@
+"""The trainer service's settings: where to publish, with which token and key.
+
+Loaded once by the CLI (``TrainerConfig.load``): YAML file (``--config``), then environment
+variables ``LEUKONET_TRAINER_<FIELD>`` (e.g. ``LEUKONET_TRAINER_TOKEN``), then command-line
+options, which win. Per-run training settings live in :class:`trainer.train.TrainConfig`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from shared.config import StrictConfig
+
+
+class TrainerConfig(StrictConfig):
+    model_config = SettingsConfigDict(env_prefix="LEUKONET_TRAINER_", extra="forbid",
+                                      env_nested_delimiter="__", validate_default=True)
+
+    hub_url: str | None = Field(None, title="hub base URL to publish to, e.g. http://hub:8080")
+    token: SecretStr | None = Field(None, title="hub API token with the trainer (or admin) role")
+    signing_key: Path | None = Field(None, title="Ed25519 private key (PEM) that signs bundles")
+    threads: int = Field(0, ge=0, le=256, title="TensorFlow intra-op threads (0: one per core)")
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", title="log level")

@@ -1,0 +1,228 @@
+"""Export a frozen graph to OpenVINO IR (FP32 + FP16) with the preprocessing inside, and prove parity.
+
+The IR contract (what agents feed and read):
+
+* input ``input``: u8 ``[1, S, S, 3]``, layout NHWC, colour order BGR, i.e. exactly what
+  ``shared.preprocessing.crop_and_resize`` returns for an OpenCV-decoded image. Inside, the IR
+  converts to f32, swaps BGR -> RGB and computes ``(x - 127.5) / 127.5`` (PrePostProcessor).
+* output ``probabilities``: f32 ``[1, num_labels]`` softmax.
+
+Parity: on real validation images the frozen TF graph (fed ``to_network_input`` of the OpenCV
+crop) and each IR (fed the uint8 crop) must agree within :data:`FP32_TOLERANCE` and
+:data:`FP16_TOLERANCE` (max abs difference of probabilities); otherwise :class:`ParityError`.
+Parity is measured on the CPU device at f32 inference precision, so the figures describe the IR
+itself, not a device's reduced-precision execution.
+
+``reference.png`` (one validation image, decoded and stored losslessly at its original size) and
+the IR FP32 probabilities on its ``crop_and_resize`` go into the bundle: agents decode it, crop and
+resize it like any image, and compare, as a smoke test after loading a model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from shared.logs import Progress, kv
+from shared.preprocessing import (
+    INPUT_MEAN,
+    INPUT_SCALE,
+    crop_and_resize,
+    decode_image,
+    to_network_input,
+)
+from trainer.freeze import INPUT_NAME, OUTPUT_NAME, FrozenModel
+
+log = logging.getLogger(__name__)
+
+FP32_TOLERANCE = 1e-4
+FP16_TOLERANCE = 1e-2
+MIN_PARITY_IMAGES = 8
+IR_FP32 = "ir/fp32/model.xml"
+IR_FP16 = "ir/fp16/model.xml"
+REFERENCE_IMAGE = "reference.png"
+PARITY_FILE = "parity.json"
+
+
+class ParityError(RuntimeError):
+    """The IR does not compute what the frozen graph computes (beyond tolerance)."""
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    images: int
+    max_abs_diff_fp32: float
+    max_abs_diff_fp16: float
+    mean_abs_diff_fp32: float
+    mean_abs_diff_fp16: float
+    top1_agreement_fp16: float
+
+    def as_manifest(self) -> dict[str, float]:
+        return {"images": float(self.images), "max_abs_diff_fp32": self.max_abs_diff_fp32,
+                "max_abs_diff_fp16": self.max_abs_diff_fp16, "mean_abs_diff_fp32": self.mean_abs_diff_fp32,
+                "mean_abs_diff_fp16": self.mean_abs_diff_fp16,
+                "top1_agreement_fp16": self.top1_agreement_fp16,
+                "tolerance_fp32": FP32_TOLERANCE, "tolerance_fp16": FP16_TOLERANCE}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Files written under ``out_dir`` (relative paths) and the parity figures."""
+
+    out_dir: Path
+    ir_fp32: str
+    ir_fp16: str
+    reference_image: str
+    reference_probabilities: list[float]
+    parity: ParityReport
+    files: list[str] = field(default_factory=list)
+
+
+def convert_to_ir(pb_path: str | Path, image_size: int) -> Any:
+    """Convert the frozen graph and embed the preprocessing; returns an ``openvino.Model``.
+
+    The model's input is renamed ``input`` (OpenVINO calls the TF placeholder ``input:0``) and its
+    output ``probabilities``, so ``compiled.input("input")`` / ``compiled.output("probabilities")`` work.
+    """
+    import openvino as ov
+    from openvino.preprocess import ColorFormat, PrePostProcessor
+
+    model = ov.convert_model(str(pb_path), input=[(f"{INPUT_NAME}:0", [1, image_size, image_size, 3],
+                                                   ov.Type.f32)])
+    ppp = PrePostProcessor(model)
+    ppp.input().tensor() \
+        .set_element_type(ov.Type.u8) \
+        .set_layout(ov.Layout("NHWC")) \
+        .set_color_format(ColorFormat.BGR)
+    ppp.input().model().set_layout(ov.Layout("NHWC"))
+    ppp.input().preprocess() \
+        .convert_element_type(ov.Type.f32) \
+        .convert_color(ColorFormat.RGB) \
+        .mean(INPUT_MEAN) \
+        .scale(INPUT_SCALE)
+    ppp.output().tensor().set_element_type(ov.Type.f32)
+    model = ppp.build()
+    model.input().get_tensor().set_names({INPUT_NAME})
+    model.output().get_tensor().set_names({OUTPUT_NAME})
+    model.set_friendly_name("leukonet")
+    return model
+
+
+def save_irs(model: Any, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``ir/fp32/model.xml`` (FP32 weights) and ``ir/fp16/model.xml`` (FP16 weights)."""
+    import openvino as ov
+
+    out = Path(out_dir)
+    fp32, fp16 = out / IR_FP32, out / IR_FP16
+    fp32.parent.mkdir(parents=True, exist_ok=True)
+    fp16.parent.mkdir(parents=True, exist_ok=True)
+    # save_model compresses to FP16 by default: the FP32 IR has to ask not to.
+    ov.save_model(model, str(fp32), compress_to_fp16=False)
+    ov.save_model(model, str(fp16), compress_to_fp16=True)
+    return fp32, fp16
+
+
+class IrRunner:
+    """An IR compiled on the CPU at f32 precision: ``predict(crop uint8 BGR [S, S, 3]) -> [N]``."""
+
+    def __init__(self, xml_path: str | Path, device: str = "CPU") -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": "f32"} if device == "CPU" else {}
+        self._compiled = core.compile_model(str(xml_path), device, config)
+        self._request = self._compiled.create_infer_request()
+        self._output = self._compiled.output(OUTPUT_NAME)
+        self.input_shape = [int(d) for d in self._compiled.input(INPUT_NAME).shape]
+
+    def predict(self, crop_bgr: np.ndarray) -> np.ndarray:
+        if list(crop_bgr.shape) != self.input_shape[1:] or crop_bgr.dtype != np.uint8:
+            raise ValueError(f"IR input wants uint8 {self.input_shape[1:]}, got {crop_bgr.dtype} "
+                             f"{list(crop_bgr.shape)}")
+        result = self._request.infer({INPUT_NAME: crop_bgr[None]})
+        return np.asarray(result[self._output])[0].copy()
+
+
+def parity_check(pb_path: str | Path, fp32_xml: str | Path, fp16_xml: str | Path, crops: list[np.ndarray],
+                 *, fp32_tolerance: float = FP32_TOLERANCE, fp16_tolerance: float = FP16_TOLERANCE
+                 ) -> tuple[ParityReport, list[np.ndarray]]:
+    """Compare the frozen graph with both IRs on ``crops`` (uint8 BGR ``[S, S, 3]``).
+
+    Returns:
+        the report and the IR FP32 probabilities per crop.
+
+    Raises:
+        ValueError: fewer than :data:`MIN_PARITY_IMAGES` crops.
+        ParityError: a difference above tolerance (the message gives the figures).
+    """
+    if len(crops) < MIN_PARITY_IMAGES:
+        raise ValueError(f"parity needs at least {MIN_PARITY_IMAGES} images, got {len(crops)}; "
+                         "use a larger validation split")
+    ir32, ir16 = IrRunner(fp32_xml), IrRunner(fp16_xml)
+    d32: list[float] = []
+    d16: list[float] = []
+    agree = 0
+    fp32_probs: list[np.ndarray] = []
+    with FrozenModel(pb_path) as frozen, Progress(len(crops), "parity", log, unit="img") as progress:
+        for crop in crops:
+            ref = frozen.predict(to_network_input(crop)[None])
+            p32, p16 = ir32.predict(crop), ir16.predict(crop)
+            d32.append(float(np.abs(ref - p32).max()))
+            d16.append(float(np.abs(ref - p16).max()))
+            agree += int(ref.argmax() == p16.argmax())
+            fp32_probs.append(p32)
+            progress.update()
+    report = ParityReport(images=len(crops), max_abs_diff_fp32=max(d32), max_abs_diff_fp16=max(d16),
+                          mean_abs_diff_fp32=float(np.mean(d32)), mean_abs_diff_fp16=float(np.mean(d16)),
+                          top1_agreement_fp16=agree / len(crops))
+    log.info(kv("parity", images=report.images, max_fp32=f"{report.max_abs_diff_fp32:.2e}",
+                max_fp16=f"{report.max_abs_diff_fp16:.2e}"))
+    if report.max_abs_diff_fp32 > fp32_tolerance or report.max_abs_diff_fp16 > fp16_tolerance:
+        raise ParityError(
+            f"OpenVINO IR differs from the frozen TF graph: FP32 max |diff| {report.max_abs_diff_fp32:.3g} "
+            f"(tolerance {fp32_tolerance:g}), FP16 max |diff| {report.max_abs_diff_fp16:.3g} "
+            f"(tolerance {fp16_tolerance:g}) over {report.images} images; do not ship this model "
+            "(check the OpenVINO version and the preprocessing in trainer/export.py)")
+    return report, fp32_probs
+
+
+def load_crops(image_paths: list[str | Path], image_size: int) -> list[np.ndarray]:
+    """Decode files with OpenCV and crop + resize them the agents' way (uint8 BGR)."""
+    return [crop_and_resize(decode_image(Path(p).read_bytes(), str(p)), image_size) for p in image_paths]
+
+
+def export(pb_path: str | Path, out_dir: str | Path, image_size: int, parity_images: list[str | Path]
+           ) -> ExportResult:
+    """Convert ``pb_path`` to IR FP32 + FP16 under ``out_dir``, check parity, write the reference image.
+
+    ``out_dir`` receives ``ir/fp32/model.{xml,bin}``, ``ir/fp16/model.{xml,bin}``,
+    ``reference.png`` and ``parity.json``.
+
+    Raises:
+        ParityError, ValueError: see :func:`parity_check`.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = convert_to_ir(pb_path, image_size)
+    fp32, fp16 = save_irs(model, out)
+    originals = [decode_image(Path(p).read_bytes(), str(p)) for p in parity_images]
+    crops = [crop_and_resize(image, image_size) for image in originals]
+    report, fp32_probs = parity_check(pb_path, fp32, fp16, crops)
+    # The reference is the crop the model is most sure about: a smoke test wants a clear answer.
+    ref_index = int(np.argmax([p.max() for p in fp32_probs]))
+    if not cv2.imwrite(str(out / REFERENCE_IMAGE), originals[ref_index]):
+        raise OSError(f"{out / REFERENCE_IMAGE}: OpenCV could not write the reference image")
+    reference_probs = [float(v) for v in fp32_probs[ref_index]]
+    (out / PARITY_FILE).write_text(json.dumps({"parity": report.as_manifest(),
+                                               "reference_image": REFERENCE_IMAGE,
+                                               "reference_source": str(parity_images[ref_index]),
+                                               "reference_probabilities": reference_probs}, indent=2))
+    files = [IR_FP32, IR_FP32[:-4] + ".bin", IR_FP16, IR_FP16[:-4] + ".bin", REFERENCE_IMAGE]
+    return ExportResult(out_dir=out, ir_fp32=IR_FP32, ir_fp16=IR_FP16, reference_image=REFERENCE_IMAGE,
+                        reference_probabilities=reference_probs, parity=report, files=files)

@@ -1,0 +1,157 @@
+"""The trainer's steps over one work folder, and the whole run (split -> ... -> publish).
+
+Each step reads what the previous ones left in ``work_dir`` and writes its own outputs, so the
+CLI can run them one by one (``train``, ``evaluate``, ``export``, ``bundle``, ``publish``) or all
+at once (``run``)::
+
+    work_dir/
+      split.json, train_result.json, checkpoints/     train
+      eval/report.json, eval/predictions.csv          evaluate (test split)
+      export/model.pb, export/ir/{fp32,fp16}/model.{xml,bin},
+      export/reference.png, export/parity.json        export (freeze + IR + parity)
+      bundle/<name>-<version>.zip                     bundle
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.logs import kv
+from trainer.data import Split
+from trainer.evaluate import REPORT_FILE, EvaluationReport, evaluate
+from trainer.export import MIN_PARITY_IMAGES, PARITY_FILE, REFERENCE_IMAGE, export
+from trainer.freeze import freeze
+from trainer.publish import FROZEN_GRAPH, BundleInfo, build_manifest, make_bundle, publish, source_commit
+from trainer.train import RESULT_FILE, TrainConfig, TrainResult, train
+
+log = logging.getLogger(__name__)
+
+EVAL_DIR = "eval"
+EXPORT_DIR = "export"
+BUNDLE_DIR = "bundle"
+MAX_PARITY_IMAGES = 16
+
+
+def load_train_result(work_dir: str | Path) -> TrainResult:
+    return TrainResult.load(Path(work_dir) / RESULT_FILE)
+
+
+def evaluate_step(work_dir: str | Path, positive_label: str | None = None) -> EvaluationReport:
+    """Evaluate the trained checkpoint on the test split into ``work_dir/eval``."""
+    result = load_train_result(work_dir)
+    return evaluate(result, Path(work_dir) / EVAL_DIR, split_name="test", positive_label=positive_label)
+
+
+def parity_images(split: Split, count: int = MAX_PARITY_IMAGES) -> list[str]:
+    """Validation images first; topped up from test, then train, when validation has fewer than 8.
+
+    Parity compares two implementations of one function, so any real image serves; validation
+    images are preferred only because they are the ones the model was not fitted to.
+    """
+    chosen = [s.path for s in split.val[:count]]
+    for pool in (split.test, split.train):
+        if len(chosen) >= MIN_PARITY_IMAGES:
+            break
+        chosen += [s.path for s in pool[: MIN_PARITY_IMAGES - len(chosen)]]
+    return chosen
+
+
+def export_step(work_dir: str | Path) -> dict[str, Any]:
+    """Freeze the checkpoint and export IR FP32/FP16 with the parity check into ``work_dir/export``.
+
+    Returns:
+        ``parity.json``'s content (parity figures, reference image and its probabilities).
+    """
+    result = load_train_result(work_dir)
+    cfg = result.config
+    out = Path(work_dir) / EXPORT_DIR
+    frozen = freeze(result.checkpoint_path, out / FROZEN_GRAPH, network=cfg.network,
+                    num_classes=len(result.labels), image_size=cfg.image_size,
+                    depth_multiplier=cfg.depth_multiplier)
+    export(frozen.path, out, cfg.image_size, list(parity_images(Split.load(result.split_path))))
+    data: dict[str, Any] = json.loads((out / PARITY_FILE).read_text())
+    return data
+
+
+def _read_json(path: Path, step: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; run `leukonet trainer {step}` first")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def bundle_step(work_dir: str | Path, *, name: str, version: str, signing_key: str | Path,
+                out_path: str | Path | None = None) -> BundleInfo:
+    """Build and sign ``work_dir/bundle/<name>-<version>.zip`` from the train, eval and export outputs."""
+    work = Path(work_dir)
+    result = load_train_result(work)
+    report = _read_json(work / EVAL_DIR / REPORT_FILE, "evaluate")
+    exported = _read_json(work / EXPORT_DIR / PARITY_FILE, "export")
+    test = report["metrics"]
+    metrics: dict[str, Any] = {
+        "split": report["split"], "n": test["n"], "accuracy": test["accuracy"],
+        "sensitivity": test["sensitivity"], "specificity": test["specificity"],
+        "precision": test["precision"], "f1": test["f1"], "positive_label": test["positive_label"],
+        "confusion_matrix": test["confusion_matrix"], "val_accuracy": result.val_accuracy,
+    }
+    training = {**result.config.for_manifest(), "elapsed_s": result.elapsed_s,
+                "final_loss": result.history[-1].loss if result.history else None}
+    manifest = build_manifest(
+        work / EXPORT_DIR, name=name, version=version, labels=result.labels,
+        image_size=result.config.image_size, metrics=metrics,
+        reference_probabilities=exported["reference_probabilities"],
+        parity={k: float(v) for k, v in exported["parity"].items()},
+        dataset_fingerprint=result.dataset_fingerprint, training=training,
+        architecture=result.config.network, reference_image=REFERENCE_IMAGE, commit=source_commit())
+    out = Path(out_path) if out_path else work / BUNDLE_DIR / f"{name}-{version}.zip"
+    return make_bundle(work / EXPORT_DIR, manifest, signing_key, out)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    bundle: str
+    sha256: str
+    name: str
+    version: str
+    labels: list[str]
+    metrics: dict[str, Any]
+    parity: dict[str, float]
+    val_accuracy: float | None
+    train_elapsed_s: float
+    elapsed_s: float
+    published: dict[str, Any] | None
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+
+def run_pipeline(config: TrainConfig, *, name: str, version: str, signing_key: str | Path,
+                 hub_url: str | None = None, token: str | None = None,
+                 positive_label: str | None = None) -> RunSummary:
+    """Split, train, evaluate, freeze, export (+ parity), bundle, and publish when ``hub_url`` is set.
+
+    The signing key is loaded before training starts, so a wrong path fails in seconds, not
+    after the whole run.
+    """
+    from shared.bundle import load_private_key
+
+    load_private_key(signing_key)
+    started = time.monotonic()
+    result = train(config)
+    report = evaluate_step(config.work_dir, positive_label)
+    export_step(config.work_dir)
+    info = bundle_step(config.work_dir, name=name, version=version, signing_key=signing_key)
+    published = publish(info.path, hub_url, token or "") if hub_url else None
+    summary = RunSummary(
+        bundle=str(info.path), sha256=info.sha256, name=name, version=version, labels=result.labels,
+        metrics={k: v for k, v in info.manifest.metrics.items() if k != "reference_probabilities"},
+        parity=dict(info.manifest.parity), val_accuracy=result.val_accuracy,
+        train_elapsed_s=result.elapsed_s, elapsed_s=round(time.monotonic() - started, 2),
+        published=published)
+    log.info(kv("run_done", bundle=info.path, accuracy=report.metrics.accuracy, elapsed_s=summary.elapsed_s))
+    return summary
