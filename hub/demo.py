@@ -86,10 +86,13 @@ class Demo:
         self.children[name] = proc
         return proc
 
-    def run_step(self, name: str, args: list[str]) -> str:
-        """Run a child to completion, its stderr (progress) to ours, stdout captured and logged."""
+    def run_step(self, name: str, args: list[str], env_extra: dict[str, str] | None = None) -> str:
+        """Run a child to completion, its stderr (progress) to ours, stdout captured and logged.
+
+        Secrets go in ``env_extra``, never in ``args``: arguments show in the console and in ``ps``.
+        """
         _say(f"{name}: {' '.join(args[3:])}")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
         proc = subprocess.run(args, stdout=subprocess.PIPE, env=env, check=False,  # noqa: S603
                               timeout=self.timeout_s)
         out = proc.stdout.decode(errors="replace")
@@ -192,7 +195,8 @@ class Demo:
             "--name", MODEL_NAME, "--version", MODEL_VERSION,
             "--signing-key", str(self.work / "keys" / "signing.pem"),
             "--image-size", str(self.image_size), "--depth-multiplier", str(self.depth_multiplier),
-            "--steps", str(self.steps), "--hub", self.hub_url, "--token", self.secrets_["trainer_token"]))
+            "--steps", str(self.steps), "--hub", self.hub_url),
+            env_extra={"LEUKONET_TRAINER_TOKEN": self.secrets_["trainer_token"]})
         lines = [ln for ln in out.strip().splitlines() if ln.strip()]
         if not lines:
             raise DemoError("trainer printed no summary")

@@ -7,6 +7,7 @@ Log lines are ``time level logger event key=value ...`` so they grep and parse. 
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -50,11 +51,15 @@ class Progress:
         self.desc, self.logger, self.unit = desc, logger, unit
         self.n = 0
         self._start = time.monotonic()
-        self._next_log = log_every
+        self._bucket = 0
         self._log_every = log_every
         self._bar: tqdm | None = None
         if tty if tty is not None else sys.stderr.isatty():
-            self._bar = tqdm(total=self.total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+            # A pty without a size (script, some CI runners) reports 0 x 0, and tqdm then prints
+            # nothing at all: fall back to 100 x 24.
+            size = shutil.get_terminal_size((100, 24))
+            self._bar = tqdm(total=self.total, desc=desc, unit=unit, file=sys.stderr,
+                             ncols=size.columns or 100, nrows=size.lines or 24)
         self.postfix: dict[str, Any] = {}
 
     def update(self, n: int = 1, **postfix: Any) -> None:
@@ -66,14 +71,14 @@ class Progress:
                 self._bar.set_postfix(postfix, refresh=False)
             return
         frac = self.n / self.total if self.total else 1.0
-        if frac >= self._next_log or self.n == self.total:
+        bucket = int(round(frac / self._log_every, 9))  # rounding: 0.1 * 3 is not 0.3 in floats
+        if bucket > self._bucket or self.n == self.total:
+            self._bucket = bucket
             elapsed = time.monotonic() - self._start
             eta = elapsed / frac - elapsed if frac > 0 else 0.0
             self.logger.info(kv("progress", task=self.desc, done=self.n, total=self.total,
                                 pct=f"{100 * frac:.0f}", elapsed_s=f"{elapsed:.1f}", eta_s=f"{eta:.1f}",
                                 **self.postfix))
-            while self._next_log <= frac:
-                self._next_log += self._log_every
 
     def close(self) -> None:
         if self._bar is not None:

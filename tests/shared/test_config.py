@@ -51,3 +51,20 @@ def test_unreadable_and_non_mapping_files(tmp_path):
     f.write_text("a: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         DemoConfig.load(f)
+
+
+def test_progress_logs_without_a_tty_and_draws_with_one(caplog, capsys):
+    import logging
+
+    from shared.logs import Progress
+
+    log = logging.getLogger("progress-test")
+    with caplog.at_level(logging.INFO), Progress(10, "work", log, tty=False) as p:
+        for _ in range(10):
+            p.update(1, loss="0.5")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress")]
+    assert len(lines) == 10 and "pct=100" in lines[-1] and "loss=0.5" in lines[-1]
+    with Progress(3, "bar", log, tty=True) as p:
+        for _ in range(3):
+            p.update(1)
+    assert "3/3" in capsys.readouterr().err
