@@ -116,6 +116,19 @@ def _train_options(fn: Callable[..., None]) -> Callable[..., None]:
                      help="Seed of split, initialisation and augmentation."),
         click.option("--class-weighting", default="balanced", show_default=True,
                      type=click.Choice(["balanced", "none"])),
+        click.option("--mode", default="auto", show_default=True,
+                     type=click.Choice(["auto", "scratch", "finetune", "bottleneck"]),
+                     help="auto: bottleneck with --checkpoint, scratch without."),
+        click.option("--checkpoint", default=None, type=click.Path(path_type=Path),
+                     help="Pretrained checkpoint prefix, e.g. /models/inception_v3.ckpt (slim 2016-08-28)."),
+        click.option("--trainable-scopes", default=None,
+                     help="finetune stage 2: comma-separated scopes to train (default: all layers)."),
+        click.option("--stage1-steps", default=None, type=click.IntRange(min=0),
+                     help="finetune: steps training only the new heads (default: half of --steps)."),
+        click.option("--augmentations", default=4, show_default=True, type=click.IntRange(1, 64),
+                     help="bottleneck: cached augmented copies per training image."),
+        click.option("--resume/--no-resume", default=False, show_default=True,
+                     help="Continue from the latest checkpoint in WORK/checkpoints."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -128,7 +141,16 @@ def _train_config(obj: TrainerConfig, **kw: Any) -> Any:
     return TrainConfig(data_dir=kw["data"], work_dir=kw["work"], network=kw["network"],
                        image_size=kw["image_size"], depth_multiplier=kw["depth_multiplier"],
                        steps=kw["steps"], batch_size=kw["batch_size"], learning_rate=kw["learning_rate"],
-                       seed=kw["seed"], class_weighting=kw["class_weighting"], threads=obj.threads)
+                       seed=kw["seed"], class_weighting=kw["class_weighting"], threads=obj.threads,
+                       mode=kw["mode"], checkpoint=kw["checkpoint"],
+                       trainable_scopes=_scopes(kw["trainable_scopes"]), stage1_steps=kw["stage1_steps"],
+                       augmentations=kw["augmentations"], resume=kw["resume"])
+
+
+def _scopes(text: str | None) -> tuple[str, ...] | None:
+    """``"A, B/C"`` -> ``("A", "B/C")``; ``None`` or blank -> ``None`` (every layer)."""
+    scopes = tuple(x.strip() for x in (text or "").split(",") if x.strip())
+    return scopes or None
 
 
 @cli.command("train")
@@ -143,6 +165,32 @@ def train_cmd(obj: TrainerConfig, **kw: Any) -> None:
     _emit({"checkpoint": result.checkpoint_path, "labels": result.labels, "steps": result.steps,
            "val_accuracy": result.val_accuracy, "elapsed_s": result.elapsed_s,
            "final_loss": result.history[-1].loss, "dataset_fingerprint": result.dataset_fingerprint})
+
+
+@cli.command("import")
+@click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="ALL-IDB1 (ImNNN_L.jpg), ALL-IDB2 (ImNNN_L.tif) or one sub-folder per class.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="New folder for the TFRecord shards, labels.txt, split.json and dataset.json.")
+@click.option("--layout", default="auto", show_default=True,
+              type=click.Choice(["auto", "all-idb1", "all-idb2", "folders"]),
+              help="How labels are read; auto recognises ALL-IDB file names.")
+@click.option("--val-fraction", default=0.15, show_default=True, type=float)
+@click.option("--test-fraction", default=0.15, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the stratified split.")
+@click.option("--shards", default=4, show_default=True, type=click.IntRange(min=1), help="Shards per split.")
+@_fail_cleanly
+def import_cmd(data: Path, out: Path, layout: str, val_fraction: float, test_fraction: float, seed: int,
+               shards: int) -> None:
+    """Scan, split (stratified, leak-free) and convert a data set to sharded TFRecords.
+
+    Every skipped file is listed with its reason; ALL-IDB1 mixed with ALL-IDB2 is refused.
+    """
+    from trainer.importer import import_dataset
+
+    result = import_dataset(data, out, layout=layout,  # type: ignore[arg-type]
+                            val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, shards=shards)
+    _emit(result.to_json())
 
 
 @cli.command("evaluate")

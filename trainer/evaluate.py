@@ -6,7 +6,10 @@ called negative, precision the share of positive calls that are right. With more
 every other label counts as negative. A ratio whose denominator is zero is ``None`` (undefined),
 never a made-up 0 or 1.
 
-The confusion matrix is ``matrix[true][predicted]`` in label order.
+The confusion matrix is ``matrix[true][predicted]`` in label order. Each ratio carries its 95 %
+Wilson interval in ``ci95``; with the positive label's probabilities, ``roc_auc`` (Mann-Whitney)
+and its Hanley-McNeil interval too (see :mod:`trainer.stats`). :func:`evaluate` also draws
+``roc.png``, ``confusion_matrix.png`` and ``training_curves.png`` next to ``report.json``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.logs import Progress, kv
 from trainer.data import Sample, Split, make_dataset
 from trainer.nets import get_network
+from trainer.stats import auc_interval, roc_auc, roc_curve, wilson_interval
 from trainer.train import TrainResult, session_config
 
 log = logging.getLogger(__name__)
@@ -47,12 +51,15 @@ class Metrics(BaseModel):
     precision: float | None = Field(title="TP / (TP + FP)")
     f1: float | None = Field(title="2 * precision * sensitivity / (precision + sensitivity)")
     confusion_matrix: list[list[int]] = Field(title="[true][predicted] counts in label order")
+    roc_auc: float | None = Field(None, title="ROC-AUC of the positive label's probability (None: not given)")
+    ci95: dict[str, list[float] | None] = Field(
+        default_factory=dict, title="95 % intervals: Wilson for ratios, Hanley-McNeil for roc_auc")
 
     def summary(self) -> dict[str, Any]:
         """The scalar figures, rounded for humans and manifests."""
         return {k: (round(v, 4) if isinstance(v, float) else v)
                 for k, v in self.model_dump(include={"n", "accuracy", "sensitivity", "specificity",
-                                                     "precision", "f1"}).items()}
+                                                     "precision", "f1", "roc_auc"}).items()}
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -77,10 +84,11 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: in
 
 
 def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str],
-                    positive_label: str | None = None) -> Metrics:
+                    positive_label: str | None = None, scores: Sequence[float] | None = None) -> Metrics:
     """Metrics of predictions ``y_pred`` against ``y_true`` (label indices).
 
-    ``positive_label`` defaults to ``ALL`` when present, else the first label.
+    ``positive_label`` defaults to ``ALL`` when present, else the first label. ``scores``, the
+    positive label's probability per image, adds ``roc_auc`` and its interval.
 
     Raises:
         ValueError: ``positive_label`` is not among ``labels``, or the inputs are inconsistent.
@@ -101,10 +109,25 @@ def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequen
     sensitivity = _ratio(tp, tp + fn)
     f1 = (2 * precision * sensitivity / (precision + sensitivity)
           if precision is not None and sensitivity is not None and precision + sensitivity > 0 else None)
+    def ci(k: int, total: int) -> list[float] | None:
+        interval = wilson_interval(k, total)
+        return [round(interval[0], 6), round(interval[1], 6)] if interval else None
+
+    ci95 = {"accuracy": ci(int(np.trace(matrix)), n), "sensitivity": ci(tp, tp + fn),
+            "specificity": ci(tn, tn + fp), "precision": ci(tp, tp + fp)}
+    auc = None
+    if scores is not None:
+        if len(scores) != n:
+            raise ValueError(f"scores has {len(scores)} entries but y_true has {n}")
+        is_pos = [t == pos for t in y_true]
+        auc = roc_auc(is_pos, scores)
+        if auc is not None:
+            lo, hi = auc_interval(auc, sum(is_pos), n - sum(is_pos))
+            ci95["roc_auc"] = [round(lo, 6), round(hi, 6)]
     return Metrics(n=n, labels=labels, positive_label=positive_label,
                    accuracy=_ratio(int(np.trace(matrix)), n), sensitivity=sensitivity,
                    specificity=_ratio(tn, tn + fp), precision=precision, f1=f1,
-                   confusion_matrix=matrix.tolist())
+                   confusion_matrix=matrix.tolist(), roc_auc=auc, ci95=ci95)
 
 
 def predict_checkpoint(checkpoint_path: str, samples: list[Sample], n_classes: int, *, network: str,
@@ -152,6 +175,7 @@ class EvaluationReport(BaseModel):
     metrics: Metrics
     report_path: str
     predictions_path: str
+    plots: dict[str, str] = Field(default_factory=dict, title="plot name -> PNG path")
 
 
 def evaluate(result: TrainResult, out_dir: str | Path, *, split_name: str = "test",
@@ -173,6 +197,9 @@ def evaluate(result: TrainResult, out_dir: str | Path, *, split_name: str = "tes
     y_true = [s.label_index for s in samples]
     y_pred = [int(i) for i in probs.argmax(axis=1)]
     metrics = compute_metrics(y_true, y_pred, split.labels, positive_label)
+    pos = split.labels.index(metrics.positive_label)
+    scores = [float(p[pos]) for p in probs]
+    metrics = compute_metrics(y_true, y_pred, split.labels, positive_label, scores=scores)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,9 +211,30 @@ def evaluate(result: TrainResult, out_dir: str | Path, *, split_name: str = "tes
         for s, pred, p in zip(samples, y_pred, probs, strict=True):
             writer.writerow([s.path, s.sha256, s.label, split.labels[pred], int(pred == s.label_index),
                              *[f"{v:.6f}" for v in p]])
+    plots = _plots(result, metrics, [t == pos for t in y_true], scores, out)
     report = EvaluationReport(split=split_name, checkpoint_path=result.checkpoint_path,
                               dataset_fingerprint=split.fingerprint, metrics=metrics,
-                              report_path=str(out / REPORT_FILE), predictions_path=str(predictions_path))
+                              report_path=str(out / REPORT_FILE), predictions_path=str(predictions_path),
+                              plots=plots)
     (out / REPORT_FILE).write_text(json.dumps(report.model_dump(mode="json"), indent=2))
     log.info(kv("evaluated", split=split_name, **metrics.summary()))
     return report
+
+
+def _plots(result: TrainResult, metrics: Metrics, is_positive: list[bool], scores: list[float],
+           out: Path) -> dict[str, str]:
+    """Write the ROC, confusion-matrix and training-curve PNGs into ``out``; name -> path."""
+    from trainer.plots import plot_confusion, plot_roc, plot_training
+
+    fpr, tpr = roc_curve(is_positive, scores)
+    hist = result.history
+    val = [h for h in hist if h.val_accuracy is not None]
+    return {
+        "roc": str(plot_roc(fpr, tpr, metrics.roc_auc, metrics.positive_label, out / "roc.png")),
+        "confusion_matrix": str(plot_confusion(metrics.confusion_matrix, metrics.labels,
+                                               out / "confusion_matrix.png")),
+        "training_curves": str(plot_training([h.step for h in hist], [h.loss for h in hist],
+                                             [h.accuracy for h in hist], [h.step for h in val],
+                                             [float(h.val_accuracy or 0.0) for h in val],
+                                             out / "training_curves.png")),
+    }

@@ -98,6 +98,7 @@ def bundle_step(work_dir: str | Path, *, name: str, version: str, signing_key: s
         "sensitivity": test["sensitivity"], "specificity": test["specificity"],
         "precision": test["precision"], "f1": test["f1"], "positive_label": test["positive_label"],
         "confusion_matrix": test["confusion_matrix"], "val_accuracy": result.val_accuracy,
+        "roc_auc": test.get("roc_auc"), "ci95": test.get("ci95", {}),
     }
     training = {**result.config.for_manifest(), "elapsed_s": result.elapsed_s,
                 "final_loss": result.history[-1].loss if result.history else None}

@@ -1,10 +1,19 @@
 """Training: a TF-Slim network on a class-per-folder data set, in a TF 1.x graph on the CPU.
 
 :func:`train` scans and splits the data (``work_dir/split.json``), trains for ``steps`` steps
-with checkpoints in ``work_dir/checkpoints/``, evaluates the validation split now and then, and
-writes ``work_dir/train_result.json``. Mode ``scratch`` trains every weight from random
-initialisation; transfer-learning modes (``bottleneck``, ``finetune`` from an ImageNet checkpoint,
-using :attr:`NetworkSpec.checkpoint_exclusions`) join :data:`TrainMode` when they exist.
+with checkpoints in ``work_dir/checkpoints/`` and TensorBoard summaries in
+``work_dir/tensorboard/``, evaluates the validation split now and then, and writes
+``work_dir/train_result.json``. Three modes (:data:`TrainMode`):
+
+* ``scratch``: every weight from random initialisation (no checkpoint).
+* ``finetune``: restore a pretrained checkpoint (e.g. slim's ``inception_v3.ckpt``) except
+  :attr:`NetworkSpec.checkpoint_exclusions`, then TF-Slim's two-stage flowers recipe: stage 1
+  trains only the new heads (``stage1_steps``), stage 2 trains ``trainable_scopes`` (default:
+  every layer) at ``learning_rate * stage2_lr_factor``.
+* ``bottleneck`` (default when a checkpoint is given): see :mod:`trainer.bottleneck`; computes the
+  pre-logits once per image and augmentation, caches them on disk, trains the final layer only.
+
+``resume=True`` continues a scratch/finetune run from the latest checkpoint in the work folder.
 
 Small, short runs need a faster batch-norm moving average than TF-Slim's 0.9997 (tuned for
 hundreds of thousands of steps): after a few hundred steps those averages would still be near
@@ -19,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.logs import Progress, kv
 from trainer.data import Split, make_dataset, scan_dataset, split_dataset
@@ -27,8 +36,8 @@ from trainer.nets import get_network
 
 log = logging.getLogger(__name__)
 
-# "bottleneck" and "finetune" (from a pretrained checkpoint) will be added here.
-TrainMode = Literal["scratch"]
+TrainMode = Literal["scratch", "finetune", "bottleneck"]
+TENSORBOARD_DIR = "tensorboard"
 SPLIT_FILE = "split.json"
 RESULT_FILE = "train_result.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -42,7 +51,19 @@ class TrainConfig(BaseModel):
     data_dir: Path = Field(title="class-per-folder data set (one sub-folder per label)")
     work_dir: Path = Field(title="folder for the split, checkpoints and results")
     network: str = Field("inception_v3", title="network family (see trainer.nets)")
-    mode: TrainMode = Field("scratch", title="training mode")
+    mode: TrainMode = Field("scratch", title="training mode (default: bottleneck with a checkpoint, "
+                                             "else scratch)")
+    checkpoint: Path | None = Field(None, title="pretrained checkpoint prefix or folder "
+                                                "(finetune, bottleneck)")
+    checkpoint_exclusions: tuple[str, ...] | None = Field(
+        None, title="scopes not restored from the checkpoint (default: the network's logits heads)")
+    trainable_scopes: tuple[str, ...] | None = Field(
+        None, title="finetune stage 2: scopes trained (default: every trainable variable)")
+    stage1_steps: int | None = Field(None, ge=0,
+                                     title="finetune: steps training only the heads (default steps/2)")
+    stage2_lr_factor: float = Field(0.1, gt=0.0, le=1.0, title="finetune stage 2 learning-rate factor")
+    augmentations: int = Field(4, ge=1, le=64, title="bottleneck: augmented copies per training image")
+    resume: bool = Field(False, title="continue from the latest checkpoint in work_dir/checkpoints")
     image_size: int = Field(299, ge=75, le=1024, title="square network input size in pixels")
     depth_multiplier: float = Field(1.0, gt=0.0, le=2.0, title="Inception channel width multiplier")
     steps: int = Field(1000, ge=1, le=10_000_000, title="training steps")
@@ -61,15 +82,47 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(100, ge=0, title="steps between validation passes (0: at the end only)")
     threads: int = Field(0, ge=0, le=256, title="TensorFlow intra-op threads (0: one per core)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_mode(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("mode") in (None, "auto"):
+            data = {**data, "mode": "bottleneck" if data.get("checkpoint") else "scratch"}
+        return data
+
+    @model_validator(mode="after")
+    def _mode_needs_checkpoint(self) -> TrainConfig:
+        if self.mode in ("finetune", "bottleneck") and self.checkpoint is None:
+            raise ValueError(f"mode {self.mode} needs a pretrained checkpoint (--checkpoint, e.g. the slim "
+                             "inception_v3.ckpt); use mode scratch to train without one")
+        if self.mode == "scratch" and self.checkpoint is not None:
+            raise ValueError("mode scratch ignores --checkpoint; choose finetune or bottleneck to use it")
+        if self.stage1_steps is not None and self.stage1_steps > self.steps:
+            raise ValueError(f"stage1_steps {self.stage1_steps} exceeds steps {self.steps}")
+        return self
+
     @field_validator("network")
     @classmethod
     def _known_network(cls, v: str) -> str:
         get_network(v)
         return v
 
+    @property
+    def exclusions(self) -> tuple[str, ...]:
+        """Scopes a checkpoint restore skips."""
+        if self.checkpoint_exclusions is not None:
+            return self.checkpoint_exclusions
+        return get_network(self.network).checkpoint_exclusions
+
+    @property
+    def head_steps(self) -> int:
+        """Finetune stage 1 length (steps training only the heads)."""
+        return self.stage1_steps if self.stage1_steps is not None else self.steps // 2
+
     def for_manifest(self) -> dict[str, Any]:
-        """The run's settings without machine-local paths."""
-        return self.model_dump(mode="json", exclude={"data_dir", "work_dir", "threads"})
+        """The run's settings without machine-local paths (the checkpoint by its file name only)."""
+        data = self.model_dump(mode="json", exclude={"data_dir", "work_dir", "threads", "checkpoint"})
+        data["checkpoint"] = self.checkpoint.name if self.checkpoint else None
+        return data
 
 
 class HistoryPoint(BaseModel):
@@ -95,6 +148,8 @@ class TrainResult(BaseModel):
     dataset_fingerprint: str
     split_path: str
     config: TrainConfig
+    phases_s: dict[str, float] = Field(
+        default_factory=dict, title="seconds per phase, graph building excluded (bottleneck: compute, layer)")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.model_dump_json(indent=2))
@@ -151,14 +206,38 @@ def prepare_split(config: TrainConfig) -> Split:
     return split
 
 
+def _scope_variables(scopes: tuple[str, ...] | None) -> list[Any]:
+    """Trainable variables inside ``scopes`` (all of them for ``None``)."""
+    import tensorflow as tf
+
+    from trainer.restore import in_scopes
+
+    variables = tf.compat.v1.trainable_variables()
+    if scopes is None:
+        return list(variables)
+    chosen = [v for v in variables if in_scopes(v.op.name, scopes)]
+    if not chosen:
+        raise ValueError(f"no trainable variable in scopes {list(scopes)}; scopes look like "
+                         "InceptionV3/Logits or InceptionV3/Mixed_7c")
+    return chosen
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train ``config.network`` on ``config.data_dir``; see the module docstring for the outputs.
 
     Raises:
         DatasetError: the data set cannot be used (the message says why).
-        ValueError: a class is missing from the training split, or the image size is too small.
+        CheckpointError: the pretrained checkpoint is missing or does not fit the network.
+        ValueError: a class is missing from the training split, the image size is too small, or
+            ``trainable_scopes`` match nothing.
     """
+    if config.mode == "bottleneck":
+        from trainer.bottleneck import train_bottleneck
+
+        return train_bottleneck(config)
     import tensorflow as tf
+
+    from trainer.restore import resolve_checkpoint, restore_saver
 
     spec = get_network(config.network)
     spec.check_image_size(config.image_size)
@@ -168,6 +247,8 @@ def train(config: TrainConfig) -> TrainResult:
     n_classes = len(split.labels)
     ckpt_dir = config.work_dir / CHECKPOINT_DIR
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    pretrained = resolve_checkpoint(config.checkpoint) if config.checkpoint else None
+    latest = tf.train.latest_checkpoint(str(ckpt_dir)) if config.resume else None
 
     graph = tf.Graph()
     with graph.as_default():
@@ -191,10 +272,27 @@ def train(config: TrainConfig) -> TrainResult:
         accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), labels),
                                           tf.float32))
         global_step = tf.compat.v1.train.get_or_create_global_step()
+        restorer = restore_saver(pretrained, config.exclusions) if pretrained else None
         update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
         with tf.control_dependencies(update_ops):
-            train_op = _optimizer(config.optimizer, config.learning_rate).minimize(
-                total_loss, global_step=global_step)
+            if config.mode == "finetune":
+                # One gradient graph for both stages (building it twice doubled the set-up time).
+                head_vars = _scope_variables(spec.logits_scopes)
+                body_vars = _scope_variables(config.trainable_scopes)
+                union = head_vars + [v for v in body_vars if v not in head_vars]
+                grads = dict(zip(union, tf.gradients(total_loss, union), strict=True))
+                head_op = _optimizer(config.optimizer, config.learning_rate).apply_gradients(
+                    [(grads[v], v) for v in head_vars], global_step=global_step)
+                body_op = _optimizer(config.optimizer, config.learning_rate * config.stage2_lr_factor)\
+                    .apply_gradients([(grads[v], v) for v in body_vars], global_step=global_step)
+            else:
+                head_op = body_op = _optimizer(config.optimizer, config.learning_rate).minimize(
+                    total_loss, global_step=global_step)
+        tf.compat.v1.summary.scalar("loss", total_loss)
+        tf.compat.v1.summary.scalar("accuracy", accuracy)
+        summaries = tf.compat.v1.summary.merge_all()
+        val_summary_value = tf.compat.v1.placeholder(tf.float32, [], name="val_accuracy_value")
+        val_summary = tf.compat.v1.summary.scalar("val_accuracy", val_summary_value)
 
         val_iter = None
         if split.val:
@@ -226,33 +324,48 @@ def train(config: TrainConfig) -> TrainResult:
     history: list[HistoryPoint] = []
     started = time.monotonic()
     ckpt_prefix = str(ckpt_dir / "model.ckpt")
-    checkpoint_path = ""
+    checkpoint_path = latest or ""
     val_acc: float | None = None
-    log.info(kv("train_start", network=spec.name, image_size=config.image_size,
+    with graph.as_default():
+        writer = tf.compat.v1.summary.FileWriter(str(config.work_dir / TENSORBOARD_DIR), graph=graph)
+    log.info(kv("train_start", network=spec.name, mode=config.mode, image_size=config.image_size,
                 depth_multiplier=config.depth_multiplier, steps=config.steps, batch=config.batch_size,
-                train=len(split.train), val=len(split.val),
-                class_weights=",".join(f"{w:.3f}" for w in weights)))
-    with tf.compat.v1.Session(graph=graph, config=session_config(config.threads)) as sess, \
-            Progress(config.steps, "train", log, unit="step") as progress:
+                train=len(split.train), val=len(split.val), pretrained=pretrained or "none",
+                resume_from=latest or "none", class_weights=",".join(f"{w:.3f}" for w in weights)))
+    with tf.compat.v1.Session(graph=graph, config=session_config(config.threads)) as sess:
         sess.run(init)
-        for step in range(1, config.steps + 1):
-            _, loss_v, acc_v = sess.run([train_op, total_loss, accuracy])
-            if not np.isfinite(loss_v):
-                raise FloatingPointError(f"training diverged at step {step} (loss {loss_v}); "
-                                         "lower --learning-rate")
-            point_val = None
-            if config.eval_every and step % config.eval_every == 0 and step != config.steps:
-                point_val = validate(sess)
-            if step == config.steps:
-                point_val = val_acc = validate(sess)
-            history.append(HistoryPoint(step=step, loss=float(loss_v), accuracy=float(acc_v),
-                                        val_accuracy=point_val))
-            shown = {"loss": f"{loss_v:.4f}", "acc": f"{acc_v:.3f}"}
-            if point_val is not None:
-                shown["val_acc"] = f"{point_val:.3f}"
-            progress.update(1, **shown)
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                checkpoint_path = saver.save(sess, ckpt_prefix, global_step=step, write_meta_graph=False)
+        if latest:
+            saver.restore(sess, latest)
+        elif restorer is not None and pretrained is not None:
+            restorer.restore(sess, pretrained)
+        first = int(sess.run(global_step)) + 1
+        with Progress(max(config.steps - first + 1, 0), "train", log, unit="step") as progress:
+            for step in range(first, config.steps + 1):
+                op = head_op if step <= config.head_steps else body_op
+                _, loss_v, acc_v, summary = sess.run([op, total_loss, accuracy, summaries])
+                if not np.isfinite(loss_v):
+                    raise FloatingPointError(f"training diverged at step {step} (loss {loss_v}); "
+                                             "lower --learning-rate")
+                writer.add_summary(summary, step)
+                point_val = None
+                if config.eval_every and step % config.eval_every == 0 and step != config.steps:
+                    point_val = validate(sess)
+                if step == config.steps:
+                    point_val = val_acc = validate(sess)
+                if point_val is not None:
+                    writer.add_summary(sess.run(val_summary, {val_summary_value: point_val}), step)
+                history.append(HistoryPoint(step=step, loss=float(loss_v), accuracy=float(acc_v),
+                                            val_accuracy=point_val))
+                shown = {"loss": f"{loss_v:.4f}", "acc": f"{acc_v:.3f}"}
+                if point_val is not None:
+                    shown["val_acc"] = f"{point_val:.3f}"
+                progress.update(1, **shown)
+                if step % config.checkpoint_every == 0 or step == config.steps:
+                    checkpoint_path = saver.save(sess, ckpt_prefix, global_step=step, write_meta_graph=False)
+    writer.close()
+    if not checkpoint_path:
+        raise ValueError(f"no checkpoint written: {config.work_dir} already holds step {first - 1} "
+                         f">= steps {config.steps}; raise --steps to resume further")
     elapsed = time.monotonic() - started
     result = TrainResult(checkpoint_path=checkpoint_path, labels=split.labels, history=history,
                          val_accuracy=val_acc, steps=config.steps, elapsed_s=round(elapsed, 2),
@@ -262,4 +375,3 @@ def train(config: TrainConfig) -> TrainResult:
     log.info(kv("train_done", steps=config.steps, elapsed_s=f"{elapsed:.1f}",
                 val_accuracy=val_acc if val_acc is not None else "n/a", checkpoint=checkpoint_path))
     return result
-
