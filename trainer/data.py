@@ -125,6 +125,33 @@ def dataset_fingerprint(samples: list[Sample]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
+
+def admit_file(f: Path, label: str, labels: list[str], seen: dict[str, Sample],
+               skipped: list[Skipped], samples: list[Sample]) -> None:
+    """Read and decode ``f``; append it to ``samples``, or its reason to ``skipped``.
+
+    A file is skipped when it cannot be read or decoded, or when its content hash was seen
+    before (the reason names the first copy, and both labels when they disagree).
+    """
+    try:
+        data = f.read_bytes()
+        decode_image(data, str(f))
+    except OSError as exc:
+        skipped.append(Skipped(str(f), f"unreadable: {exc.strerror}"))
+        return
+    except ImageDecodeError as exc:
+        skipped.append(Skipped(str(f), f"unreadable: {exc}"))
+        return
+    digest = hashlib.sha256(data).hexdigest()
+    if digest in seen:
+        first = seen[digest]
+        clash = "" if first.label == label else f" (labelled {first.label!r} there, {label!r} here)"
+        skipped.append(Skipped(str(f), f"duplicate by content hash of {first.path}{clash}"))
+        return
+    sample = Sample(path=str(f), label=label, label_index=labels.index(label), sha256=digest)
+    seen[digest] = sample
+    samples.append(sample)
+
 def scan_dataset(root: str | Path) -> Dataset:
     """Scan ``root/<label>/*`` into a :class:`Dataset`.
 
@@ -152,24 +179,7 @@ def scan_dataset(root: str | Path) -> Dataset:
                 skipped.append(Skipped(str(f), f"unsupported format {f.suffix or '(none)'}; "
                                                f"convert to one of {', '.join(TF_SUFFIXES)}"))
                 continue
-            try:
-                data = f.read_bytes()
-                decode_image(data, str(f))
-            except OSError as exc:
-                skipped.append(Skipped(str(f), f"unreadable: {exc.strerror}"))
-                continue
-            except ImageDecodeError as exc:
-                skipped.append(Skipped(str(f), f"unreadable: {exc}"))
-                continue
-            digest = hashlib.sha256(data).hexdigest()
-            if digest in seen:
-                first = seen[digest]
-                clash = "" if first.label == label else f" (labelled {first.label!r} there, {label!r} here)"
-                skipped.append(Skipped(str(f), f"duplicate of {first.path}{clash}"))
-                continue
-            sample = Sample(path=str(f), label=label, label_index=labels.index(label), sha256=digest)
-            seen[digest] = sample
-            samples.append(sample)
+            admit_file(f, label, labels, seen, skipped, samples)
     dataset = Dataset(root=str(root_path), labels=labels, samples=samples, skipped=skipped)
     empty = [label for label, n in dataset.counts().items() if n == 0]
     if empty:

@@ -29,7 +29,6 @@ TIFFs are re-encoded losslessly as PNG. The content hash is always of the origin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -41,13 +40,14 @@ from typing import Any, Literal
 import cv2
 
 from shared.logs import Progress, kv
-from shared.preprocessing import CENTRAL_FRACTION, SUPPORTED_SUFFIXES, ImageDecodeError, decode_image
+from shared.preprocessing import CENTRAL_FRACTION, SUPPORTED_SUFFIXES, decode_image
 from trainer.data import (
     Dataset,
     DatasetError,
     Sample,
     Skipped,
     Split,
+    admit_file,
     dataset_fingerprint,
     decode_tf,
     preprocess_for_eval,
@@ -165,24 +165,7 @@ def scan_sources(root: str | Path, layout: Layout = "auto") -> tuple[Dataset, st
             if label is None:
                 skipped.append(Skipped(str(f), reason))
                 continue
-            try:
-                data = f.read_bytes()
-                decode_image(data, str(f))
-            except OSError as exc:
-                skipped.append(Skipped(str(f), f"unreadable: {exc.strerror}"))
-                continue
-            except ImageDecodeError as exc:
-                skipped.append(Skipped(str(f), f"unreadable: {exc}"))
-                continue
-            digest = hashlib.sha256(data).hexdigest()
-            if digest in seen:
-                first = seen[digest]
-                clash = "" if first.label == label else f" (labelled {first.label!r} there, {label!r} here)"
-                skipped.append(Skipped(str(f), f"duplicate by content hash of {first.path}{clash}"))
-                continue
-            sample = Sample(path=str(f), label=label, label_index=labels.index(label), sha256=digest)
-            seen[digest] = sample
-            samples.append(sample)
+            admit_file(f, label, labels, seen, skipped, samples)
     dataset = Dataset(root=str(root_path), labels=labels, samples=samples, skipped=skipped)
     for s in skipped:
         log.warning(kv("skipped", path=s.path, reason=s.reason))

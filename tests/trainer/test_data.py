@@ -42,7 +42,7 @@ def test_scan_skips_with_reasons_and_keeps_first_copy(messy: Path) -> None:
     assert ds.counts() == {"ALL": 20, "normal": 20}
     reasons = {Path(s.path).name: s.reason for s in ds.skipped}
     assert set(reasons) == {"copy-of-0.jpg", "mislabelled.jpg", "garbage.jpg", "truncated.jpg", "notes.txt"}
-    assert reasons["copy-of-0.jpg"].startswith("duplicate of ")
+    assert reasons["copy-of-0.jpg"].startswith("duplicate by content hash of ")
     assert "ALL-00000.jpg" in reasons["copy-of-0.jpg"]
     assert "labelled 'ALL' there, 'normal' here" in reasons["mislabelled.jpg"]
     assert "unreadable" in reasons["garbage.jpg"] and "truncated" in reasons["truncated.jpg"]
