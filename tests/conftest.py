@@ -108,7 +108,7 @@ def shared_broker() -> Broker:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
-    sqlalchemy = pytest.importorskip("sqlalchemy")
+    import sqlalchemy  # the dev extra installs it; an ImportError here is a broken venv, not a skip
     admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     name = f"leukonet_test_{uuid.uuid4().hex[:12]}"
     try:

@@ -3,43 +3,20 @@ markup injection from agent-supplied text, and the Pause button (CSRF form) audi
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
 from shared.schemas import ModelEventKind
-from tests.hub.conftest import DASHBOARD_PASSWORD, auth
-from tests.hub.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.hub.conftest import DASHBOARD_PASSWORD, auth, serve_app
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
 def live(env) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, env.app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-
-
-@pytest.fixture
-def page(tmp_path: Path):
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is not installed: apt-get install -y chromium (.ci/run installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page()
-        finally:
-            browser.close()
+    with serve_app(env.app) as url:
+        yield url
 
 
 def test_rollout_page_live_progress_and_pause(env, live, page, tmp_path):
