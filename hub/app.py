@@ -1,7 +1,8 @@
 """The Flask application factory: the web process's composition root.
 
 ``create_app(config)`` builds the per-app services (database engine, bundle store + registry,
-token table, MQTT publisher) and binds them ``init_app`` style; nothing happens at import time.
+token table, MQTT publisher, rollout engine, training-job queue) and binds them ``init_app``
+style; nothing happens at import time.
 Callers that run the ingest worker in the same process pass its ``ingest_stats`` so the API and
 ``/healthz`` can show them. Call :func:`close_app` when done (tests, ``serve`` shutdown).
 """
@@ -24,6 +25,7 @@ from hub.mqtt.publisher import MqttPublisher
 from hub.registry.service import ModelRegistry, load_trusted_keys
 from hub.registry.store import FilesystemBundleStore
 from hub.rollouts.engine import RolloutEngine
+from hub.training.service import TrainingJobs
 from hub.web import bp as web_bp
 
 MIB = 1024 * 1024
@@ -68,13 +70,15 @@ def create_app(
     db = database or Database(config.db_url)
     store = FilesystemBundleStore(config.data_dir / "bundles")
     pub = publisher or MqttPublisher(config.mqtt)
+    registry = ModelRegistry(db, store, keys, max_bytes=config.max_upload_mb * MIB)
     services = Services(
         config=config,
         db=db,
         auth=TokenAuth(config.tokens),
-        registry=ModelRegistry(db, store, keys, max_bytes=config.max_upload_mb * MIB),
+        registry=registry,
         publisher=pub,
         rollouts=rollouts or RolloutEngine(db, pub, config.public_url, config.rollouts),
+        training=TrainingJobs(db, registry, config.training),
         ingest_stats=ingest_stats,
         owns_db=database is None,
         owns_publisher=publisher is None,

@@ -1,7 +1,8 @@
 """The audit log: who did what, written in the same transaction as the change it describes.
 
 ``actor`` is the API token's name, ``dashboard`` for the dashboard session, or ``engine`` for the
-rollout engine's own decisions (advance, pause on errors, automatic rollback).
+hub's own decisions (rollout advance, pause on errors, automatic rollback; training jobs failed for
+a silent or restarted trainer).
 """
 
 from __future__ import annotations

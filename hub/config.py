@@ -119,6 +119,18 @@ class RolloutSection(_Section):
         return v
 
 
+class TrainingSection(_Section):
+    """The training-job queue that ``leukonet trainer serve`` works from."""
+
+    heartbeat_timeout_s: int = Field(
+        1800,
+        ge=10,
+        le=7 * 86400,
+        title="seconds a running training job may go without progress from its trainer before it is "
+        "marked failed",
+    )
+
+
 class HubConfig(StrictConfig):
     """Everything the hub processes (serve, ingest, migrate, check) need."""
 
@@ -149,6 +161,7 @@ class HubConfig(StrictConfig):
     broker: BrokerSection = Field(default_factory=BrokerSection, title="embedded broker")
     ingest: IngestSection = Field(default_factory=IngestSection, title="ingest batching")
     rollouts: RolloutSection = Field(default_factory=RolloutSection, title="staged rollouts")
+    training: TrainingSection = Field(default_factory=TrainingSection, title="training job queue")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", title="log level")
 
     @field_validator("public_url")

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from hub.mqtt.publisher import MqttPublisher
     from hub.registry.service import ModelRegistry
     from hub.rollouts.engine import RolloutEngine
+    from hub.training.service import TrainingJobs
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Services:
     registry: ModelRegistry
     publisher: MqttPublisher
     rollouts: RolloutEngine
+    training: TrainingJobs
     ingest_stats: IngestStats | None
     owns_db: bool = True
     owns_publisher: bool = True

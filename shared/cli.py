@@ -20,6 +20,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "models": ("hub.operator_cli:models", "Model registry operations (talks to the hub API)."),
     "agents": ("hub.operator_cli:agents", "Inspect agents (talks to the hub API)."),
     "rollout": ("hub.operator_cli:rollout", "Staged model rollouts (talks to the hub API)."),
+    "training": ("hub.operator_cli:training", "Training jobs for `trainer serve` (talks to the hub API)."),
     "demo": ("hub.demo", "Run the whole loop on one machine with embedded defaults."),
 }
 

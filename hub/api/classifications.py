@@ -19,7 +19,8 @@ from hub.extensions import hub_ext
 MAX_PER_PAGE = 500
 
 
-def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
+def int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    """Query parameter ``name`` as an int in ``lo..hi`` (``default`` when absent); 400 otherwise."""
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
@@ -51,8 +52,8 @@ def _time_arg(name: str) -> datetime | None:
 @require_roles(Role.TRAINER)
 def list_classifications() -> dict[str, Any]:
     """Filters: ``agent_id``, ``label``, ``since`` / ``until`` (captured_at, ISO 8601, until exclusive)."""
-    page = _int_arg("page", 1, 1, 10**9)
-    per_page = _int_arg("per_page", 50, 1, MAX_PER_PAGE)
+    page = int_arg("page", 1, 1, 10**9)
+    per_page = int_arg("per_page", 50, 1, MAX_PER_PAGE)
     conds = []
     if agent_id := request.args.get("agent_id"):
         conds.append(Classification.agent_id == agent_id)

@@ -44,8 +44,12 @@ def parse_body(model: type[BaseModel], allow_empty: bool = False) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errs = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<body>'}: {e['msg']}" for e in exc.errors())
-        raise ApiError(422, "invalid_body", errs) from exc
+        raise ApiError(422, "invalid_body", validation_message(exc)) from exc
+
+
+def validation_message(exc: ValidationError) -> str:
+    """Every field error as ``field: message``, joined by ``; `` (``<body>`` for cross-field rules)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '<body>'}: {e['msg']}" for e in exc.errors())
 
 
 def rollout_error(exc: RolloutError | BrokerUnavailable | TopicError) -> ApiError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from hub.db.models import Agent, Classification, ModelVersion
+from hub.db.models import Agent, Classification, ModelVersion, TrainingJob
 from hub.twin import bundle_url
 
 
@@ -70,4 +70,22 @@ def classification_json(c: Classification) -> dict[str, Any]:
         "timings": c.timings,
         "captured_at": iso(c.captured_at),
         "received_at": iso(c.received_at),
+    }
+
+
+def training_job_json(j: TrainingJob) -> dict[str, Any]:
+    return {
+        "job_id": j.job_id,
+        "state": j.state,
+        "spec": j.spec,
+        "progress": j.progress,
+        "error": j.error,
+        "result": j.result,
+        "worker": j.worker,
+        "cancel_requested": j.cancel_requested,
+        "created_by": j.created_by,
+        "created_at": iso(j.created_at),
+        "started_at": iso(j.started_at),
+        "finished_at": iso(j.finished_at),
+        "heartbeat_at": iso(j.heartbeat_at),
     }

@@ -2,9 +2,10 @@
 
 Pages: fleet (``/``), models with metrics side by side and a compare view (``/models``), rollouts
 (``/rollouts``, ``/rollouts/<id>`` with groups, progress, failures and reasons, and pause / resume /
-abort / rollback buttons), and one agent with its model history (``/agents/<id>``). Rollout
-actions are form POSTs protected by a per-session CSRF token; the audit log records them with the
-actor ``dashboard``. All user data reaches the HTML through Jinja autoescaping (templates) or
+abort / rollback buttons), training jobs (``/training``: the queue with progress, a form to queue
+a job and cancel buttons), and one agent with its model history (``/agents/<id>``). Rollout and
+training actions are form POSTs protected by a per-session CSRF token; the audit log records them
+with the actor ``dashboard``. All user data reaches the HTML through Jinja autoescaping (templates) or
 ``textContent`` (JS).
 """
 
@@ -16,7 +17,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, cast, get_args
 from urllib.parse import urlsplit
 
 from flask import (
@@ -30,12 +31,14 @@ from flask import (
     session,
     url_for,
 )
+from pydantic import ValidationError
 from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from hub import audit
 from hub.api.models import compare_rows
-from hub.api.serialize import agent_json, classification_json, iso, model_json
+from hub.api.rollouts import validation_message
+from hub.api.serialize import agent_json, classification_json, iso, model_json, training_job_json
 from hub.api.tags import agent_tags, lab_tags
 from hub.auth import SESSION_USER
 from hub.db.models import Agent, Classification, ModelEventRecord, Rollout, RolloutHistory
@@ -44,7 +47,10 @@ from hub.mqtt.publisher import BrokerUnavailable
 from hub.registry.service import RegistryError
 from hub.rollouts.engine import RolloutError
 from hub.rollouts.report import audit_json, history_json, rollout_json
+from hub.training.report import progress_text
+from hub.training.service import TrainingError
 from shared.logs import kv
+from shared.training import TrainingJobSpec
 
 log = logging.getLogger(__name__)
 bp = Blueprint(
@@ -55,6 +61,21 @@ LATEST = 50
 CSRF_KEY = "csrf_token"
 ROLLOUT_ACTIONS = ("pause", "resume", "abort", "rollback")
 HISTORY_ROWS = 200
+TRAINING_ROWS = 100
+# the queue form's fields, in order; the rest of TrainingJobSpec keeps its defaults
+TRAINING_FORM = (
+    "name",
+    "version",
+    "dataset",
+    "mode",
+    "checkpoint",
+    "steps",
+    "batch_size",
+    "learning_rate",
+    "image_size",
+    "depth_multiplier",
+    "seed",
+)
 
 
 def login_required(fn: F) -> F:
@@ -125,6 +146,13 @@ def csrf_token() -> str:
     return str(token)
 
 
+def check_csrf() -> None:
+    """Abort with 400 unless the posted form carries this session's CSRF token."""
+    given = request.form.get(CSRF_KEY, "")
+    if not given or not hmac.compare_digest(given, csrf_token()):
+        abort(400, description="the form expired; reload the page and try again")
+
+
 @bp.app_context_processor
 def _template_globals() -> dict[str, Any]:
     return {"csrf_token": csrf_token, "flashes": get_flashed_messages}
@@ -176,6 +204,12 @@ def _split_ref(ref: str) -> tuple[str, str]:
     return name, version
 
 
+@bp.app_template_filter("job_progress")
+def job_progress(progress: dict[str, Any] | None) -> str:
+    """A training job's progress, e.g. ``train 40% (120/300) · ETA 3 min``."""
+    return progress_text(progress)
+
+
 def _scalar(v: Any) -> bool:
     return isinstance(v, (int, float, str, bool)) or v is None
 
@@ -214,9 +248,7 @@ def rollout_action(rollout_id: str, action: str) -> Response:
     """Pause / resume / abort / rollback from the dashboard (actor ``dashboard``), CSRF-checked."""
     if action not in ROLLOUT_ACTIONS:
         abort(404)
-    given = request.form.get(CSRF_KEY, "")
-    if not given or not hmac.compare_digest(given, csrf_token()):
-        abort(400, description="the form expired; reload the page and try again")
+    check_csrf()
     engine = hub_ext.services.rollouts
     try:
         getattr(engine, action)(rollout_id, "dashboard", request.form.get("reason", "")[:1024])
@@ -262,3 +294,58 @@ def agent_page(agent_id: str) -> str:
             )
         ]
     return render_template("agent.html", a=agent, events=events, rollouts=rollouts)
+
+
+@bp.get("/training")
+@login_required
+def training_page() -> str:
+    return _training_page({})
+
+
+def _training_page(form: dict[str, str]) -> str:
+    jobs = [training_job_json(j) for j in hub_ext.services.training.list_jobs(limit=TRAINING_ROWS)]
+    fields = TrainingJobSpec.model_fields
+    return render_template(
+        "training.html",
+        jobs=jobs,
+        form=form,
+        fields={k: fields[k] for k in TRAINING_FORM},
+        modes=get_args(fields["mode"].annotation),
+        limit=TRAINING_ROWS,
+    )
+
+
+@bp.post("/training")
+@login_required
+def training_queue() -> Response | tuple[str, int]:
+    """Queue a job from the form (actor ``dashboard``), CSRF-checked; errors keep the form filled."""
+    check_csrf()
+    form = {k: request.form.get(k, "").strip() for k in TRAINING_FORM}
+    try:
+        spec = TrainingJobSpec.model_validate({k: v for k, v in form.items() if v})
+        job = hub_ext.services.training.queue(spec, "dashboard")
+    except ValidationError as exc:
+        flash(f"Not queued: {validation_message(exc)}")
+        return _training_page(form), 422
+    except TrainingError as exc:
+        flash(f"Not queued: {exc.message}")
+        return _training_page(form), exc.status
+    flash(f"queued: {spec.name} {spec.version} (job {job.job_id})")
+    return redirect(url_for("web.training_page"))
+
+
+@bp.post("/training/<job_id>/cancel")
+@login_required
+def training_cancel(job_id: str) -> Response:
+    """Cancel a queued job, or ask a running job's trainer to stop (actor ``dashboard``), CSRF-checked."""
+    check_csrf()
+    try:
+        job = hub_ext.services.training.cancel(job_id, "dashboard")
+    except TrainingError as exc:
+        flash(f"cancel refused: {exc.message}")
+    else:
+        if job.state == "cancelled":
+            flash(f"cancel: job {job_id} cancelled")
+        else:
+            flash(f"cancel: requested; the trainer of job {job_id} stops at its next progress report")
+    return redirect(url_for("web.training_page"))

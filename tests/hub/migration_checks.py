@@ -22,6 +22,7 @@ TABLES = {
     "rollout_targets",
     "rollout_history",
     "audit_log",
+    "training_jobs",
 }
 
 

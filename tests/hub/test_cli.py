@@ -61,9 +61,9 @@ def test_migrate_then_check(runner, tmp_path, private_broker):
     assert r.exit_code == 0, r.output
     assert "revision none" in r.output and "run `leukonet hub migrate`" in r.output
     r = runner.invoke(hub_cli, ["migrate", "--config", str(path)])
-    assert r.exit_code == 0 and "revision 0002" in r.output
+    assert r.exit_code == 0 and "revision 0003" in r.output
     r = runner.invoke(hub_cli, ["check", "--config", str(path)])
-    assert r.exit_code == 0 and "revision 0002 (head 0002)" in r.output
+    assert r.exit_code == 0 and "revision 0003 (head 0003)" in r.output
     private_broker.stop()
     r = runner.invoke(hub_cli, ["check", "--config", str(path)])
     assert r.exit_code == 1 and "FAIL  broker" in r.output
