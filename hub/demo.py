@@ -1,9 +1,10 @@
 """``leukonet demo``: the whole loop on one machine, on the embedded defaults.
 
 Starts the hub (SQLite + the broker it runs itself), generates a synthetic blood-smear data set,
-trains a small TF-Slim Inception V3, freezes and exports it to OpenVINO, publishes the signed bundle
-to the hub, activates it for two agents watching two folders, feeds them held-out images, and
-prints a summary. Every step runs the same ``leukonet`` entry points a user would, as child
+queues a training job on the hub that ``leukonet trainer serve`` takes (a small TF-Slim Inception
+V3: trained, frozen, exported to OpenVINO with the parity check, signed and published to the hub),
+activates the model for two agents watching two folders, feeds them held-out images, and prints a
+summary. Every step runs the same ``leukonet`` entry points a user would, as child
 processes, so the demo exercises exactly what is shipped. Nothing here imports Flask or TensorFlow.
 """
 
@@ -190,18 +191,24 @@ class Demo:
         self.run_step("generate-heldout", self.cli(
             "trainer", "generate", "--out", str(data / "heldout"), "--per-class", str(self.heldout_per_class),
             "--image-size", str(max(2 * self.image_size, 160)), "--seed", "2"))
-        out = self.run_step("train", self.cli(
-            "trainer", "run", "--data", str(data / "train"), "--work", str(self.work / "train"),
-            "--name", MODEL_NAME, "--version", MODEL_VERSION,
-            "--signing-key", str(self.work / "keys" / "signing.pem"),
-            "--image-size", str(self.image_size), "--depth-multiplier", str(self.depth_multiplier),
-            "--steps", str(self.steps), "--hub", self.hub_url),
-            env_extra={"LEUKONET_TRAINER_TOKEN": self.secrets_["trainer_token"]})
-        lines = [ln for ln in out.strip().splitlines() if ln.strip()]
-        if not lines:
-            raise DemoError("trainer printed no summary")
-        summary: dict[str, Any] = json.loads(lines[-1])
-        return summary
+        # The operator's way: queue a training job on the hub, let a trainer service take it.
+        job = self.api("POST", "/api/v1/training-jobs", json={
+            "name": MODEL_NAME, "version": MODEL_VERSION, "dataset": "train", "mode": "scratch",
+            "image_size": self.image_size, "depth_multiplier": self.depth_multiplier, "steps": self.steps})
+        _say(f"queued training job {job['job_id']} on the hub; starting `leukonet trainer serve` for it")
+        self.run_step("trainer-serve", self.cli("trainer", "serve", "--max-jobs", "1"), env_extra={
+            "LEUKONET_TRAINER_HUB_URL": self.hub_url,
+            "LEUKONET_TRAINER_TOKEN": self.secrets_["trainer_token"],
+            "LEUKONET_TRAINER_SIGNING_KEY": str(self.work / "keys" / "signing.pem"),
+            "LEUKONET_TRAINER_DATA_ROOT": str(data), "LEUKONET_TRAINER_WORK_ROOT": str(self.work / "train"),
+            "LEUKONET_TRAINER_WORKER": "demo-trainer", "LEUKONET_TRAINER_POLL_INTERVAL_S": "1",
+            "LEUKONET_TRAINER_PROGRESS_INTERVAL_S": "2"})
+        done = self.api("GET", f"/api/v1/training-jobs/{job['job_id']}")
+        if done["state"] != "succeeded":
+            raise DemoError(f"training job {job['job_id']} ended {done['state']}: {done.get('error')}; "
+                            f"log in {self.work / 'logs'}")
+        result: dict[str, Any] = {**done["result"], "job_id": job["job_id"]}
+        return result
 
     def start_agents(self) -> None:
         for agent_id in AGENTS:
@@ -286,6 +293,7 @@ class Demo:
             "model": f"{MODEL_NAME} {MODEL_VERSION}",
             "trainer_test_metrics": train.get("metrics", {}),
             "parity": train.get("parity", {}),
+            "training_job": train.get("job_id"),
             "dashboard_url": self.hub_url + "/",
             "elapsed_s": round(time.monotonic() - started, 1),
         }

@@ -7,6 +7,7 @@ Log lines are ``time level logger event key=value ...`` so they grep and parse. 
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
 import sys
 import time
@@ -25,6 +26,23 @@ def kv(event: str, **fields: Any) -> str:
             s = '"' + s.replace('"', '\\"') + '"'
         parts.append(f"{k}={s}")
     return " ".join(parts)
+
+
+def parse_kv(text: str) -> tuple[str, dict[str, str]]:
+    """The inverse of :func:`kv`: ``'event a=1 b="x y"'`` -> ``("event", {"a": "1", "b": "x y"})``.
+
+    Raises:
+        ValueError: unbalanced quotes.
+    """
+    parts = shlex.split(text, posix=True)
+    if not parts:
+        return "", {}
+    fields: dict[str, str] = {}
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        if sep:
+            fields[key] = value
+    return parts[0], fields
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -20,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from shared.logs import Progress, kv
-from trainer.data import Sample, decode_tf, preprocess_for_eval
+from trainer.data import Sample, Split, decode_tf, encoded_images, preprocess_for_eval
 from trainer.nets import get_network
 from trainer.train import (
     CHECKPOINT_DIR,
@@ -90,9 +91,12 @@ class BottleneckCache:
         tmp.replace(self.path(sha256, copy))
 
 
-def compute_bottlenecks(config: TrainConfig, checkpoint: str, jobs: list[tuple[Sample, int]],
-                        n_classes: int, cache: BottleneckCache) -> float:
+def compute_bottlenecks(config: TrainConfig, checkpoint: str, split: Split, jobs: list[tuple[Sample, int]],
+                        cache: BottleneckCache) -> float:
     """Compute and cache the pre-logits of the ``(sample, copy)`` jobs not cached yet (copy 0: as is).
+
+    Images come from the split's source (its TFRecords when imported, else its files), read
+    once each in source order by a generator, so memory holds one batch, not the data set.
 
     Returns:
         seconds spent computing (after the graph is built and the checkpoint restored).
@@ -101,47 +105,55 @@ def compute_bottlenecks(config: TrainConfig, checkpoint: str, jobs: list[tuple[S
 
     from trainer.restore import restore_saver
 
-    todo = [(s, c) for s, c in jobs if not cache.has(s.sha256, c)]
-    log.info(kv("bottlenecks", total=len(jobs), cached=len(jobs) - len(todo), compute=len(todo)))
+    todo: dict[str, list[int]] = {}
+    samples: dict[str, Sample] = {}
+    for s, c in jobs:
+        if not cache.has(s.sha256, c):
+            todo.setdefault(s.sha256, []).append(c)
+            samples[s.sha256] = s
+    count = sum(len(v) for v in todo.values())
+    log.info(kv("bottlenecks", total=len(jobs), cached=len(jobs) - count, compute=count))
     if not todo:
         return 0.0
+
+    def source() -> Iterator[tuple[bytes, int, int, bytes]]:
+        for sample, data in encoded_images(split, list(samples.values())):
+            for copy in todo[sample.sha256]:
+                yield data, copy, int(sample.sha256[:12], 16), sample.sha256.encode()
+
     spec = get_network(config.network)
     graph = tf.Graph()
     with graph.as_default():
-        paths = tf.constant([s.path for s, _ in todo])
-        copies = tf.constant([c for _, c in todo], tf.int64)
-        image_seeds = tf.constant([int(s.sha256[:12], 16) for s, _ in todo], tf.int64)
-
-        def load(path: Any, copy: Any, image_seed: Any) -> Any:
-            x = preprocess_for_eval(decode_tf(tf.io.read_file(path)), config.image_size)
+        def load(data: Any, copy: Any, image_seed: Any, sha: Any) -> tuple[Any, Any, Any]:
+            x = preprocess_for_eval(decode_tf(data), config.image_size)
             seed = tf.stack([image_seed, copy * 1000 + config.seed])
-            return tf.cond(copy > 0, lambda: (augment_stateless(x / 2.0 + 0.5, seed) - 0.5) * 2.0,
-                           lambda: x)
+            x = tf.cond(copy > 0, lambda: (augment_stateless(x / 2.0 + 0.5, seed) - 0.5) * 2.0, lambda: x)
+            return x, sha, copy
 
-        ds = tf.data.Dataset.from_tensor_slices((paths, copies, image_seeds))
+        ds = tf.data.Dataset.from_generator(source, output_signature=(
+            tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64),
+            tf.TensorSpec([], tf.string)))
         ds = ds.map(load, num_parallel_calls=2, deterministic=True).batch(config.batch_size).prefetch(2)
-        images = tf.compat.v1.data.make_one_shot_iterator(ds).get_next()
-        _, end_points = spec.build(images, n_classes, is_training=False, inference=True,
+        iterator = tf.compat.v1.data.make_initializable_iterator(ds)
+        images, shas, copies = iterator.get_next()
+        _, end_points = spec.build(images, len(split.labels), is_training=False, inference=True,
                                    depth_multiplier=config.depth_multiplier)
         prelogits = tf.reshape(end_points["PreLogits"], [tf.shape(images)[0], -1])
         saver = restore_saver(checkpoint, config.exclusions)
         init = tf.compat.v1.global_variables_initializer()
     graph.finalize()
-    done = 0
     with tf.compat.v1.Session(graph=graph, config=session_config(config.threads)) as sess, \
-            Progress(len(todo), "bottlenecks", log, unit="img") as progress:
-        sess.run(init)
+            Progress(count, "bottlenecks", log, unit="img") as progress:
+        sess.run([init, iterator.initializer])
         saver.restore(sess, checkpoint)
         started = time.perf_counter()
         while True:
             try:
-                batch = sess.run(prelogits)
+                batch, batch_shas, batch_copies = sess.run([prelogits, shas, copies])
             except tf.errors.OutOfRangeError:
                 break
-            for vector in batch:
-                sample, copy = todo[done]
-                cache.save(sample.sha256, copy, vector)
-                done += 1
+            for vector, sha, copy in zip(batch, batch_shas, batch_copies, strict=True):
+                cache.save(sha.decode(), int(copy), vector)
             progress.update(len(batch))
     return time.perf_counter() - started
 
@@ -264,7 +276,7 @@ def train_bottleneck(config: TrainConfig) -> TrainResult:
     cache = BottleneckCache(config.work_dir / BOTTLENECK_DIR / cache_tag(config, checkpoint))
     train_jobs = [(s, c) for s in split.train for c in range(config.augmentations)]
     val_jobs = [(s, 0) for s in split.val]
-    compute_s = compute_bottlenecks(config, checkpoint, train_jobs + val_jobs, n_classes, cache)
+    compute_s = compute_bottlenecks(config, checkpoint, split, train_jobs + val_jobs, cache)
     x_train, y_train = _stack(cache, train_jobs)
     x_val, y_val = _stack(cache, val_jobs) if val_jobs else (np.zeros((0, x_train.shape[1]), np.float32),
                                                              np.zeros((0,), np.int64))

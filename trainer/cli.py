@@ -102,7 +102,8 @@ def generate(out: Path, per_class: int, image_size: int, seed: int) -> None:
 def _train_options(fn: Callable[..., None]) -> Callable[..., None]:
     options = [
         click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
-                     help="Data set folder: one sub-folder of images per class."),
+                     help="An import folder (`leukonet trainer import`: trains on its split and TFRecords) "
+                          "or an image folder with one sub-folder per class."),
         click.option("--work", required=True, type=click.Path(file_okay=False, path_type=Path),
                      help="Work folder for the split, checkpoints, evaluation, export and bundle."),
         click.option("--network", default="inception_v3", show_default=True, help="Network family."),
@@ -205,14 +206,21 @@ def evaluate_cmd(work: Path, positive_label: str | None) -> None:
     _emit(report.model_dump(mode="json"))
 
 
+_INT8_OPTION = click.option(
+    "--int8/--no-int8", default=False, show_default=True,
+    help="Also quantize the FP32 IR to INT8 with NNCF (calibrated on training images) and record its "
+         "accuracy delta on the test split; FP32 and FP16 stay in the bundle.")
+
+
 @cli.command("export")
 @click.option("--work", required=True, type=click.Path(file_okay=False, path_type=Path))
+@_INT8_OPTION
 @_fail_cleanly
-def export_cmd(work: Path) -> None:
+def export_cmd(work: Path, int8: bool) -> None:
     """Freeze to model.pb, convert to OpenVINO IR FP32 + FP16 and check parity (WORK/export)."""
     from trainer.pipeline import export_step
 
-    _emit(export_step(work))
+    _emit(export_step(work, int8=int8))
 
 
 def _signing_key(obj: TrainerConfig, given: Path | None) -> Path:
@@ -275,10 +283,12 @@ def publish_cmd(obj: TrainerConfig, bundle_path: Path, hub: str | None, token: s
               help="Ed25519 private key PEM (default: config signing_key).")
 @click.option("--hub", default=None, help="Publish to this hub when given (or config hub_url).")
 @click.option("--token", default=None, help="Hub token (default: LEUKONET_TRAINER_TOKEN).")
+@_INT8_OPTION
+@click.option("--positive-label", default=None, help="Disease label for sensitivity etc. (default: ALL).")
 @click.pass_obj
 @_fail_cleanly
 def run_cmd(obj: TrainerConfig, name: str, version: str, signing_key: Path | None, hub: str | None,
-            token: str | None, **kw: Any) -> None:
+            token: str | None, int8: bool, positive_label: str | None, **kw: Any) -> None:
     """Split, train, evaluate, freeze, export (+parity), bundle, and publish if a hub is given.
 
     The last stdout line is a JSON summary: bundle, sha256, metrics, parity, published.
@@ -288,5 +298,46 @@ def run_cmd(obj: TrainerConfig, name: str, version: str, signing_key: Path | Non
     hub_url = hub or obj.hub_url
     summary = run_pipeline(_train_config(obj, **kw), name=name, version=version,
                            signing_key=_signing_key(obj, signing_key), hub_url=hub_url,
-                           token=_token(obj, token) if hub_url else None)
+                           token=_token(obj, token) if hub_url else None, int8=int8,
+                           positive_label=positive_label)
     click.echo(summary.to_json())
+
+
+@cli.command("serve")
+@click.option("--hub", default=None, help="Hub base URL (default: config hub_url).")
+@click.option("--worker", default=None, help="This trainer's name on the hub (default: the host name).")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder holding the data sets a job may name (default: config data_root).")
+@click.option("--checkpoint-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder holding pretrained checkpoints (default: config checkpoint_root).")
+@click.option("--work-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Work folders, one per job (default: config work_root).")
+@click.option("--max-jobs", type=click.IntRange(min=1), default=None,
+              help="Exit after this many jobs (default: run until stopped).")
+@click.pass_obj
+@_fail_cleanly
+def serve_cmd(obj: TrainerConfig, hub: str | None, worker: str | None, data_root: Path | None,
+              checkpoint_root: Path | None, work_root: Path | None, max_jobs: int | None) -> None:
+    """Run training jobs queued on the hub, one at a time, until stopped (SIGTERM / Ctrl-C).
+
+    Each job trains in a child `leukonet trainer run`, reports progress to the hub, and publishes
+    its bundle only when everything else succeeded. Needs the hub URL, a trainer token
+    (LEUKONET_TRAINER_TOKEN) and a signing key.
+    """
+    import signal
+
+    from trainer.service import TrainerService
+
+    overrides = {k: v for k, v in {"hub_url": hub, "worker": worker, "data_root": data_root,
+                                   "checkpoint_root": checkpoint_root, "work_root": work_root}.items()
+                 if v is not None}
+    config = TrainerConfig.model_validate({**obj.model_dump(), **overrides})
+    service = TrainerService(config)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        service.stop(f"stopped ({signal.Signals(signum).name})")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    done = service.serve(max_jobs)
+    _emit({"jobs": done, "worker": config.worker})

@@ -7,6 +7,7 @@ options, which win. Per-run training settings live in :class:`trainer.train.Trai
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -24,3 +25,12 @@ class TrainerConfig(StrictConfig):
     signing_key: Path | None = Field(None, title="Ed25519 private key (PEM) that signs bundles")
     threads: int = Field(0, ge=0, le=256, title="TensorFlow intra-op threads (0: one per core)")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", title="log level")
+    # `leukonet trainer serve` (jobs queued on the hub):
+    worker: str = Field(default_factory=lambda: socket.gethostname()[:64] or "trainer", min_length=1,
+                        max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+                        title="this trainer's name on the hub (default: host name)")
+    data_root: Path | None = Field(None, title="serve: folder holding the data sets jobs may name")
+    checkpoint_root: Path | None = Field(None, title="serve: folder holding the pretrained checkpoints")
+    work_root: Path = Field(Path("var/trainer-jobs"), title="serve: one work folder per job under it")
+    poll_interval_s: float = Field(10.0, gt=0, le=3600, title="serve: seconds between claims when idle")
+    progress_interval_s: float = Field(5.0, gt=0, le=600, title="serve: seconds between progress reports")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from shared.preprocessing import CENTRAL_FRACTION, ImageDecodeError, decode_imag
 
 log = logging.getLogger(__name__)
 
+SPLIT_PARTS = ("train", "val", "test")
 # What tf.io.decode_image reads (TIFF is not among them): others are skipped with a reason.
 TF_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -87,17 +89,31 @@ class Split:
     skipped: list[Skipped]
     fingerprint: str
     seed: int
+    # part ("train", "val", "test") -> TFRecord shards holding exactly that part's samples in
+    # order, when the split comes from `leukonet trainer import`; empty: read the image files.
+    records: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"labels": self.labels, "fingerprint": self.fingerprint, "seed": self.seed,
+        data = {"labels": self.labels, "fingerprint": self.fingerprint, "seed": self.seed,
                 "train": [asdict(s) for s in self.train], "val": [asdict(s) for s in self.val],
                 "test": [asdict(s) for s in self.test], "skipped": [asdict(s) for s in self.skipped]}
+        if self.records:
+            data["records"] = self.records
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Split:
         return cls(labels=list(data["labels"]), fingerprint=data["fingerprint"], seed=int(data["seed"]),
                    train=[Sample(**s) for s in data["train"]], val=[Sample(**s) for s in data["val"]],
-                   test=[Sample(**s) for s in data["test"]], skipped=[Skipped(**s) for s in data["skipped"]])
+                   test=[Sample(**s) for s in data["test"]], skipped=[Skipped(**s) for s in data["skipped"]],
+                   records={k: list(v) for k, v in data.get("records", {}).items()})
+
+    def part(self, name: str) -> list[Sample]:
+        """The samples of ``name`` (train, val or test)."""
+        if name not in SPLIT_PARTS:
+            raise ValueError(f"split part {name!r} is not one of {', '.join(SPLIT_PARTS)}")
+        samples: list[Sample] = getattr(self, name)
+        return samples
 
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -279,12 +295,32 @@ def augment(x01: Any, seed: int) -> Any:
 
 # Decoded, cropped and resized training images are kept in memory when they fit in this budget:
 # decoding dominated the step time on two cores. Augmentation still runs per epoch after the cache.
+# Above it, the shuffle buffer is capped to the same budget.
 CACHE_BUDGET_BYTES = 1 << 30
+
+
+def _finish(ds: Any, count: int, image_size: int, batch_size: int, training: bool, seed: int) -> Any:
+    """``(image [S, S, 3] in [-1, 1], label)`` elements -> batches; see :func:`make_dataset`."""
+    import tensorflow as tf
+
+    if training:
+        image_bytes = image_size * image_size * 3 * 4
+        if count * image_bytes <= CACHE_BUDGET_BYTES:
+            ds = ds.cache()
+        buffer = max(1, min(count, CACHE_BUDGET_BYTES // image_bytes))
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+
+        def jitter(x: Any, label: Any) -> tuple[Any, Any]:
+            return (augment(x / 2.0 + 0.5, seed) - 0.5) * 2.0, label
+
+        ds = ds.map(jitter, num_parallel_calls=2, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=training)
+    return ds.prefetch(tf.data.AUTOTUNE if training else 2)
 
 
 def make_dataset(samples: list[Sample], image_size: int, batch_size: int, *, training: bool,
                  seed: int = 0) -> Any:
-    """A ``tf.data.Dataset`` of ``(images [B, S, S, 3] float32 in [-1, 1], labels [B] int32)``.
+    """A ``tf.data.Dataset`` of ``(images [B, S, S, 3] float32 in [-1, 1], labels [B] int32)`` from files.
 
     Training: decoded + cropped + resized once (cached in memory within
     :data:`CACHE_BUDGET_BYTES`), then shuffled each epoch (seeded), augmented, repeated forever,
@@ -305,14 +341,112 @@ def make_dataset(samples: list[Sample], image_size: int, batch_size: int, *, tra
         return preprocess_for_eval(decode_tf(tf.io.read_file(path)), image_size), label
 
     ds = ds.map(load, num_parallel_calls=2, deterministic=True)
-    if training:
-        if len(samples) * image_size * image_size * 3 * 4 <= CACHE_BUDGET_BYTES:
-            ds = ds.cache()
-        ds = ds.shuffle(len(samples), seed=seed, reshuffle_each_iteration=True).repeat()
+    return _finish(ds, len(samples), image_size, batch_size, training, seed)
 
-        def jitter(x: Any, label: Any) -> tuple[Any, Any]:
-            return (augment(x / 2.0 + 0.5, seed) - 0.5) * 2.0, label
 
-        ds = ds.map(jitter, num_parallel_calls=2, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=training)
-    return ds.prefetch(2)
+def parse_example(serialized: Any) -> tuple[Any, Any]:
+    """One serialized ``tf.train.Example`` -> ``(uint8 RGB image [H, W, 3], label int32)`` (graph ops)."""
+    import tensorflow as tf
+
+    features = tf.io.parse_single_example(serialized, {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+    })
+    return decode_tf(features["image/encoded"]), tf.cast(features["image/class/label"], tf.int32)
+
+
+def tfrecord_dataset(files: list[str] | list[Path], image_size: int, batch_size: int, *, training: bool,
+                     seed: int = 0, count: int | None = None,
+                     central_fraction: float = CENTRAL_FRACTION) -> Any:
+    """Same batches as :func:`make_dataset`, read from TFRecord shards written by the importer.
+
+    Training decodes each record once (cached within :data:`CACHE_BUDGET_BYTES`), shuffles
+    (seeded), augments and repeats; evaluation reads the shards once, one after the other, so
+    the order is the split's sample order. ``count`` (records in the shards) sizes the cache
+    and the shuffle buffer; unknown, the buffer is 1024.
+
+    Raises:
+        DatasetError: no shard files, or a shard is missing.
+    """
+    import tensorflow as tf
+
+    if not files:
+        raise DatasetError("no TFRecord shards to read; run `leukonet trainer import` first")
+    missing = [str(f) for f in files if not Path(f).is_file()]
+    if missing:
+        raise DatasetError(f"TFRecord shard(s) missing: {missing[:3]}; re-run `leukonet trainer import` "
+                           "or train from the image folder")
+    names = [str(f) for f in files]
+    ds = tf.data.TFRecordDataset(names, num_parallel_reads=min(len(names), 2) if training else None)
+
+    def load(serialized: Any) -> tuple[Any, Any]:
+        image, label = parse_example(serialized)
+        return preprocess_for_eval(image, image_size, central_fraction), label
+
+    ds = ds.map(load, num_parallel_calls=2, deterministic=True)
+    return _finish(ds, count if count is not None else 1024, image_size, batch_size, training, seed)
+
+
+def split_input(split: Split, part: str, image_size: int, batch_size: int, *, training: bool,
+                seed: int = 0) -> Any:
+    """The batches of one split part, from its TFRecords when the split was imported, else its files."""
+    samples = split.part(part)
+    if not samples:
+        raise DatasetError(f"the {part} split is empty; add images or change the split fractions")
+    if split.records:
+        return tfrecord_dataset(split.records.get(part, []), image_size, batch_size, training=training,
+                                seed=seed, count=len(samples))
+    return make_dataset(samples, image_size, batch_size, training=training, seed=seed)
+
+
+def iter_records(files: list[str]) -> Iterator[tuple[str, bytes, str]]:
+    """``(content sha256, encoded image bytes, format)`` of every record in ``files``, in order."""
+    import tensorflow as tf
+
+    for name in files:
+        for raw in tf.compat.v1.io.tf_record_iterator(name):
+            feature = tf.train.Example.FromString(raw).features.feature
+            yield (feature["image/sha256"].bytes_list.value[0].decode(),
+                   feature["image/encoded"].bytes_list.value[0],
+                   feature["image/format"].bytes_list.value[0].decode())
+
+
+def encoded_images(split: Split, samples: list[Sample]) -> Iterator[tuple[Sample, bytes]]:
+    """The encoded bytes of ``samples`` from the split's source (records or files), in source order.
+
+    Raises:
+        DatasetError: a sample is in neither (its shard or file went missing).
+    """
+    wanted = {s.sha256: s for s in samples}
+    if not split.records:
+        for s in samples:
+            try:
+                yield s, Path(s.path).read_bytes()
+            except OSError as exc:
+                raise DatasetError(f"{s.path}: cannot read it ({exc.strerror}); the data set changed "
+                                   "since the split was made") from exc
+        return
+    files = [f for part in SPLIT_PARTS for f in split.records.get(part, [])]
+    found = 0
+    for sha, data, _ in iter_records(files):
+        if sha in wanted:
+            found += 1
+            yield wanted[sha], data
+    if found < len(wanted):
+        raise DatasetError(f"{len(wanted) - found} image(s) of the split are missing from its TFRecords "
+                           f"{files[:2]}...; re-run `leukonet trainer import`")
+
+
+def write_images(split: Split, samples: list[Sample], folder: Path) -> list[str]:
+    """Copy ``samples``' encoded bytes to ``folder/<sha256>.<ext>`` (ordered as ``samples``); their paths.
+
+    For a split read from TFRecords this is how OpenCV-side code (the parity check) gets files.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, str] = {}
+    for sample, data in encoded_images(split, samples):
+        ext = ".jpg" if data[:2] == b"\xff\xd8" else ".png" if data[:4] == b"\x89PNG" else ".bmp"
+        path = folder / f"{sample.sha256}{ext}"
+        path.write_bytes(data)
+        paths[sample.sha256] = str(path)
+    return [paths[s.sha256] for s in samples]

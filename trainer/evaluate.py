@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.logs import Progress, kv
-from trainer.data import Sample, Split, make_dataset
+from trainer.data import DatasetError, Sample, Split, split_input
 from trainer.nets import get_network
 from trainer.stats import auc_interval, roc_auc, roc_curve, wilson_interval
 from trainer.train import TrainResult, session_config
@@ -130,20 +130,26 @@ def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequen
                    confusion_matrix=matrix.tolist(), roc_auc=auc, ci95=ci95)
 
 
-def predict_checkpoint(checkpoint_path: str, samples: list[Sample], n_classes: int, *, network: str,
+def predict_checkpoint(checkpoint_path: str, split: Split, part: str, *, network: str,
                        image_size: int, depth_multiplier: float, batch_size: int = 16,
                        threads: int = 0) -> np.ndarray:
-    """Probabilities ``[len(samples), n_classes]`` of the checkpoint on ``samples`` (file order).
+    """Probabilities ``[len(samples), n_classes]`` of the checkpoint on one split part (sample order).
 
-    Uses the TF evaluation pipeline (:func:`trainer.data.make_dataset` with ``training=False``)
-    and the inference graph (batch-norm moving averages, no auxiliary head).
+    Uses the TF evaluation pipeline (:func:`trainer.data.split_input` with ``training=False``:
+    the part's TFRecords when the split was imported, else its files) and the inference graph
+    (batch-norm moving averages, no auxiliary head).
+
+    Raises:
+        DatasetError: the source yielded another number of images than the part has samples.
     """
     import tensorflow as tf
 
+    samples = split.part(part)
+    n_classes = len(split.labels)
     spec = get_network(network)
     graph = tf.Graph()
     with graph.as_default():
-        ds = make_dataset(samples, image_size, batch_size, training=False)
+        ds = split_input(split, part, image_size, batch_size, training=False)
         images, _ = tf.compat.v1.data.make_one_shot_iterator(ds).get_next()
         logits, _ = spec.build(images, n_classes, is_training=False, inference=True,
                                depth_multiplier=depth_multiplier)
@@ -161,7 +167,11 @@ def predict_checkpoint(checkpoint_path: str, samples: list[Sample], n_classes: i
                 break
             out.append(batch)
             progress.update(len(batch))
-    return np.concatenate(out, axis=0) if out else np.zeros((0, n_classes), np.float32)
+    probs = np.concatenate(out, axis=0) if out else np.zeros((0, n_classes), np.float32)
+    if len(probs) != len(samples):
+        raise DatasetError(f"the {part} split lists {len(samples)} images but its source gave {len(probs)}; "
+                           "the import or image folder changed since the split was made")
+    return probs
 
 
 class EvaluationReport(BaseModel):
@@ -186,12 +196,10 @@ def evaluate(result: TrainResult, out_dir: str | Path, *, split_name: str = "tes
         DatasetError: the split file cannot be read, or the split is empty.
         ValueError: ``split_name`` is not train/val/test.
     """
-    if split_name not in ("train", "val", "test"):
-        raise ValueError(f"split {split_name!r} is not one of train, val, test")
     split = Split.load(result.split_path)
-    samples: list[Sample] = getattr(split, split_name)
+    samples: list[Sample] = split.part(split_name)
     cfg = result.config
-    probs = predict_checkpoint(result.checkpoint_path, samples, len(split.labels), network=cfg.network,
+    probs = predict_checkpoint(result.checkpoint_path, split, split_name, network=cfg.network,
                                image_size=cfg.image_size, depth_multiplier=cfg.depth_multiplier,
                                batch_size=cfg.batch_size, threads=cfg.threads)
     y_true = [s.label_index for s in samples]

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +40,7 @@ from typing import Any, Literal
 import cv2
 
 from shared.logs import Progress, kv
-from shared.preprocessing import CENTRAL_FRACTION, SUPPORTED_SUFFIXES, decode_image
+from shared.preprocessing import SUPPORTED_SUFFIXES, decode_image
 from trainer.data import (
     Dataset,
     DatasetError,
@@ -49,8 +49,6 @@ from trainer.data import (
     Split,
     admit_file,
     dataset_fingerprint,
-    decode_tf,
-    preprocess_for_eval,
     split_dataset,
 )
 
@@ -302,41 +300,3 @@ def load_import(out_dir: str | Path) -> tuple[ImportResult, Split]:
                            "run `leukonet trainer import` first") from exc
     data["skipped"] = [Skipped(**s) for s in data["skipped"]]
     return ImportResult(**data), Split.load(out / SPLIT_FILE)
-
-
-def parse_example(serialized: Any) -> tuple[Any, Any]:
-    """One serialized example -> ``(uint8 RGB image [H, W, 3], label int32)`` (graph ops)."""
-    import tensorflow as tf
-
-    features = tf.io.parse_single_example(serialized, {
-        "image/encoded": tf.io.FixedLenFeature([], tf.string),
-        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-    })
-    return decode_tf(features["image/encoded"]), tf.cast(features["image/class/label"], tf.int32)
-
-
-def tfrecord_dataset(files: Sequence[str | Path], image_size: int, batch_size: int, *, training: bool,
-                     seed: int = 0, central_fraction: float = CENTRAL_FRACTION) -> Any:
-    """``(images [B, S, S, 3] float32 in [-1, 1], labels [B] int32)`` from TFRecord shards.
-
-    Same preprocessing as :func:`trainer.data.make_dataset`; training shuffles (seeded), repeats
-    and keeps full batches only; evaluation reads the shards once, in order.
-
-    Raises:
-        DatasetError: no shard files.
-    """
-    import tensorflow as tf
-
-    if not files:
-        raise DatasetError("no TFRecord shards to read; run `leukonet trainer import` first")
-    ds = tf.data.TFRecordDataset([str(f) for f in files], num_parallel_reads=min(len(files), 2))
-
-    def load(serialized: Any) -> tuple[Any, Any]:
-        image, label = parse_example(serialized)
-        return preprocess_for_eval(image, image_size, central_fraction), label
-
-    if training:
-        ds = ds.shuffle(1024, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=training)
-    return ds.prefetch(tf.data.AUTOTUNE)

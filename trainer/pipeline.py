@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shared.logs import kv
-from trainer.data import Split
+from trainer.data import Sample, Split, write_images
 from trainer.evaluate import REPORT_FILE, EvaluationReport, evaluate
-from trainer.export import MIN_PARITY_IMAGES, PARITY_FILE, REFERENCE_IMAGE, export
+from trainer.export import IR_FP32, MIN_PARITY_IMAGES, PARITY_FILE, REFERENCE_IMAGE, export, load_crops
 from trainer.freeze import freeze
+from trainer.int8 import IR_INT8
 from trainer.publish import FROZEN_GRAPH, BundleInfo, build_manifest, make_bundle, publish, source_commit
 from trainer.train import RESULT_FILE, TrainConfig, TrainResult, train
 
@@ -35,6 +37,8 @@ EVAL_DIR = "eval"
 EXPORT_DIR = "export"
 BUNDLE_DIR = "bundle"
 MAX_PARITY_IMAGES = 16
+PARITY_IMAGES_DIR = "parity-images"
+INT8_CALIBRATION_IMAGES = 64
 
 
 def load_train_result(work_dir: str | Path) -> TrainResult:
@@ -47,25 +51,38 @@ def evaluate_step(work_dir: str | Path, positive_label: str | None = None) -> Ev
     return evaluate(result, Path(work_dir) / EVAL_DIR, split_name="test", positive_label=positive_label)
 
 
-def parity_images(split: Split, count: int = MAX_PARITY_IMAGES) -> list[str]:
+def parity_samples(split: Split, count: int = MAX_PARITY_IMAGES) -> list[Sample]:
     """Validation images first; topped up from test, then train, when validation has fewer than 8.
 
     Parity compares two implementations of one function, so any real image serves; validation
     images are preferred only because they are the ones the model was not fitted to.
     """
-    chosen = [s.path for s in split.val[:count]]
+    chosen = list(split.val[:count])
     for pool in (split.test, split.train):
         if len(chosen) >= MIN_PARITY_IMAGES:
             break
-        chosen += [s.path for s in pool[: MIN_PARITY_IMAGES - len(chosen)]]
+        chosen += pool[: MIN_PARITY_IMAGES - len(chosen)]
     return chosen
 
 
-def export_step(work_dir: str | Path) -> dict[str, Any]:
+def parity_images(split: Split, work_dir: Path, count: int = MAX_PARITY_IMAGES) -> list[str]:
+    """Files of :func:`parity_samples`: the originals, or copies out of the TFRecords of an import."""
+    samples = parity_samples(split, count)
+    if split.records:
+        return write_images(split, samples, work_dir / PARITY_IMAGES_DIR)
+    return [s.path for s in samples]
+
+
+def export_step(work_dir: str | Path, *, int8: bool = False,
+                calibration_images: int = INT8_CALIBRATION_IMAGES) -> dict[str, Any]:
     """Freeze the checkpoint and export IR FP32/FP16 with the parity check into ``work_dir/export``.
 
+    With ``int8``, the FP32 IR is also quantized (NNCF, calibrated on up to
+    ``calibration_images`` training images) to ``export/ir/int8`` and compared with FP32 on the
+    test split; the figures go into ``parity.json`` under ``int8``.
+
     Returns:
-        ``parity.json``'s content (parity figures, reference image and its probabilities).
+        ``parity.json``'s content (parity figures, reference image and its probabilities, int8).
     """
     result = load_train_result(work_dir)
     cfg = result.config
@@ -73,9 +90,46 @@ def export_step(work_dir: str | Path) -> dict[str, Any]:
     frozen = freeze(result.checkpoint_path, out / FROZEN_GRAPH, network=cfg.network,
                     num_classes=len(result.labels), image_size=cfg.image_size,
                     depth_multiplier=cfg.depth_multiplier)
-    export(frozen.path, out, cfg.image_size, list(parity_images(Split.load(result.split_path))))
+    split = Split.load(result.split_path)
+    export(frozen.path, out, cfg.image_size, list(parity_images(split, Path(work_dir))))
     data: dict[str, Any] = json.loads((out / PARITY_FILE).read_text())
+    int8_dir = out / Path(IR_INT8).parent
+    if int8_dir.exists():
+        shutil.rmtree(int8_dir)  # a stale INT8 IR must not ride along with a new FP32 one
+    if int8:
+        data["int8"] = int8_step(split, Path(work_dir), cfg.image_size, calibration_images)
+        (out / PARITY_FILE).write_text(json.dumps(data, indent=2))
     return data
+
+
+def int8_step(split: Split, work_dir: Path, image_size: int, calibration_images: int) -> dict[str, Any]:
+    """Quantize ``export/ir/fp32`` to ``export/ir/int8``; the :class:`Int8Report` figures (test split).
+
+    Calibration takes training images only (evenly spread over the sorted split, so every class
+    is represented); the test split measures the accuracy delta.
+    """
+    from trainer.int8 import compare_int8, quantize_int8
+
+    out = work_dir / EXPORT_DIR
+    train = split.part("train")
+    stride = max(1, len(train) // max(calibration_images, 1))
+    calibration = train[::stride][:calibration_images]
+    test = split.part("test")
+
+    def crops(samples: list[Sample], folder: str) -> list[Any]:
+        if split.records:
+            return load_crops(list(write_images(split, samples, work_dir / folder)), image_size)
+        return load_crops([s.path for s in samples], image_size)
+
+    int8_xml = quantize_int8(out / IR_FP32, out / IR_INT8, crops(calibration, "int8-calibration"))
+    report = compare_int8(out / IR_FP32, int8_xml, crops(test, "int8-test"), [s.label_index for s in test])
+    log.info(kv("int8", accuracy_fp32=report.accuracy_fp32, accuracy_int8=report.accuracy_int8,
+                delta=report.accuracy_delta, agreement=report.top1_agreement, n=report.n))
+    if report.accuracy_delta < 0:
+        log.warning(kv("int8_accuracy_drop", delta=report.accuracy_delta, n=report.n,
+                       note="INT8 is optional; agents keep using FP32/FP16 unless told otherwise"))
+    figures: dict[str, Any] = report.as_manifest()
+    return figures
 
 
 def _read_json(path: Path, step: str) -> dict[str, Any]:
@@ -100,6 +154,8 @@ def bundle_step(work_dir: str | Path, *, name: str, version: str, signing_key: s
         "confusion_matrix": test["confusion_matrix"], "val_accuracy": result.val_accuracy,
         "roc_auc": test.get("roc_auc"), "ci95": test.get("ci95", {}),
     }
+    if "int8" in exported:
+        metrics["int8"] = exported["int8"]
     training = {**result.config.for_manifest(), "elapsed_s": result.elapsed_s,
                 "final_loss": result.history[-1].loss if result.history else None}
     manifest = build_manifest(
@@ -108,7 +164,8 @@ def bundle_step(work_dir: str | Path, *, name: str, version: str, signing_key: s
         reference_probabilities=exported["reference_probabilities"],
         parity={k: float(v) for k, v in exported["parity"].items()},
         dataset_fingerprint=result.dataset_fingerprint, training=training,
-        architecture=result.config.network, reference_image=REFERENCE_IMAGE, commit=source_commit())
+        architecture=result.config.network, reference_image=REFERENCE_IMAGE, commit=source_commit(),
+        int8_ir=IR_INT8 if "int8" in exported else None)
     out = Path(out_path) if out_path else work / BUNDLE_DIR / f"{name}-{version}.zip"
     return make_bundle(work / EXPORT_DIR, manifest, signing_key, out)
 
@@ -133,8 +190,11 @@ class RunSummary:
 
 def run_pipeline(config: TrainConfig, *, name: str, version: str, signing_key: str | Path,
                  hub_url: str | None = None, token: str | None = None,
-                 positive_label: str | None = None) -> RunSummary:
-    """Split, train, evaluate, freeze, export (+ parity), bundle, and publish when ``hub_url`` is set.
+                 positive_label: str | None = None, int8: bool = False) -> RunSummary:
+    """Split, train, evaluate, freeze, export (+ parity, + INT8 when asked), bundle, and publish.
+
+    Publishing happens when ``hub_url`` is set, as the very last step: a run that fails anywhere
+    before it publishes nothing.
 
     The signing key is loaded before training starts, so a wrong path fails in seconds, not
     after the whole run.
@@ -145,7 +205,7 @@ def run_pipeline(config: TrainConfig, *, name: str, version: str, signing_key: s
     started = time.monotonic()
     result = train(config)
     report = evaluate_step(config.work_dir, positive_label)
-    export_step(config.work_dir)
+    export_step(config.work_dir, int8=int8)
     info = bundle_step(config.work_dir, name=name, version=version, signing_key=signing_key)
     published = publish(info.path, hub_url, token or "") if hub_url else None
     summary = RunSummary(

@@ -86,7 +86,8 @@ def build_manifest(stage_dir: str | Path, *, name: str, version: str, labels: li
                    parity: dict[str, float], dataset_fingerprint: str, training: dict[str, Any],
                    architecture: str = "inception_v3", ir_files: tuple[str, str] = ("ir/fp32/model.xml",
                                                                                    "ir/fp16/model.xml"),
-                   reference_image: str | None = "reference.png", commit: str | None = None) -> Manifest:
+                   reference_image: str | None = "reference.png", commit: str | None = None,
+                   int8_ir: str | None = None) -> Manifest:
     """The manifest of the model files staged in ``stage_dir`` (their sha256 are computed here).
 
     Raises:
@@ -97,6 +98,9 @@ def build_manifest(stage_dir: str | Path, *, name: str, version: str, labels: li
     fp32, fp16 = ir_files
     artifacts = {"frozen_graph": FROZEN_GRAPH, "ir_fp32": fp32, "ir_fp16": fp16}
     files = [FROZEN_GRAPH, fp32, fp32[:-4] + ".bin", fp16, fp16[:-4] + ".bin"]
+    if int8_ir is not None:  # optional NNCF INT8 IR (trainer.int8), an extra beside FP32/FP16
+        artifacts["ir_int8"] = int8_ir
+        files += [int8_ir, int8_ir[:-4] + ".bin"]
     all_metrics = dict(metrics)
     if reference_image is not None:
         if reference_probabilities is None:

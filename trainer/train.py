@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.logs import Progress, kv
-from trainer.data import Split, make_dataset, scan_dataset, split_dataset
+from trainer.data import Split, scan_dataset, split_dataset, split_input
 from trainer.nets import get_network
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, title="training run")
 
-    data_dir: Path = Field(title="class-per-folder data set (one sub-folder per label)")
+    data_dir: Path = Field(title="import folder (`leukonet trainer import`: its split and TFRecords) or a "
+                                 "class-per-folder image set (one sub-folder per label)")
     work_dir: Path = Field(title="folder for the split, checkpoints and results")
     network: str = Field("inception_v3", title="network family (see trainer.nets)")
     mode: TrainMode = Field("scratch", title="training mode (default: bottleneck with a checkpoint, "
@@ -197,12 +199,32 @@ def _optimizer(name: str, learning_rate: float) -> Any:
 
 
 def prepare_split(config: TrainConfig) -> Split:
-    """Scan ``config.data_dir``, split it and save ``work_dir/split.json``."""
-    dataset = scan_dataset(config.data_dir)
-    split = split_dataset(dataset, config.val_fraction, config.test_fraction, config.seed)
+    """The run's split, saved as ``work_dir/split.json``.
+
+    ``data_dir`` is either an import folder (``leukonet trainer import``: its split and TFRecord
+    shards are used as they are, so the run trains on exactly what was imported) or a
+    class-per-folder image set (scanned and split here with the config's fractions and seed).
+
+    Raises:
+        DatasetError: the data cannot be used (the message says why).
+    """
+    from trainer.importer import DATASET_FILE, load_import
+
+    if (config.data_dir / DATASET_FILE).is_file():
+        imported, split = load_import(config.data_dir)
+        records = {"train": imported.shards["train"], "val": imported.shards["validation"],
+                   "test": imported.shards["test"]}
+        split = replace(split, records={part: [str(config.data_dir / name) for name in names]
+                                        for part, names in records.items()})
+        log.info(kv("split_from_import", data=config.data_dir, layout=imported.layout, seed=imported.seed,
+                    note="the import's split is used; val/test fractions and seed of this run do not apply"))
+    else:
+        dataset = scan_dataset(config.data_dir)
+        split = split_dataset(dataset, config.val_fraction, config.test_fraction, config.seed)
     split.save(config.work_dir / SPLIT_FILE)
     log.info(kv("split", train=len(split.train), val=len(split.val), test=len(split.test),
-                skipped=len(split.skipped), fingerprint=split.fingerprint[:16]))
+                skipped=len(split.skipped), fingerprint=split.fingerprint[:16],
+                source="tfrecords" if split.records else "files"))
     return split
 
 
@@ -253,8 +275,8 @@ def train(config: TrainConfig) -> TrainResult:
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.set_random_seed(config.seed)
-        train_ds = make_dataset(split.train, config.image_size, config.batch_size, training=True,
-                                seed=config.seed)
+        train_ds = split_input(split, "train", config.image_size, config.batch_size, training=True,
+                               seed=config.seed)
         images, labels = tf.compat.v1.data.make_one_shot_iterator(train_ds).get_next()
         logits, end_points = spec.build(images, n_classes, is_training=True,
                                         depth_multiplier=config.depth_multiplier,
@@ -296,7 +318,7 @@ def train(config: TrainConfig) -> TrainResult:
 
         val_iter = None
         if split.val:
-            val_ds = make_dataset(split.val, config.image_size, config.batch_size, training=False)
+            val_ds = split_input(split, "val", config.image_size, config.batch_size, training=False)
             val_iter = tf.compat.v1.data.make_initializable_iterator(val_ds)
             val_images, val_labels = val_iter.get_next()
             val_logits, _ = spec.build(val_images, n_classes, is_training=False, inference=True,

@@ -124,7 +124,8 @@ def _steps_per_second(images: Any, labels: Any) -> float:
 def test_input_pipeline_efficiency(data: Path, tmp_path: Path) -> None:
     import tensorflow as tf
 
-    from trainer.importer import import_dataset, tfrecord_dataset
+    from trainer.data import tfrecord_dataset
+    from trainer.importer import import_dataset
 
     imported = import_dataset(data, tmp_path / "records", val_fraction=0.1, test_fraction=0.1, shards=2)
     shards = [tmp_path / "records" / name for name in imported.shards["train"]]

@@ -1,5 +1,6 @@
-"""The whole loop, small: `leukonet demo` with real TF training and freezing, real OpenVINO
-inference in two agent processes, the hub on SQLite with its embedded broker."""
+"""The whole loop, small: `leukonet demo` with real TF training and freezing (a job queued on the hub
+and run by `leukonet trainer serve`), real OpenVINO inference in two agent processes, the hub on
+SQLite with its embedded broker."""
 
 import json
 import subprocess
@@ -29,5 +30,9 @@ def test_demo_loop_end_to_end(tmp_path: Path):
     # A 96 px, 0.35-width network after 300 steps on the synthetic set is well above chance.
     assert summary["held_out_accuracy"] >= 0.7, summary
     assert summary["parity"]["max_abs_diff_fp32"] <= 1e-4, summary["parity"]
+    # Trained as a hub job: the trainer service forwarded its progress and finished the job.
+    assert summary["training_job"] and summary["trainer_test_metrics"]["accuracy"] >= 0.7
+    serve_log = (work / "logs" / "trainer-serve.out").read_text()
+    assert json.loads(serve_log.strip().splitlines()[-1])["jobs"] == 1
     # The dashboard was up and protected: the demo prints where it is.
     assert summary["dashboard_url"].startswith("http://127.0.0.1:")

@@ -11,14 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 from trainer import cli as trainer_cli
-from trainer.data import DatasetError
+from trainer.data import DatasetError, tfrecord_dataset
 from trainer.importer import (
     MixedAllIdbError,
     idb_label,
     import_dataset,
     load_import,
     scan_sources,
-    tfrecord_dataset,
 )
 
 

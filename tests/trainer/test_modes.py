@@ -7,6 +7,7 @@ fine-tuned to the two classes of a generated data set.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +170,7 @@ def test_bottleneck_caches_prelogits_and_writes_a_full_checkpoint(smears: Path, 
     saved = _checkpoint_values(pretrained)
     np.testing.assert_array_equal(values["InceptionV3/Mixed_7c/Branch_0/Conv2d_0a_1x1/weights"],
                                   saved["InceptionV3/Mixed_7c/Branch_0/Conv2d_0a_1x1/weights"])
-    probs = predict_checkpoint(result.checkpoint_path, split.val, 2, network="inception_v3", image_size=SIZE,
+    probs = predict_checkpoint(result.checkpoint_path, split, "val", network="inception_v3", image_size=SIZE,
                                depth_multiplier=DEPTH)
     acc = float(np.mean(probs.argmax(1) == [s.label_index for s in split.val]))
     assert result.val_accuracy == pytest.approx(acc)
@@ -179,5 +180,69 @@ def test_bottleneck_caches_prelogits_and_writes_a_full_checkpoint(smears: Path, 
     assert cache.folder.name == cache_tag(config, pretrained)
     jobs = [(s, c) for s in split.train for c in range(2)] + [(s, 0) for s in split.val]
     assert all(cache.has(s.sha256, c) for s, c in jobs)
-    compute_bottlenecks(config, pretrained, jobs, 2, cache)
+    compute_bottlenecks(config, pretrained, split, jobs, cache)
     assert {f: f.stat().st_mtime_ns for f in cached} == mtimes
+
+
+@pytest.fixture(scope="module")
+def idb2_import(ml_stack: None, smears: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The generated smears renamed the ALL-IDB2 way (``ImNNN_L.tif``) and imported to TFRecords."""
+    import cv2
+
+    from trainer.importer import import_dataset
+
+    root = tmp_path_factory.mktemp("idb2")
+    tifs = root / "ALL_IDB2" / "img"
+    tifs.mkdir(parents=True)
+    for i, jpg in enumerate(sorted(smears.rglob("*.jpg"))):
+        digit = 1 if jpg.parent.name == "ALL" else 0
+        assert cv2.imwrite(str(tifs / f"Im{i + 1:03d}_{digit}.tif"), cv2.imread(str(jpg)))
+    import_dataset(root / "ALL_IDB2", root / "records", val_fraction=0.2, test_fraction=0.2, seed=2, shards=2)
+    return root / "records"
+
+
+def test_scratch_trains_and_evaluates_from_imported_tiff_records(idb2_import: Path, tmp_path: Path) -> None:
+    import cv2
+
+    from trainer.data import Split
+    from trainer.evaluate import evaluate, predict_checkpoint
+    from trainer.importer import load_import
+    from trainer.pipeline import parity_images
+    from trainer.train import train
+
+    imported, import_split = load_import(idb2_import)
+    result = train(_config(idb2_import, tmp_path, steps=3))
+    split = Split.load(result.split_path)
+    assert split.records["train"] == [str(idb2_import / n) for n in imported.shards["train"]]
+    assert split.fingerprint == imported.fingerprint == result.dataset_fingerprint
+    assert [s.sha256 for s in split.test] == [s.sha256 for s in import_split.test]
+    assert len(result.history) == 3 and result.val_accuracy is not None
+    report = evaluate(result, tmp_path / "eval")
+    assert report.metrics.n == len(split.test) and Path(report.predictions_path).is_file()
+    # The records hold the TIFFs' pixels (re-encoded as PNG): the files the parity check gets
+    # decode to the originals, and the checkpoint predicts the same from records and from them.
+    files = parity_images(split, tmp_path)
+    originals = {s.sha256: s.path for s in split.part("val") + split.part("test")}
+    for f in files:
+        assert Path(f).suffix == ".png"
+        np.testing.assert_array_equal(cv2.imread(f), cv2.imread(originals[Path(f).stem]))
+    from_records = predict_checkpoint(result.checkpoint_path, split, "val", network="inception_v3",
+                                      image_size=SIZE, depth_multiplier=DEPTH)
+    as_files = Split(labels=split.labels, train=[], test=[], skipped=[], fingerprint="", seed=0,
+                     val=[replace(s, path=f) for s, f in zip(split.val, files, strict=False)])
+    from_files = predict_checkpoint(result.checkpoint_path, as_files, "val", network="inception_v3",
+                                    image_size=SIZE, depth_multiplier=DEPTH)
+    np.testing.assert_allclose(from_records, from_files, atol=1e-6)
+
+
+def test_bottleneck_reads_imported_records_once_per_copy(idb2_import: Path, tmp_path: Path,
+                                                         pretrained: str) -> None:
+    from trainer.data import Split
+    from trainer.train import train
+
+    result = train(_config(idb2_import, tmp_path, checkpoint=pretrained, steps=5, augmentations=2))
+    split = Split.load(result.split_path)
+    assert split.records and result.config.mode == "bottleneck"
+    cached = {f.name for f in (tmp_path / "bottlenecks").rglob("*.npy")}
+    assert cached == {f"{s.sha256}-{c}.npy" for s in split.train for c in range(2)} | \
+        {f"{s.sha256}-0.npy" for s in split.val}
