@@ -326,7 +326,7 @@ def serve_cmd(obj: TrainerConfig, hub: str | None, worker: str | None, data_root
     """
     import signal
 
-    from trainer.service import TrainerService
+    from trainer.service import JobError, TrainerService
 
     overrides = {k: v for k, v in {"hub_url": hub, "worker": worker, "data_root": data_root,
                                    "checkpoint_root": checkpoint_root, "work_root": work_root}.items()
@@ -339,5 +339,8 @@ def serve_cmd(obj: TrainerConfig, hub: str | None, worker: str | None, data_root
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    done = service.serve(max_jobs)
+    try:
+        done = service.serve(max_jobs)
+    except JobError as exc:  # the hub refused this trainer (token, role): a set-up error
+        raise click.ClickException(str(exc)) from exc
     _emit({"jobs": done, "worker": config.worker})

@@ -208,3 +208,18 @@ def test_serve_waits_while_the_queue_is_empty(hub: Hub, service: Callable[[str],
     job_id = hub.queue()
     thread.join(timeout=30)
     assert not thread.is_alive() and hub.job(job_id)["state"] == "succeeded"
+
+
+def test_serve_stops_with_a_clear_error_when_the_hub_refuses_its_token(
+        hub: Hub, tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from trainer import cli as trainer_cli
+
+    # CliRunner's streams close after the call: leave logging to pytest.
+    monkeypatch.setattr(trainer_cli, "setup_logging", lambda level="INFO": None)
+    result = CliRunner().invoke(trainer_cli.cli, ["serve", "--max-jobs", "1"], env={
+        "LEUKONET_TRAINER_HUB_URL": hub.url, "LEUKONET_TRAINER_TOKEN": "not-a-token-of-this-hub",
+        "LEUKONET_TRAINER_SIGNING_KEY": str(keys.private), "LEUKONET_TRAINER_WORK_ROOT": str(tmp_path / "w")})
+    assert result.exit_code == 1
+    assert "the hub refused the claim: HTTP 401" in result.output
