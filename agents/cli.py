@@ -222,7 +222,13 @@ def _check_broker(mqtt_config: Any, client_id: str, timeout: float = 5.0) -> tup
 )
 @click.option("--backend", type=click.Choice(["openvino", "fake"]), default="openvino", show_default=True)
 @click.option("--device", default="AUTO", show_default=True, help="OpenVINO device name.")
-@click.option("--precision", type=click.Choice(["auto", "FP32", "FP16"]), default="auto", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "FP32", "FP16", "INT8"]),
+    default="auto",
+    show_default=True,
+    help="IR to run: auto = FP16 on MYRIAD, else FP32; INT8 needs the bundle's ir_int8 (else FP32 runs).",
+)
 @click.option(
     "--low-confidence-threshold",
     type=click.FloatRange(0.0, 1.0),
@@ -284,6 +290,7 @@ def classify(
                         model_name=manifest.name,
                         model_version=manifest.version,
                         device=engine.device,
+                        precision=engine.precision,
                     )
                 except (OSError, ImageDecodeError, BackendError) as exc:
                     failed += 1

@@ -10,13 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import SettingsConfigDict
 
+from agents.backends.base import IrPrecision
 from shared.config import StrictConfig
 from shared.topics import validate_agent_id
 
-Precision = Literal["auto", "FP32", "FP16"]
+#: ``auto`` resolves per device (:func:`effective_precision`); INT8 is only ever loaded when asked.
+Precision = Literal["auto", "FP32", "FP16", "INT8"]
 
 
 class MqttConfig(BaseModel):
@@ -121,7 +131,9 @@ class AgentConfig(StrictConfig):
     state_dir: Path | None = Field(None, title="model store + outbox (default ./var/agent-<agent_id>)")
     backend: Literal["openvino", "fake"] = Field("openvino", title="inference backend")
     device: str = Field("AUTO", min_length=1, title="OpenVINO device name (CPU, GPU, NPU, MYRIAD, AUTO)")
-    precision: Precision = Field("auto", title="IR precision (auto: FP16 on MYRIAD, else FP32)")
+    precision: Precision = Field(
+        "auto", title="IR precision (auto: FP16 on MYRIAD, else FP32; INT8 needs the bundle's ir_int8)"
+    )
     performance_hint: Literal["THROUGHPUT", "LATENCY"] = Field(
         "THROUGHPUT", title="OpenVINO PERFORMANCE_HINT for compile_model"
     )
@@ -146,6 +158,14 @@ class AgentConfig(StrictConfig):
     @classmethod
     def _agent_id(cls, v: str) -> str:
         return validate_agent_id(v)
+
+    @field_validator("precision")
+    @classmethod
+    def _precision_fits_device(cls, v: Precision, info: ValidationInfo) -> Precision:
+        device = info.data.get("device")  # absent when device itself is invalid (reported on its own)
+        if isinstance(device, str):
+            effective_precision(v, device)  # raises ValueError for INT8 on MYRIAD
+        return v
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -182,13 +202,24 @@ class AgentConfig(StrictConfig):
         assert self.state_dir is not None
         return self.state_dir
 
-    def effective_precision(self) -> Literal["FP32", "FP16"]:
+    def effective_precision(self) -> IrPrecision:
         """The IR precision to load: FP16 for MYRIAD (NCS2 runs FP16 only) under ``auto``, else FP32."""
         return effective_precision(self.precision, self.device)
 
 
-def effective_precision(precision: Precision, device: str) -> Literal["FP32", "FP16"]:
-    """Resolve ``auto`` for ``device``: FP16 when the device list names MYRIAD, FP32 otherwise."""
+def effective_precision(precision: Precision, device: str) -> IrPrecision:
+    """Resolve ``auto`` for ``device``: FP16 when the device list names MYRIAD, FP32 otherwise.
+
+    ``INT8`` is returned as asked (the backend falls back to FP32 for a bundle without ``ir_int8``).
+
+    Raises:
+        ValueError: ``INT8`` on a device list naming MYRIAD; the NCS2 runs FP16 IRs only.
+    """
+    myriad = "MYRIAD" in device.upper()
+    if precision == "INT8" and myriad:
+        raise ValueError(
+            f"INT8 cannot run on device {device!r}: the NCS2 runs FP16 only; set precision to auto or FP16"
+        )
     if precision != "auto":
         return precision
-    return "FP16" if "MYRIAD" in device.upper() else "FP32"
+    return "FP16" if myriad else "FP32"

@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, get_args
+from typing import Any, NoReturn, TypeVar, get_args
 
 import click
 import requests
@@ -553,26 +553,49 @@ def rollout_status(
 ) -> None:
     """Show a rollout's stages, progress and failures; with --watch follow it live."""
     client = HubClient(hub_url, token)
+    if watch:
+        watch_until_final(client, f"/rollouts/{rollout_id}", WATCH_EXIT, _progress_line, _print_rollout,
+                          interval=interval, watch_timeout=watch_timeout, as_json=as_json,
+                          for_json=_without_targets)
+    data = client.call("GET", f"/rollouts/{rollout_id}")
+    if as_json:
+        _emit_json(_without_targets(data))
+    else:
+        _print_rollout(data)
+
+
+def _without_targets(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k != "targets"}
+
+
+Render = Callable[[dict[str, Any]], Any]
+
+
+def watch_until_final(client: HubClient, path: str, exits: dict[str, int], line: Render, show: Render, *,
+                      interval: float, watch_timeout: float | None, as_json: bool,
+                      for_json: Render = lambda d: d) -> NoReturn:
+    """Poll ``GET path`` until its ``state`` is a key of ``exits``, then exit with that code.
+
+    Prints ``line(data)`` whenever it changes and ``show(data)`` at the end (or the final JSON
+    with ``as_json``); exits :data:`WATCH_TIMEOUT_EXIT` when ``watch_timeout`` expires first.
+    """
     deadline = None if watch_timeout is None else time.monotonic() + watch_timeout
     last = None
     while True:
-        data = client.call("GET", f"/rollouts/{rollout_id}")
+        data = client.call("GET", path)
+        final = data["state"] in exits
         if as_json:
-            if not watch or data["state"] in WATCH_EXIT:
-                _emit_json({k: v for k, v in data.items() if k != "targets"})
+            if final:
+                _emit_json(for_json(data))
         else:
-            line = _progress_line(data)
-            if not watch:
-                _print_rollout(data)
-            elif line != last:
-                click.echo(line)
-                last = line
-        if not watch:
-            return
-        if data["state"] in WATCH_EXIT:
-            if not as_json:
-                _print_rollout(data)
-            raise click.exceptions.Exit(WATCH_EXIT[data["state"]])
+            text = line(data)
+            if text != last:
+                click.echo(text)
+                last = text
+            if final:
+                show(data)
+        if final:
+            raise click.exceptions.Exit(exits[data["state"]])
         if deadline is not None and time.monotonic() >= deadline:
             click.echo(f"still {data['state']} after {watch_timeout:g} s; stopped watching", err=True)
             raise click.exceptions.Exit(WATCH_TIMEOUT_EXIT)
@@ -799,29 +822,14 @@ def training_watch(
     as_json: bool,
 ) -> None:
     """Follow JOB_ID until it ends: exit 0 succeeded, 1 failed or cancelled, 4 --timeout expired."""
-    client = HubClient(hub_url, token)
-    deadline = None if watch_timeout is None else time.monotonic() + watch_timeout
-    last = None
-    while True:
-        data = client.call("GET", f"/training-jobs/{job_id}")
-        final = data["state"] in JOB_WATCH_EXIT
-        if as_json:
-            if final:
-                _emit_json(data)
-        else:
-            line = _job_line(data)
-            if line != last:
-                click.echo(f"{time.strftime('%H:%M:%S')} {line}")
-                last = line
-            if final:
-                click.echo("")
-                _print_job(data)
-        if final:
-            raise click.exceptions.Exit(JOB_WATCH_EXIT[data["state"]])
-        if deadline is not None and time.monotonic() >= deadline:
-            click.echo(f"still {data['state']} after {watch_timeout:g} s; stopped watching", err=True)
-            raise click.exceptions.Exit(WATCH_TIMEOUT_EXIT)
-        time.sleep(interval)
+
+    def show(data: dict[str, Any]) -> None:
+        click.echo("")
+        _print_job(data)
+
+    watch_until_final(HubClient(hub_url, token), f"/training-jobs/{job_id}", JOB_WATCH_EXIT,
+                      lambda j: f"{time.strftime('%H:%M:%S')} {_job_line(j)}", show,
+                      interval=interval, watch_timeout=watch_timeout, as_json=as_json)
 
 
 def _job_model(j: dict[str, Any]) -> str:

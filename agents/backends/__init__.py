@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from agents.backends.base import Backend, BackendError, DoneFn
+from agents.backends.base import Backend, BackendError, DoneFn, IrPrecision
 from agents.backends.fake import FakeBackend
 from agents.backends.openvino_backend import OpenVinoBackend
 
@@ -24,7 +24,7 @@ BACKENDS: dict[str, BackendFactory] = {
 def create_backend(
     name: str,
     device: str = "AUTO",
-    precision: Literal["FP32", "FP16"] = "FP32",
+    precision: IrPrecision = "FP32",
     performance_hint: Literal["THROUGHPUT", "LATENCY"] = "THROUGHPUT",
     infer_requests: int = 0,
 ) -> Backend:
@@ -43,4 +43,4 @@ def create_backend(
     )
 
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "DoneFn", "create_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendError", "DoneFn", "IrPrecision", "create_backend"]

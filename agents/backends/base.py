@@ -16,6 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from shared.bundle import Manifest
 #: ``done(probabilities [num_labels] float32 | None, inference_ms, error | None)``; exactly one of
 #: probabilities and error is set. Called once per submitted image, possibly on another thread.
 DoneFn = Callable[[np.ndarray | None, float, BaseException | None], None]
+
+#: Which of a bundle's IRs a backend loads: ``ir_fp32``, ``ir_fp16`` or the optional ``ir_int8``.
+IrPrecision = Literal["FP32", "FP16", "INT8"]
 
 
 class BackendError(RuntimeError):
@@ -56,6 +60,12 @@ class Backend(ABC):
         Raises:
             BackendError: not loaded, or the batch does not match the model input.
         """
+
+    @property
+    def precision(self) -> IrPrecision | None:
+        """The precision of the IR actually loaded (after any fallback); None before ``load`` or
+        when the backend runs no IR (the fake one)."""
+        return None
 
     @property
     def parallelism(self) -> int:

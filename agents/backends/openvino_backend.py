@@ -4,6 +4,11 @@ Works with the ``openvino`` 2023+ API (``openvino.Core``; 2026.x here) and with 
 (``openvino.runtime.Core``). The Intel NCS2 (device ``MYRIAD``) was dropped in OpenVINO 2023.0: an
 NCS2 agent must run OpenVINO 2022.3 on Python <= 3.10 and load the **FP16** IR (``precision: auto``
 does that for MYRIAD). Properties are passed as plain strings so both versions accept them.
+
+A bundle always holds ``ir_fp32`` and ``ir_fp16``; ``ir_int8`` (NNCF post-training quantization,
+``trainer.int8``) is optional and loaded only when ``precision`` is ``INT8``. A missing IR falls back
+along :data:`FALLBACK_PRECISIONS` with an ``ir_precision_fallback`` warning, and :attr:`precision`
+says which IR actually runs.
 """
 
 from __future__ import annotations
@@ -17,14 +22,21 @@ from typing import Any, Literal
 
 import numpy as np
 
-from agents.backends.base import Backend, BackendError, DoneFn, check_batch
+from agents.backends.base import Backend, BackendError, DoneFn, IrPrecision, check_batch
 from shared.bundle import Manifest
 from shared.logs import kv
 
 log = logging.getLogger(__name__)
 
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
-ARTIFACT_FOR_PRECISION = {"FP32": "ir_fp32", "FP16": "ir_fp16"}
+ARTIFACT_FOR_PRECISION: dict[IrPrecision, str] = {"FP32": "ir_fp32", "FP16": "ir_fp16", "INT8": "ir_int8"}
+# What runs instead when the bundle lacks the wanted IR, in order. INT8 is an optional extra, so its
+# absence is normal; FP32 is the IR it is quantized from (FP16 only for a bundle without FP32).
+FALLBACK_PRECISIONS: dict[IrPrecision, tuple[IrPrecision, ...]] = {
+    "FP32": ("FP16",),
+    "FP16": ("FP32",),
+    "INT8": ("FP32", "FP16"),
+}
 
 
 def import_openvino() -> ModuleType:
@@ -76,7 +88,8 @@ class OpenVinoBackend(Backend):
 
     Args:
         device: OpenVINO device name (``CPU``, ``GPU``, ``NPU``, ``MYRIAD``, ``AUTO``, ``AUTO:GPU,CPU``...).
-        precision: which IR of the bundle to load (``FP16`` for MYRIAD).
+        precision: which IR of the bundle to load (``FP16`` for MYRIAD; ``INT8`` needs ``ir_int8``
+            in the bundle, else FP32 runs).
         performance_hint: ``PERFORMANCE_HINT`` passed to ``compile_model``.
         infer_requests: size of the request queue; 0 takes the device's optimal number.
     """
@@ -84,16 +97,22 @@ class OpenVinoBackend(Backend):
     def __init__(
         self,
         device: str = "AUTO",
-        precision: Literal["FP32", "FP16"] = "FP32",
+        precision: IrPrecision = "FP32",
         performance_hint: Literal["THROUGHPUT", "LATENCY"] = "THROUGHPUT",
         infer_requests: int = 0,
     ) -> None:
+        if precision == "INT8" and "MYRIAD" in device.upper():
+            raise BackendError(
+                f"precision INT8 cannot run on device {device!r}: the NCS2 runs FP16 only; "
+                "set precision to auto or FP16"
+            )
         self._ov = import_openvino()
         self._core = self._ov.Core()
         check_device(device, list(self._core.available_devices))
         self._device = device
         self._reported_device = device
         self._precision = precision
+        self._loaded_precision: IrPrecision | None = None
         self._hint = performance_hint
         self._infer_requests = infer_requests
         self._compiled: Any = None
@@ -109,6 +128,11 @@ class OpenVinoBackend(Backend):
         return self._reported_device
 
     @property
+    def precision(self) -> IrPrecision | None:
+        """The IR precision that runs (the configured one unless the bundle lacked it); None before load."""
+        return self._loaded_precision
+
+    @property
     def parallelism(self) -> int:
         """Requests in the async queue (1 before ``load``)."""
         return len(self._queue) if self._queue is not None else 1
@@ -118,26 +142,37 @@ class OpenVinoBackend(Backend):
         """Jobs in the async queue (0 before ``load``)."""
         return len(self._queue) if self._queue is not None else 0
 
-    def _ir_path(self, model_dir: Path, manifest: Manifest) -> Path:
+    def _ir_path(self, model_dir: Path, manifest: Manifest) -> tuple[Path, IrPrecision]:
+        """The IR file to load and its precision: the configured one, else the first fallback present."""
         wanted = ARTIFACT_FOR_PRECISION[self._precision]
-        other = ARTIFACT_FOR_PRECISION["FP16" if self._precision == "FP32" else "FP32"]
         if wanted in manifest.artifacts:
-            return model_dir / manifest.artifacts[wanted]
+            return model_dir / manifest.artifacts[wanted], self._precision
         if self._precision == "FP16" and "MYRIAD" in self._device.upper():
             raise BackendError(
                 f"bundle {manifest.name} {manifest.version} has no FP16 IR ({wanted}); "
                 "MYRIAD (NCS2) runs FP16 only: re-export the model with an FP16 IR"
             )
-        if other in manifest.artifacts:
-            log.warning(kv("ir_precision_fallback", wanted=self._precision, using=other, model=manifest.name))
-            return model_dir / manifest.artifacts[other]
+        for precision in FALLBACK_PRECISIONS[self._precision]:
+            other = ARTIFACT_FOR_PRECISION[precision]
+            if other in manifest.artifacts:
+                log.warning(
+                    kv(
+                        "ir_precision_fallback",
+                        wanted=self._precision,
+                        using=other,
+                        model=manifest.name,
+                        version=manifest.version,
+                        reason=f"bundle has no {wanted}",
+                    )
+                )
+                return model_dir / manifest.artifacts[other], precision
         raise BackendError(
             f"bundle {manifest.name} {manifest.version} has no OpenVINO IR "
             f"(artifacts {sorted(manifest.artifacts)}; need ir_fp32 or ir_fp16)"
         )
 
     def load(self, model_dir: Path, manifest: Manifest) -> None:
-        xml = self._ir_path(Path(model_dir), manifest)
+        xml, precision = self._ir_path(Path(model_dir), manifest)
         if not xml.is_file():
             raise BackendError(f"IR file {xml} is missing")
         try:
@@ -149,6 +184,7 @@ class OpenVinoBackend(Backend):
             raise BackendError(f"OpenVINO cannot compile {xml} for device {self._device}: {exc}") from exc
         jobs = self._infer_requests or _optimal_requests(compiled)
         self._compiled = compiled
+        self._loaded_precision = precision
         self._input_name, self._output_name = manifest.input.name, manifest.output.name
         self._size = manifest.preprocessing.image_size
         self._queue = self._ov.AsyncInferQueue(compiled, max(1, jobs))
@@ -158,6 +194,7 @@ class OpenVinoBackend(Backend):
             kv(
                 "model_compiled",
                 ir=xml,
+                precision=precision,
                 device=self._reported_device,
                 hint=self._hint,
                 requests=len(self._queue),

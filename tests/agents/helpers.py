@@ -3,6 +3,10 @@
 The IR is built from OpenVINO opset ops (no TensorFlow): u8 NHWC BGR ``input`` [1, S, S, 3] ->
 convert -> per-channel mean -> scale to [-1, 1] -> matmul -> softmax ``probabilities``. With
 ``flip=False`` bluish images score label 0 ("ALL"), with ``flip=True`` label 1 ("normal").
+
+A bundle may also carry the optional INT8 IR (``make_bundle(int8=...)``): ``"nncf"`` is the FP32 IR
+quantized by the trainer's own ``trainer.int8.quantize_int8``; ``"swapped"`` puts the other colour
+rule's IR under the INT8 name, a wrong model whose answers tell at once which IR ran.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -76,6 +80,29 @@ BLUE = (200, 60, 30)
 RED = (30, 60, 200)
 
 
+def reference_image() -> np.ndarray:
+    """The reference image ``make_bundle`` ships (bluish: label 0 unless ``flip``)."""
+    return image(BLUE, 80, 80, seed=7)
+
+
+Int8Kind = Literal["nncf", "swapped"]
+INT8_XML = "ir/int8/model.xml"  # = trainer.int8.IR_INT8; only the "nncf" kind imports trainer code
+
+
+def build_int8_ir(src: Path, kind: Int8Kind, flip: bool) -> None:
+    """Write ``src/ir/int8/model.{xml,bin}`` of ``kind`` next to the FP32 IR in ``src/ir/fp32``."""
+    if kind == "swapped":
+        build_ir(src / INT8_XML, flip=not flip)
+        return
+    from trainer.int8 import MIN_CALIBRATION_IMAGES, quantize_int8
+
+    colours = [BLUE, RED]
+    crops = [
+        crop_and_resize(image(colours[i % 2], seed=100 + i), SIZE) for i in range(2 * MIN_CALIBRATION_IMAGES)
+    ]
+    quantize_int8(src / "ir/fp32/model.xml", src / INT8_XML, crops)
+
+
 @dataclass
 class Keys:
     private: Path
@@ -96,17 +123,22 @@ def make_bundle(
     reference: bool = True,
     name: str = "leukonet-tiny",
     reference_probs: list[float] | None = None,
+    int8: Int8Kind | None = None,
 ) -> tuple[Path, str]:
-    """A signed bundle with FP32 + FP16 tiny IRs; returns (zip path, zip sha256)."""
+    """A signed bundle with FP32 + FP16 tiny IRs (+ an ``int8`` kind ``ir_int8``); returns (zip, sha256)."""
     src = folder / f"src-{name}-{version}"
     build_ir(src / "ir/fp32/model.xml", flip=flip, fp16=False)
     build_ir(src / "ir/fp16/model.xml", flip=flip, fp16=True)
     (src / "model.pb").write_bytes(b"frozen graph placeholder: agents never read it")
     files = ["model.pb", "ir/fp32/model.xml", "ir/fp32/model.bin", "ir/fp16/model.xml", "ir/fp16/model.bin"]
     artifacts = {"frozen_graph": "model.pb", "ir_fp32": "ir/fp32/model.xml", "ir_fp16": "ir/fp16/model.xml"}
+    if int8 is not None:
+        build_int8_ir(src, int8, flip)
+        files += [INT8_XML, INT8_XML[:-4] + ".bin"]
+        artifacts["ir_int8"] = INT8_XML
     metrics: dict[str, Any] = {"accuracy": 0.9}
     if reference:
-        ref = image(BLUE, 80, 80, seed=7)
+        ref = reference_image()
         cv2.imwrite(str(src / "reference.png"), ref)
         files.append("reference.png")
         artifacts["reference_image"] = "reference.png"

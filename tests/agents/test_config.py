@@ -33,7 +33,7 @@ def test_missing_required_fields_are_named(tmp_path):
         ("agent_id: a\nbackend: tensorrt\n", "backend"),
         ("agent_id: a\nmqtt:\n  port: 70000\n", "mqtt.port"),
         ("agent_id: a\nhub:\n  url: ftp://hub\n", "hub.url"),
-        ("agent_id: a\nprecision: INT8\n", "precision"),
+        ("agent_id: a\nprecision: INT4\n", "precision"),
         ("agent_id: a\nlow_confidence_threshold: 1.5\n", "low_confidence_threshold"),
         ("agent_id: a\nmqtt:\n  hots: x\n", "mqtt.hots"),
     ],
@@ -62,3 +62,25 @@ def test_auto_precision_is_fp16_only_for_myriad():
     assert effective_precision("auto", "AUTO:MYRIAD,CPU") == "FP16"
     assert effective_precision("auto", "GPU") == "FP32"
     assert effective_precision("FP16", "CPU") == "FP16"
+
+
+def test_int8_is_used_only_when_asked():
+    assert effective_precision("INT8", "CPU") == "INT8"
+    assert effective_precision("INT8", "AUTO:GPU,CPU") == "INT8"
+    devices = ("CPU", "GPU", "NPU", "AUTO", "MYRIAD")
+    assert {effective_precision("auto", d) for d in devices} == {"FP32", "FP16"}
+
+
+@pytest.mark.parametrize("device", ["MYRIAD", "AUTO:MYRIAD,CPU", "myriad"])
+def test_int8_on_myriad_is_refused_at_load_naming_the_field(tmp_path, device):
+    text = f"agent_id: a\nwatch_dir: {tmp_path}\ndevice: '{device}'\nprecision: INT8\n"
+    with pytest.raises(ConfigError, match=r"precision: .*the NCS2 runs FP16 only"):
+        AgentConfig.load(write(tmp_path, text))
+    with pytest.raises(ValueError, match="the NCS2 runs FP16 only"):
+        effective_precision("INT8", device)
+
+
+def test_int8_config_loads_for_other_devices(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEUKONET_AGENT_PRECISION", "INT8")
+    cfg = AgentConfig.load(write(tmp_path, f"agent_id: a\nwatch_dir: {tmp_path}\ndevice: CPU\n"))
+    assert (cfg.precision, cfg.effective_precision()) == ("INT8", "INT8")
