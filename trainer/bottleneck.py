@@ -49,7 +49,11 @@ LOGITS_BIASES = "InceptionV3/Logits/Conv2d_1c_1x1/biases"
 
 
 def augment_stateless(x01: Any, seed: Any) -> Any:
-    """The smear augmentation of :func:`trainer.data.augment`, deterministic in ``seed`` ([2] int64)."""
+    """Smear augmentation of one image (flips, quarter turns, light colour jitter), deterministic in ``seed``.
+
+    The same kinds of change as :func:`trainer.data.augment_batch`; stateless, so each cached
+    copy is reproducible from (image, copy, seed).
+    """
     import tensorflow as tf
 
     s = [seed + k for k in range(5)]

@@ -276,21 +276,31 @@ def preprocess_for_eval(image: Any, image_size: int, central_fraction: float = C
     return (x - 0.5) * 2.0
 
 
-def augment(x01: Any, seed: int) -> Any:
-    """Training augmentation on float [0, 1] ``[S, S, 3]``: flips, 90-degree turns, light colour jitter.
+def augment_batch(x: Any, seed: int) -> Any:
+    """Training augmentation of a batch ``[B, S, S, 3]`` in [-1, 1], drawn per image.
 
-    A smear has no up, down or handedness, so flips and quarter turns keep the label; the jitter
-    mimics stain and lamp variation without changing the cell's look.
+    A smear has no up, down or handedness: a random transpose and random left-right and up-down
+    flips pick one of the 8 symmetries of the square (all quarter turns and mirror images) with
+    equal chance, and keep the label. Light colour jitter mimics stain and lamp variation:
+    brightness +-0.06 (of the [0, 1] range) and saturation x0.85-1.15 (blend with the grey image).
+    Vectorised over the batch: per-image ``map`` calls cost a fifth of the training speed on two
+    cores (``make bench``, trainer_input_pipeline_ratio).
     """
     import tensorflow as tf
 
-    x = tf.image.random_flip_left_right(x01, seed=seed)
-    x = tf.image.random_flip_up_down(x, seed=seed + 1)
-    k = tf.random.uniform([], 0, 4, dtype=tf.int32, seed=seed + 2)
-    x = tf.image.rot90(x, k)
-    x = tf.image.random_brightness(x, 0.06, seed=seed + 3)
-    x = tf.image.random_saturation(x, 0.85, 1.15, seed=seed + 4)
-    return tf.clip_by_value(x, 0.0, 1.0)
+    n = tf.shape(x)[0]
+
+    def coin(k: int) -> Any:
+        return tf.reshape(tf.random.uniform([n], seed=seed + k) < 0.5, [-1, 1, 1, 1])
+
+    x = tf.where(coin(0), tf.transpose(x, [0, 2, 1, 3]), x)
+    x = tf.where(coin(1), tf.reverse(x, [2]), x)
+    x = tf.where(coin(2), tf.reverse(x, [1]), x)
+    brightness = tf.random.uniform([n, 1, 1, 1], -0.06, 0.06, seed=seed + 3) * 2.0  # [0, 1] units -> [-1, 1]
+    saturation = tf.random.uniform([n, 1, 1, 1], 0.85, 1.15, seed=seed + 4)
+    grey = tf.reduce_sum(x * tf.constant([0.2989, 0.587, 0.114]), axis=-1, keepdims=True)
+    x = grey + (x - grey) * saturation + brightness
+    return tf.clip_by_value(x, -1.0, 1.0)
 
 
 # Decoded, cropped and resized training images are kept in memory when they fit in this budget:
@@ -309,13 +319,10 @@ def _finish(ds: Any, count: int, image_size: int, batch_size: int, training: boo
             ds = ds.cache()
         buffer = max(1, min(count, CACHE_BUDGET_BYTES // image_bytes))
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-
-        def jitter(x: Any, label: Any) -> tuple[Any, Any]:
-            return (augment(x / 2.0 + 0.5, seed) - 0.5) * 2.0, label
-
-        ds = ds.map(jitter, num_parallel_calls=2, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=training)
-    return ds.prefetch(tf.data.AUTOTUNE if training else 2)
+        ds = ds.batch(batch_size, drop_remainder=True)
+        ds = ds.map(lambda x, label: (augment_batch(x, seed), label), num_parallel_calls=1)
+        return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(2)
 
 
 def make_dataset(samples: list[Sample], image_size: int, batch_size: int, *, training: bool,

@@ -140,3 +140,28 @@ def test_training_pipeline_augments_within_range(ml_stack: None, smears: Path) -
     assert x.min() >= -1.0 and x.max() <= 1.0
     with pytest.raises(DatasetError, match="split is empty"):
         make_dataset([], 75, 8, training=True)
+
+
+def test_batch_augmentation_is_a_symmetry_of_the_square_plus_light_jitter(ml_stack: None) -> None:
+    import tensorflow as tf
+
+    from trainer.data import augment_batch
+
+    grey = np.random.default_rng(0).uniform(-0.5, 0.5, (6, 6, 1)).astype(np.float32)
+    image = np.repeat(grey, 3, axis=2)  # R = G = B: saturation leaves it alone
+    symmetries = [np.rot90(image, k) for k in range(4)] + [np.rot90(image[::-1], k) for k in range(4)]
+    out = augment_batch(tf.constant(np.stack([image] * 64)), seed=3).numpy()
+    seen = set()
+    for o in out:
+        shift = float(o.mean() - image.mean())
+        assert abs(shift) <= 0.12 + 1e-6  # brightness +-0.06 of [0, 1] is +-0.12 in [-1, 1]
+        matches = [i for i, s in enumerate(symmetries) if np.allclose(o - shift, s, atol=1e-5)]
+        assert matches, "not a flip or quarter turn of the input"
+        seen.add(matches[0])
+    assert len(seen) >= 6  # drawn per image, not once per batch
+    coloured = np.random.default_rng(1).uniform(-0.5, 0.5, (64, 6, 6, 3)).astype(np.float32)
+    jittered = augment_batch(tf.constant(coloured), seed=4).numpy()
+    assert jittered.min() >= -1.0 and jittered.max() <= 1.0
+    spread = lambda a: (a - a.mean(axis=-1, keepdims=True)).std(axis=(1, 2, 3))  # noqa: E731
+    ratio = spread(jittered) / spread(coloured)
+    assert ratio.min() > 0.8 and ratio.max() < 1.2 and ratio.std() > 0.01  # saturation x0.85-1.15 per image
