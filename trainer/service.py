@@ -316,6 +316,8 @@ class TrainerService:
             publish(summary["bundle"], str(self.config.hub_url), self._token())
         except Exception as exc:
             raise JobError(f"publishing failed, nothing was published: {exc}") from exc
+        # Published: a cancel that arrives now is too late to matter.
+        self._cancel_requested(job_id, JobProgress(phase="publish", done=1, total=1))
         finish = JobFinish(model_name=spec.name, model_version=spec.version, sha256=summary["sha256"],
                            metrics=summary.get("metrics", {}), parity=summary.get("parity", {}),
                            elapsed_s=round(time.monotonic() - started, 2))

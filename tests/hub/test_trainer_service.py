@@ -132,7 +132,7 @@ def test_a_queued_job_is_trained_published_and_finished(hub: Hub, service: Calla
     assert job["result"]["sha256"] == registered.json()["sha256"]
     assert job["result"]["metrics"] == {"accuracy": 0.9}
     # Forwarded from the child's log lines; the last report was the publish phase.
-    assert job["progress"]["phase"] == "publish"
+    assert job["progress"] == {"phase": "publish", "done": 1, "total": 1, "eta_s": None, "detail": {}}
     child = _child(roots, job_id)
     args = dict(zip(child["args"][1::2], child["args"][2::2], strict=False))
     assert args["--data"] == str((roots[0] / "set").resolve()) and args["--steps"] == "30"
