@@ -91,12 +91,19 @@ class Demo:
         """Run a child to completion, its stderr (progress) to ours, stdout captured and logged.
 
         Secrets go in ``env_extra``, never in ``args``: arguments show in the console and in ``ps``.
+        While it runs the child is one of :attr:`children`, so an interrupted demo stops it with
+        SIGTERM (letting ``trainer serve`` stop its own training child) rather than SIGKILL.
         """
         _say(f"{name}: {' '.join(args[3:])}")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-        proc = subprocess.run(args, stdout=subprocess.PIPE, env=env, check=False,  # noqa: S603
-                              timeout=self.timeout_s)
-        out = proc.stdout.decode(errors="replace")
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, env=env, start_new_session=True)  # noqa: S603
+        self.children[name] = proc
+        try:
+            stdout, _ = proc.communicate(timeout=self.timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            raise DemoError(f"step {name!r} took longer than {self.timeout_s:g} s") from exc
+        del self.children[name]
+        out = stdout.decode(errors="replace")
         (self.work / "logs" / f"{name}.out").write_text(out)
         if proc.returncode != 0:
             raise DemoError(f"step {name!r} failed with exit code {proc.returncode}; output in "
@@ -301,6 +308,10 @@ class Demo:
         return summary
 
 
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def _print_summary(s: dict[str, Any], demo: Demo) -> None:
     click.echo("")
     click.echo("leukonet demo summary")
@@ -331,6 +342,8 @@ def cli(work: Path, per_class: int, heldout_per_class: int, image_size: int, dep
         steps: int, hub_port: int, broker_port: int, no_wait: bool) -> None:
     """Run the whole loop on one machine and print a summary."""
     started = time.monotonic()
+    # SIGTERM (docker stop, systemd, kill) stops the demo like Ctrl-C: children are stopped too.
+    signal.signal(signal.SIGTERM, _interrupt)
     demo = Demo(work=work.resolve(), per_class=per_class, heldout_per_class=heldout_per_class,
                 image_size=image_size, depth_multiplier=depth_multiplier, steps=steps,
                 hub_port=_pick_port(hub_port), broker_port=_pick_port(broker_port), timeout_s=1800)
