@@ -38,7 +38,8 @@ def resolve_command(words: list[str]) -> click.Command:
 
 def test_compose_parses_and_has_the_services():
     services = compose()["services"]
-    assert {"mosquitto", "postgres", "hub", "agent-lab-a", "agent-lab-b", "trainer"} <= set(services)
+    expected = {"mosquitto", "postgres", "hub", "agent-lab-a", "agent-lab-b", "trainer", "trainer-service"}
+    assert expected <= set(services)
 
 
 def test_compose_paths_exist():
@@ -83,6 +84,9 @@ def test_compose_commands_are_real_entry_points():
             resolve_command(cmd)
         elif name == "trainer":
             resolve_command(["leukonet", "trainer", "run"])
+        elif name == "trainer-service":
+            assert cmd == ["serve"]
+            resolve_command(["leukonet", "trainer", *cmd])
 
 
 def test_agent_image_installs_only_the_agent_extra():
