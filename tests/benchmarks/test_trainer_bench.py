@@ -16,7 +16,7 @@ from the importer's TFRecord shards (decode + crop + resize every step) and once
 Nothing here asserts a speed.
 
 Knobs: ``LEUKONET_BENCH_TRAIN_SIZE`` (input px, default 128), ``LEUKONET_BENCH_TRAIN_DEPTH`` (depth
-multiplier, default 0.35), ``LEUKONET_BENCH_TRAIN_STEPS`` (default 20).
+multiplier, default 0.35), ``LEUKONET_BENCH_TRAIN_STEPS`` (default 60).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import pytest
 
 SIZE = int(os.environ.get("LEUKONET_BENCH_TRAIN_SIZE", "128"))
 DEPTH = float(os.environ.get("LEUKONET_BENCH_TRAIN_DEPTH", "0.35"))
-STEPS = int(os.environ.get("LEUKONET_BENCH_TRAIN_STEPS", "20"))
+STEPS = int(os.environ.get("LEUKONET_BENCH_TRAIN_STEPS", "60"))
 WARMUP = 3
 EPOCHS = 2
 BATCH = 8
