@@ -64,6 +64,10 @@ class HubClient:
             ) from exc
 
 
+_WATCH_TIMEOUT = click.option("--timeout", "watch_timeout", type=click.FloatRange(0), default=None,
+                              help="Give up watching after this many seconds (exit 4).")
+
+
 def api_options(fn: F) -> F:
     """Add --hub, --token and --json to a command."""
     fn = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")(fn)
@@ -534,13 +538,7 @@ def rollout_list(state: str | None, hub_url: str, token: str | None, as_json: bo
     show_default=True,
     help="Seconds between refreshes with --watch.",
 )
-@click.option(
-    "--timeout",
-    "watch_timeout",
-    type=click.FloatRange(0),
-    default=None,
-    help="Give up watching after this many seconds (exit 4).",
-)
+@_WATCH_TIMEOUT
 @api_options
 def rollout_status(
     rollout_id: str,
@@ -805,13 +803,7 @@ def training_cancel(job_id: str, hub_url: str, token: str | None, as_json: bool)
 @click.option(
     "--interval", type=click.FloatRange(0.1), default=2.0, show_default=True, help="Seconds between polls."
 )
-@click.option(
-    "--timeout",
-    "watch_timeout",
-    type=click.FloatRange(0),
-    default=None,
-    help="Give up watching after this many seconds (exit 4).",
-)
+@_WATCH_TIMEOUT
 @api_options
 def training_watch(
     job_id: str,
