@@ -722,6 +722,7 @@ def training() -> None:
 @click.option("--augmentations", type=int, help=_spec_help("augmentations"))
 @click.option("--positive-label", help=_spec_help("positive_label"))
 @click.option("--trainable-scope", "trainable_scopes", multiple=True, help="Finetune stage 2 scope (repeat).")
+@click.option("--int8/--no-int8", default=None, help=_spec_help("int8"))
 @api_options
 def training_queue(hub_url: str, token: str | None, as_json: bool, **fields: Any) -> None:
     """Queue a training job (admin); a `leukonet trainer serve` picks it up. Prints the job id."""

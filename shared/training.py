@@ -73,6 +73,7 @@ class TrainingJobSpec(BaseModel):
     stage1_steps: int | None = Field(None, ge=0, title="finetune: steps training only the heads")
     augmentations: int = Field(4, ge=1, le=64, title="bottleneck: augmented copies per image")
     positive_label: str | None = Field(None, max_length=64, title="disease label for sensitivity etc.")
+    int8: bool = Field(False, title="also quantize to INT8 (NNCF) and record its accuracy delta")
 
     @field_validator("dataset")
     @classmethod

@@ -156,6 +156,8 @@ def run_args(spec: TrainingJobSpec, data: Path, work: Path, checkpoint: Path | N
         args += ["--stage1-steps", str(spec.stage1_steps)]
     if spec.positive_label:
         args += ["--positive-label", spec.positive_label]
+    if spec.int8:
+        args.append("--int8")
     return args
 
 

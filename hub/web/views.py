@@ -75,6 +75,7 @@ TRAINING_FORM = (
     "image_size",
     "depth_multiplier",
     "seed",
+    "int8",
 )
 
 

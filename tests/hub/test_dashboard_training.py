@@ -59,7 +59,9 @@ def test_queue_form_checks_csrf_validates_and_audits(client):
     assert r.status_code == 422 and "mode scratch trains without a checkpoint" in r.data.decode()
     assert jobs(client) == []
 
-    r = client.post("/training", data={**FORM, "steps": "250", "learning_rate": "0.02", "csrf_token": token})
+    assert 'id="f-int8" name="int8" type="checkbox"' in page
+    r = client.post("/training", data={**FORM, "steps": "250", "learning_rate": "0.02", "int8": "true",
+                                       "csrf_token": token})
     assert r.status_code == 302
     page = client.get(r.headers["Location"]).data.decode()
     [job] = jobs(client)
@@ -71,6 +73,7 @@ def test_queue_form_checks_csrf_validates_and_audits(client):
         0.02,
     )
     assert job["spec"]["batch_size"] == 16  # left empty: the default
+    assert job["spec"]["int8"] is True
     assert f'data-job="{job["job_id"]}"' in page and "all-idb2-import" in page
     entry = client.get("/api/v1/audit", headers=auth("admin")).json["items"][0]
     assert (entry["actor"], entry["action"], entry["subject"]) == (

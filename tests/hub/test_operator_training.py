@@ -73,6 +73,7 @@ def test_queue_list_show_cancel(cli, client):
         "7",
         "--trainable-scope",
         "Mixed_7c",
+        "--int8",
     )
     assert r.exit_code == 0, r.output
     assert r.output.startswith("queued training job ") and "leuko 1.1.0 from all-idb2-import" in r.output
@@ -86,6 +87,7 @@ def test_queue_list_show_cancel(cli, client):
         149,
     )
     assert (spec["depth_multiplier"], spec["seed"], spec["trainable_scopes"]) == (0.5, 7, ["Mixed_7c"])
+    assert spec["int8"] is True
     r = cli("queue", "--name", "leuko", "--version", "1.1.0", "--dataset", "other")
     assert r.exit_code == 1 and "job_exists" in r.output
 

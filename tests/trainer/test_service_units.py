@@ -46,10 +46,11 @@ def test_run_arguments_carry_the_spec_and_no_secret(tmp_path: Path) -> None:
     spec = TrainingJobSpec(name="leuko", version="1.2.0", dataset="idb2", mode="finetune",
                            checkpoint="inception_v3.ckpt", steps=50, batch_size=8, learning_rate=0.01,
                            image_size=149, depth_multiplier=0.5, seed=7, trainable_scopes=["A", "B/C"],
-                           stage1_steps=10, positive_label="ALL")
+                           stage1_steps=10, positive_label="ALL", int8=True)
     args = run_args(spec, tmp_path / "idb2", tmp_path / "work", tmp_path / "ckpt" / "inception_v3.ckpt")
     pairs = dict(zip(args[1::2], args[2::2], strict=False))
-    assert args[0] == "run" and "--hub" not in args and "--token" not in args
+    assert args[0] == "run" and "--hub" not in args and "--token" not in args and args[-1] == "--int8"
+    assert "--int8" not in run_args(spec.model_copy(update={"int8": False}), tmp_path, tmp_path, None)
     assert pairs["--data"] == str(tmp_path / "idb2") and pairs["--mode"] == "finetune"
     assert pairs["--trainable-scopes"] == "A,B/C" and pairs["--stage1-steps"] == "10"
     assert pairs["--learning-rate"] == "0.01" and pairs["--image-size"] == "149"
