@@ -23,6 +23,7 @@ is a signal. Secrets reach the child by environment, never argv.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -104,11 +105,13 @@ class JobsClient:
         return job
 
     def progress(self, job_id: str, progress: JobProgress) -> bool:
-        """Report ``progress``; True when the operator asked to cancel the job (or it is no longer ours)."""
+        """Report ``progress``; True when the operator asked to cancel the job.
+
+        Raises:
+            JobError: the hub refused the report, e.g. 409 when the job is no longer running here
+                (it timed out or another claim ended it): the job must stop.
+        """
         response = self._post(f"/{job_id}/progress", progress.model_dump(mode="json"))
-        if response.status_code == 409:
-            log.warning(kv("job_not_ours", job=job_id, detail=self._error(response)))
-            return True
         if response.status_code != 200:
             raise JobError(f"the hub refused a progress report: {self._error(response)}")
         return bool(response.json().get("cancel_requested"))
@@ -318,8 +321,9 @@ class TrainerService:
             publish(summary["bundle"], str(self.config.hub_url), self._token())
         except Exception as exc:
             raise JobError(f"publishing failed, nothing was published: {exc}") from exc
-        # Published: a cancel that arrives now is too late to matter.
-        self._cancel_requested(job_id, JobProgress(phase="publish", done=1, total=1))
+        # Published: a cancel that arrives now is too late to matter; `finish` says the rest.
+        with contextlib.suppress(JobError):
+            self._cancel_requested(job_id, JobProgress(phase="publish", done=1, total=1))
         finish = JobFinish(model_name=spec.name, model_version=spec.version, sha256=summary["sha256"],
                            metrics=summary.get("metrics", {}), parity=summary.get("parity", {}),
                            elapsed_s=round(time.monotonic() - started, 2))
@@ -395,8 +399,11 @@ class TrainerService:
                 progress = forwarder.latest or JobProgress(phase="starting", done=0, total=0)
             if progress is not None and (phase_changed or due):
                 last_sent = now
-                if self._cancel_requested(job_id, progress):
-                    return "cancelled by the operator; nothing was published", True
+                try:
+                    if self._cancel_requested(job_id, progress):
+                        return "cancelled by the operator; nothing was published", True
+                except JobError as exc:
+                    return f"{exc}; the job was stopped and nothing was published", False
         return "", False
 
 

@@ -223,3 +223,22 @@ def test_serve_stops_with_a_clear_error_when_the_hub_refuses_its_token(
         "LEUKONET_TRAINER_SIGNING_KEY": str(keys.private), "LEUKONET_TRAINER_WORK_ROOT": str(tmp_path / "w")})
     assert result.exit_code == 1
     assert "the hub refused the claim: HTTP 401" in result.output
+
+
+def test_a_job_that_ends_elsewhere_stops_its_child(hub: Hub, service: Callable[[str], TrainerService],
+                                                   roots: tuple[Path, Path]) -> None:
+    job_id = hub.queue()
+    svc = service("hang")
+    thread = threading.Thread(target=svc.serve, kwargs={"max_jobs": 1}, daemon=True)
+    thread.start()
+    wait_until(lambda: hub.job(job_id)["progress"] is not None, 20)
+    # The hub ends the job behind the service's back (as a heartbeat timeout would).
+    r = hub.call("POST", f"{JOBS}/{job_id}/fail", "trainer", params={"worker": "box-1"},
+                 json={"error": "ended by the hub"})
+    assert r.status_code == 200, r.text
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert hub.job(job_id)["error"] == "ended by the hub"  # not overwritten
+    with pytest.raises(ProcessLookupError):
+        os.kill(_child(roots, job_id)["pid"], 0)
+    assert hub.model("1.1.0").status_code == 404
