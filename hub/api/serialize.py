@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from hub.db.models import Agent, Classification, ModelVersion, TrainingJob
+from hub.db.types import iso
 from hub.twin import bundle_url
-
-
-def iso(dt: datetime | None) -> str | None:
-    return dt.isoformat() if dt else None
 
 
 def model_json(row: ModelVersion, public_url: str) -> dict[str, Any]:

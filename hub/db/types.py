@@ -10,6 +10,11 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 
+def iso(dt: datetime | None) -> str | None:
+    """A stored timestamp as ISO 8601 for JSON (``None`` stays ``None``)."""
+    return dt.isoformat() if dt else None
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timestamp that is always timezone-aware UTC in Python.
 

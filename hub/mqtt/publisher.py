@@ -86,25 +86,7 @@ class MqttPublisher:
                 (default ``mqtt.publish_timeout_s``).
         """
         limit = timeout if timeout is not None else self.section.publish_timeout_s
-        deadline = time.monotonic() + limit
-        with self._lock:
-            client = self._ensure_connected(limit)
-            info = client.publish(topic, payload, qos=qos, retain=retain)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                self._drop()
-                raise BrokerUnavailable(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
-            remaining = max(deadline - time.monotonic(), 0.1)
-            try:
-                info.wait_for_publish(remaining)
-            except (RuntimeError, ValueError) as exc:
-                self._drop()
-                raise BrokerUnavailable(f"publish to {topic} failed: {exc}") from exc
-            if not info.is_published():
-                self._drop()
-                raise BrokerUnavailable(
-                    f"the broker did not acknowledge the publish to {topic} within {limit:.0f} s"
-                )
-        log.info(kv("published", topic=topic, retain=retain, bytes=len(payload)))
+        self.publish_many([(topic, payload)], retain=retain, qos=qos, timeout=limit)
 
     def publish_many(
         self, messages: list[tuple[str, bytes]], *, retain: bool, qos: int = 1, timeout: float | None = None
@@ -141,10 +123,12 @@ class MqttPublisher:
                     raise BrokerUnavailable(f"publish to {topic} failed: {exc}") from exc
                 if not info.is_published():
                     self._drop()
-                    raise BrokerUnavailable(
-                        f"the broker did not acknowledge {len(messages)} publishes within {limit:.0f} s"
-                    )
-        log.info(kv("published_many", messages=len(messages), retain=retain))
+                    what = f"the publish to {topic}" if len(messages) == 1 else f"{len(messages)} publishes"
+                    raise BrokerUnavailable(f"the broker did not acknowledge {what} within {limit:.0f} s")
+        if len(messages) == 1:
+            log.info(kv("published", topic=messages[0][0], retain=retain, bytes=len(messages[0][1])))
+        else:
+            log.info(kv("published_many", messages=len(messages), retain=retain))
 
     def check(self, timeout: float) -> None:
         """Connect (if needed) within ``timeout`` seconds; raises :class:`BrokerUnavailable`."""

@@ -9,15 +9,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hub.db.models import AuditEntry, Rollout, RolloutHistory, RolloutTarget
+from hub.db.types import iso
 from hub.rollouts.engine import stage_sizes
 from hub.rollouts.spec import FAILURES, IN_PROGRESS, TargetSpec, TargetState
 
 MAX_FAILURES_LISTED = 100
 FAILED_STATES = (*FAILURES, TargetState.ROLLBACK_FAILED.value)
-
-
-def _iso(dt: Any) -> str | None:
-    return dt.isoformat() if dt else None
 
 
 def _counts(states: Counter[str]) -> dict[str, Any]:
@@ -59,7 +56,7 @@ def rollout_json(s: Session, r: Rollout, with_targets: bool = False) -> dict[str
             "stage": t.stage + 1,
             "state": t.state,
             "detail": t.failure or t.detail,
-            "updated_at": _iso(t.updated_at),
+            "updated_at": iso(t.updated_at),
         }
         for t in targets
         if t.state in FAILED_STATES or t.failure
@@ -80,9 +77,9 @@ def rollout_json(s: Session, r: Rollout, with_targets: bool = False) -> dict[str
         "timeout_s": r.timeout_s,
         "acknowledged_failures": r.acknowledged_failures,
         "created_by": r.created_by,
-        "created_at": _iso(r.created_at),
-        "updated_at": _iso(r.updated_at),
-        "finished_at": _iso(r.finished_at),
+        "created_at": iso(r.created_at),
+        "updated_at": iso(r.updated_at),
+        "finished_at": iso(r.finished_at),
         "totals": _counts(totals),
         "groups": groups,
         "failures": failures,
@@ -101,8 +98,8 @@ def target_json(t: RolloutTarget) -> dict[str, Any]:
         "previous_model_version": t.previous_model_version,
         "detail": t.detail,
         "failure": t.failure,
-        "desired_at": _iso(t.desired_at),
-        "updated_at": _iso(t.updated_at),
+        "desired_at": iso(t.desired_at),
+        "updated_at": iso(t.updated_at),
     }
 
 
@@ -112,14 +109,14 @@ def history_json(h: RolloutHistory) -> dict[str, Any]:
         "agent_id": h.agent_id,
         "state": h.state,
         "detail": h.detail,
-        "at": _iso(h.at),
+        "at": iso(h.at),
     }
 
 
 def audit_json(a: AuditEntry) -> dict[str, Any]:
     return {
         "id": a.id,
-        "at": _iso(a.at),
+        "at": iso(a.at),
         "actor": a.actor,
         "action": a.action,
         "subject": a.subject,

@@ -26,6 +26,7 @@ import paho.mqtt.client as mqtt
 
 from shared.bundle import Manifest, TensorSpec, build_bundle, digest_files, generate_keypair, load_private_key
 from shared.preprocessing import PreprocessingSpec, crop_and_resize
+from tests import conftest
 
 SIZE = 32
 LABELS = ["ALL", "normal"]
@@ -260,10 +261,6 @@ def bundle_server(files: dict[str, bytes], token: str) -> Iterator[tuple[str, li
         thread.join(5)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, step: float = 0.02) -> Any:
+    """:func:`tests.conftest.wait_until` with the agent tests' longer default and finer step."""
+    return conftest.wait_until(predicate, timeout, step)

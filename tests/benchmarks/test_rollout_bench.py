@@ -28,9 +28,9 @@ import requests
 import yaml
 
 from shared.logs import Progress
-from tests.conftest import free_port, wait_port
+from tests.conftest import free_port, wait_port, wait_until
 from tests.hub.conftest import TOKENS, build_test_bundle, make_keys
-from tests.hub.simfleet import SimFleet, wait_for
+from tests.hub.simfleet import SimFleet
 
 pytestmark = pytest.mark.bench
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def test_rollout_to_500_agents(tmp_path, private_broker, postgres_url):
             items = api.get(f"{hub_url}/api/v1/agents", timeout=30).json()["items"]
             return sum(1 for a in items if a["lab"] == f"bench-{run}" and a["state"] == "online") == AGENTS
 
-        wait_for(known, 120, 0.5, f"{AGENTS} agents online at the hub")
+        wait_until(known, 120, 0.5, f"{AGENTS} agents online at the hub")
 
         proc = psutil.Process(hub.pid)
         cpu0 = proc.cpu_times()

@@ -7,7 +7,6 @@ import json
 import random
 import shutil
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -99,6 +98,21 @@ def hub_config(tmp_path: Path, keys: Keys | None, **overrides: Any) -> HubConfig
     return config
 
 
+def broker_config(tmp_path: Path, keys: Keys | None, port: int) -> HubConfig:
+    """:func:`hub_config` with MQTT pointed at a broker on ``port`` (a fresh client id)."""
+    return hub_config(
+        tmp_path, keys, mqtt={"host": "127.0.0.1", "port": port, "client_id": f"hub-{uuid.uuid4().hex[:8]}"}
+    )
+
+
+def migrated_app(config: HubConfig) -> Flask:
+    """The hub app on ``config``'s database, migrated to the newest revision (close it with close_app)."""
+    db = Database(config.db_url)
+    upgrade(db)
+    db.dispose()
+    return create_app(config)
+
+
 @pytest.fixture
 def config(tmp_path: Path, keys: Keys) -> HubConfig:
     return hub_config(tmp_path, keys)
@@ -106,10 +120,7 @@ def config(tmp_path: Path, keys: Keys) -> HubConfig:
 
 @pytest.fixture
 def app(config: HubConfig) -> Iterator[Flask]:
-    db = Database(config.db_url)
-    upgrade(db)
-    db.dispose()
-    application = create_app(config)
+    application = migrated_app(config)
     application.config["TESTING"] = True
     try:
         yield application
@@ -233,17 +244,6 @@ def publish_all(
         c.loop_stop()
 
 
-def wait_until(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll ``cond`` until truthy or ``timeout`` (then fail the test)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"condition not met within {timeout} s")
-
-
 def as_json(message: Any) -> bytes:
     data: bytes = message.to_json()
     return data
@@ -283,15 +283,7 @@ class FakeClock:
 @pytest.fixture
 def env(tmp_path: Path, keys: Keys, private_broker: Any, make_bundle: BundleMaker) -> Iterator[Env]:
     """An app on a private Mosquitto with leuko 1.0.0 and 2.0.0 uploaded and a fake rollout clock."""
-    cfg = hub_config(
-        tmp_path,
-        keys,
-        mqtt={"host": "127.0.0.1", "port": private_broker.port, "client_id": f"hub-{uuid.uuid4().hex[:8]}"},
-    )
-    db = Database(cfg.db_url)
-    upgrade(db)
-    db.dispose()
-    app = create_app(cfg)
+    app = migrated_app(broker_config(tmp_path, keys, private_broker.port))
     services = hub_ext.for_app(app)
     clock = FakeClock()
     services.rollouts.clock = clock
@@ -393,6 +385,7 @@ def serve_app(app: Flask) -> Iterator[str]:
     finally:
         server.shutdown()
         thread.join(timeout=10)
+        server.server_close()
 
 
 @pytest.fixture

@@ -6,20 +6,18 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import uuid
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
-from werkzeug.serving import make_server
 
 from hub.cli import cli as hub_cli
 from hub.operator_cli import agents as agents_cli
 from hub.operator_cli import models as models_cli
-from tests.conftest import free_port, wait_port
-from tests.hub.conftest import TOKENS, wait_until
+from tests.conftest import free_port, wait_port, wait_until
+from tests.hub.conftest import TOKENS, serve_app
 
 
 def write_config(path: Path, tmp_path: Path, **extra) -> Path:
@@ -117,15 +115,8 @@ def test_serve_runs_embedded_broker_ingest_and_web_then_stops_on_sigterm(tmp_pat
 
 @pytest.fixture
 def live_hub(app):
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
+    with serve_app(app) as url:
+        yield url
 
 
 def test_operator_models_and_agents(runner, live_hub, make_bundle):

@@ -9,26 +9,16 @@ import paho.mqtt.client as mqtt
 import pytest
 from sqlalchemy import select
 
-from hub.app import close_app, create_app
-from hub.db.migrate import upgrade
+from hub.app import close_app
 from hub.db.models import Agent
-from hub.db.session import Database
 from shared import topics
 from shared.schemas import DesiredModel, parse_payload
-from tests.hub.conftest import auth, hub_config
+from tests.hub.conftest import auth, broker_config, migrated_app
 
 
 @pytest.fixture
 def broker_app(tmp_path, keys, private_broker):
-    cfg = hub_config(
-        tmp_path,
-        keys,
-        mqtt={"host": "127.0.0.1", "port": private_broker.port, "client_id": f"hub-{uuid.uuid4().hex[:8]}"},
-    )
-    db = Database(cfg.db_url)
-    upgrade(db)
-    db.dispose()
-    app = create_app(cfg)
+    app = migrated_app(broker_config(tmp_path, keys, private_broker.port))
     yield app, private_broker
     close_app(app)
 

@@ -15,7 +15,8 @@ from hub.ingest import IngestStats, IngestWorker
 from hub.ingest.writer import IngestWriter
 from shared import topics
 from shared.schemas import AgentState, AgentStatus, ModelEvent, ModelEventKind
-from tests.hub.conftest import as_json, hub_config, make_result, publish_all, raw, wait_until
+from tests.conftest import wait_until
+from tests.hub.conftest import as_json, hub_config, make_result, publish_all, raw
 
 
 @pytest.fixture

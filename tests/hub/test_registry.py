@@ -12,17 +12,7 @@ import pytest
 
 from hub.app import close_app, create_app
 from shared.bundle import load_public_key, verify_bundle
-from tests.hub.conftest import auth, hub_config, make_keys
-
-
-def upload(client, path: Path, role: str = "trainer"):
-    with path.open("rb") as fh:
-        return client.post(
-            "/api/v1/models",
-            data={"bundle": (fh, path.name)},
-            headers=auth(role),
-            content_type="multipart/form-data",
-        )
+from tests.hub.conftest import auth, hub_config, make_keys, migrated_app, upload_bundle
 
 
 def rewrite(path: Path, name: str, data: bytes | None) -> None:
@@ -39,7 +29,7 @@ def rewrite(path: Path, name: str, data: bytes | None) -> None:
 
 def test_good_upload_is_stored_content_addressed(client, make_bundle, config, keys):
     path = make_bundle()
-    r = upload(client, path)
+    r = upload_bundle(client, path)
     assert r.status_code == 201, r.json
     body = r.json
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -62,16 +52,16 @@ def test_good_upload_is_stored_content_addressed(client, make_bundle, config, ke
 
 
 def test_duplicate_name_version_is_409(client, make_bundle):
-    assert upload(client, make_bundle()).status_code == 201
-    r = upload(client, make_bundle(pb_bytes=3000))  # same name + version, different bytes
+    assert upload_bundle(client, make_bundle()).status_code == 201
+    r = upload_bundle(client, make_bundle(pb_bytes=3000))  # same name + version, different bytes
     assert r.status_code == 409 and r.json["error"]["code"] == "model_exists"
-    assert upload(client, make_bundle(version="1.0.1")).status_code == 201
+    assert upload_bundle(client, make_bundle(version="1.0.1")).status_code == 201
 
 
 def test_tampered_file_is_rejected(client, make_bundle, config):
     path = make_bundle()
     rewrite(path, "model.pb", b"evil weights")
-    r = upload(client, path)
+    r = upload_bundle(client, path)
     assert r.status_code == 422 and r.json["error"]["code"] == "bundle_rejected"
     assert "model.pb" in r.json["error"]["message"]
     assert client.get("/api/v1/models", headers=auth("admin")).json["items"] == []
@@ -83,35 +73,30 @@ def test_edited_manifest_fails_signature(client, make_bundle):
     with zipfile.ZipFile(path) as zf:
         text = zf.read("manifest.json").decode()
     rewrite(path, "manifest.json", text.replace('"1.0.0"', '"6.6.6"').encode())
-    r = upload(client, path)
+    r = upload_bundle(client, path)
     assert r.status_code == 422 and r.json["error"]["code"] == "bad_signature"
 
 
 def test_unsigned_bundle_is_rejected(client, make_bundle):
     path = make_bundle()
     rewrite(path, "manifest.sig", None)
-    r = upload(client, path)
+    r = upload_bundle(client, path)
     assert r.status_code == 422 and r.json["error"]["code"] == "unsigned_bundle"
 
 
 def test_bundle_signed_by_unknown_key_is_rejected(client, make_bundle, tmp_path):
     stranger = make_keys(tmp_path / "stranger")
-    r = upload(client, make_bundle(signed_by=stranger))
+    r = upload_bundle(client, make_bundle(signed_by=stranger))
     assert r.status_code == 422 and r.json["error"]["code"] == "bad_signature"
 
 
 def test_any_trusted_key_may_sign(tmp_path, keys, make_bundle):
     second = make_keys(tmp_path / "second")
     cfg = hub_config(tmp_path, keys, trusted_keys=[str(keys.public), str(second.public)])
-    from hub.db.migrate import upgrade
-    from hub.db.session import Database
 
-    db = Database(cfg.db_url)
-    upgrade(db)
-    db.dispose()
-    app = create_app(cfg)
+    app = migrated_app(cfg)
     try:
-        assert upload(app.test_client(), make_bundle(signed_by=second)).status_code == 201
+        assert upload_bundle(app.test_client(), make_bundle(signed_by=second)).status_code == 201
     finally:
         close_app(app)
 
@@ -122,7 +107,7 @@ def test_any_trusted_key_may_sign(tmp_path, keys, make_bundle):
 def test_not_a_bundle_is_400(client, tmp_path, payload, code):
     p = tmp_path / "junk.zip"
     p.write_bytes(payload)
-    r = upload(client, p)
+    r = upload_bundle(client, p)
     assert r.status_code == 400 and r.json["error"]["code"] == code
 
 
@@ -130,7 +115,7 @@ def test_zip_without_manifest_is_400(client, tmp_path):
     p = tmp_path / "plain.zip"
     with zipfile.ZipFile(p, "w") as zf:
         zf.writestr("model.pb", b"x")
-    r = upload(client, p)
+    r = upload_bundle(client, p)
     assert r.status_code == 400 and "manifest.json" in r.json["error"]["message"]
 
 
@@ -146,13 +131,8 @@ def test_missing_form_field_is_400(client):
 
 def test_oversize_upload_is_413_json(tmp_path, keys, make_bundle):
     cfg = hub_config(tmp_path, keys, max_upload_mb=1)
-    from hub.db.migrate import upgrade
-    from hub.db.session import Database
 
-    db = Database(cfg.db_url)
-    upgrade(db)
-    db.dispose()
-    app = create_app(cfg)
+    app = migrated_app(cfg)
     try:
         big = make_bundle(pb_bytes=3 * 1024 * 1024)
         assert big.stat().st_size > 1024 * 1024
@@ -182,15 +162,10 @@ def test_oversize_upload_is_413_json(tmp_path, keys, make_bundle):
 
 def test_uploads_refused_without_trusted_keys(tmp_path, make_bundle):
     cfg = hub_config(tmp_path, None)
-    from hub.db.migrate import upgrade
-    from hub.db.session import Database
 
-    db = Database(cfg.db_url)
-    upgrade(db)
-    db.dispose()
-    app = create_app(cfg)
+    app = migrated_app(cfg)
     try:
-        r = upload(app.test_client(), make_bundle())
+        r = upload_bundle(app.test_client(), make_bundle())
         assert r.status_code == 503 and "trusted_keys" in r.json["error"]["message"]
     finally:
         close_app(app)
@@ -198,7 +173,7 @@ def test_uploads_refused_without_trusted_keys(tmp_path, make_bundle):
 
 def test_download_etag_conditional_and_range(client, make_bundle):
     path = make_bundle()
-    digest = upload(client, path).json["sha256"]
+    digest = upload_bundle(client, path).json["sha256"]
     url = "/api/v1/models/leuko/1.0.0/bundle"
     with client.get(url, headers=auth("agent")) as r:
         assert r.status_code == 200

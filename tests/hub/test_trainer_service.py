@@ -22,7 +22,8 @@ import pytest
 import requests
 from flask import Flask
 
-from tests.hub.conftest import TOKENS, BundleMaker, Keys, serve_app, wait_until
+from tests.conftest import wait_until
+from tests.hub.conftest import TOKENS, BundleMaker, Keys, serve_app
 from trainer.config import TrainerConfig
 from trainer.service import TrainerService
 

@@ -11,11 +11,9 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from hub.app import close_app, create_app
-from hub.db.migrate import upgrade
-from hub.db.session import Database
+from hub.app import close_app
 from hub.extensions import hub_ext
-from tests.hub.conftest import FakeClock, auth, hub_config, upload_bundle
+from tests.hub.conftest import FakeClock, auth, hub_config, migrated_app, upload_bundle
 
 API = "/api/v1/training-jobs"
 SPEC: dict[str, Any] = {"name": "leuko", "version": "1.1.0", "dataset": "all-idb2-import", "steps": 50}
@@ -297,10 +295,7 @@ def test_stale_heartbeat_fails_the_job_lazily(client, clock):
 
 def test_heartbeat_timeout_comes_from_the_config(tmp_path, keys):
     config = hub_config(tmp_path, keys, training={"heartbeat_timeout_s": 60})
-    db = Database(config.db_url)
-    upgrade(db)
-    db.dispose()
-    app = create_app(config)
+    app = migrated_app(config)
     try:
         service = hub_ext.for_app(app).training
         service.clock = clock = FakeClock()

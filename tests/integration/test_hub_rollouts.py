@@ -28,9 +28,9 @@ from hub.operator_cli import agents as agents_cli
 from hub.operator_cli import models as models_cli
 from hub.operator_cli import rollout as rollout_cli
 from hub.rollouts.ticker import RolloutTicker
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.hub.conftest import TOKENS, build_test_bundle, hub_config, make_keys
-from tests.hub.simfleet import SimFleet, clear_session, wait_for
+from tests.hub.simfleet import SimFleet, clear_session
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +128,7 @@ def known_agents(stack: Stack, n: int) -> None:
         r = stack.cli(agents_cli, "list", "--json")
         return sum(1 for a in json.loads(r.output)["items"] if a["lab"] == stack.lab) == n
 
-    wait_for(count, 20, 0.1, f"{n} agents known to the hub")
+    wait_until(count, 20, 0.1, f"{n} agents known to the hub")
 
 
 def test_staged_rollout_advances_and_an_offline_agent_converges(stack):
@@ -141,8 +141,8 @@ def test_staged_rollout_advances_and_an_offline_agent_converges(stack):
     rollout_id = stack.start("--stages", "25,100", "--success-threshold", "0.5", "--timeout", "120")
     # stage 2 starts once half of stage 1 succeeded (the offline agent may be in either stage);
     # until it returns, the rollout cannot complete
-    wait_for(lambda: stack.status(rollout_id)["current_stage"] == 2, 30, 0.1, "stage 2")
-    wait_for(lambda: stack.status(rollout_id)["totals"]["succeeded"] == 7, 30, 0.1, "7 agents activated")
+    wait_until(lambda: stack.status(rollout_id)["current_stage"] == 2, 30, 0.1, "stage 2")
+    wait_until(lambda: stack.status(rollout_id)["totals"]["succeeded"] == 7, 30, 0.1, "7 agents activated")
     shown = stack.status(rollout_id)
     assert shown["state"] == "running" and shown["totals"]["in_progress"] == 1
     assert shown["groups"][0]["size"] == 2 and shown["groups"][1]["size"] == 6
@@ -169,7 +169,7 @@ def test_failure_rate_rolls_back_every_agent_to_its_previous_model(stack):
     def all_back() -> bool:
         return stack.status(rollout_id)["totals"]["by_state"].get("rolled_back", 0) == 6
 
-    wait_for(all_back, 30, 0.1, "every target rolled back")
+    wait_until(all_back, 30, 0.1, "every target rolled back")
     assert all(a.model_version == "1.0.0" for a in [*good, *bad])
     assert all(a.failed == ["2.0.0"] and a.activated == [] for a in bad)
     # the deleted-in-use guard: agents run 1.0.0, so it cannot go; 2.0.0 is no longer used by anyone
