@@ -17,9 +17,11 @@ images for later.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,40 +97,43 @@ class Outbox:
             return []
         now = time.time()
         seqs: list[int] = []
+        fix = "free disk space on the state_dir volume (images stay in the watch folder)"
         with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    for result, source in items:
-                        cur = self._db.execute(
-                            "INSERT INTO outbox (result_id, topic, payload, created_at) VALUES (?, ?, ?, ?)",
-                            (
-                                str(result.result_id),
-                                build(result.agent_id, Kind.RESULTS),
-                                result.to_json(),
-                                now,
-                            ),
+            with self._transaction(f"cannot store {len(items)} result(s)", fix):
+                for result, source in items:
+                    cur = self._db.execute(
+                        "INSERT INTO outbox (result_id, topic, payload, created_at) VALUES (?, ?, ?, ?)",
+                        (str(result.result_id), build(result.agent_id, Kind.RESULTS), result.to_json(), now),
+                    )
+                    assert cur.lastrowid is not None
+                    seqs.append(int(cur.lastrowid))
+                    if source is not None:
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO pending_moves (source, image_sha256, result_id) "
+                            "VALUES (?, ?, ?)",
+                            (str(source), result.image_sha256, str(result.result_id)),
                         )
-                        assert cur.lastrowid is not None
-                        seqs.append(int(cur.lastrowid))
-                        if source is not None:
-                            self._db.execute(
-                                "INSERT OR REPLACE INTO pending_moves (source, image_sha256, result_id) "
-                                "VALUES (?, ?, ?)",
-                                (str(source), result.image_sha256, str(result.result_id)),
-                            )
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise OutboxError(
-                    f"outbox {self.path}: cannot store {len(items)} result(s): {exc}; "
-                    "free disk space on the state_dir volume (images stay in the watch folder)"
-                ) from exc
-            self._depth += len(seqs)
+            self._depth += len(seqs)  # committed
         return seqs
+
+    @contextlib.contextmanager
+    def _transaction(self, what: str, fix: str = "") -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error; sqlite errors become OutboxError.
+
+        Callers hold ``self._lock`` and update state outside the database (``_depth``) only after
+        the block, once the transaction committed.
+        """
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox {self.path}: {what}: {exc}" + (f"; {fix}" if fix else "")) from exc
 
     def after(self, seq: int, limit: int) -> list[OutboxRow]:
         """Up to ``limit`` rows with a sequence number above ``seq``, in order."""
@@ -148,21 +153,12 @@ class Outbox:
         if not seqs:
             return
         with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    deleted = 0
-                    for seq in seqs:
-                        cur = self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
-                        deleted += max(cur.rowcount, 0)
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise OutboxError(f"outbox {self.path}: cannot delete acknowledged rows: {exc}") from exc
-            self._depth -= deleted
+            deleted = 0
+            with self._transaction("cannot delete acknowledged rows"):
+                for seq in seqs:
+                    cur = self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+                    deleted += max(cur.rowcount, 0)
+            self._depth -= deleted  # committed
 
     def depth(self) -> int:
         """Results not yet acknowledged by the broker (kept in memory: cheap to ask often)."""

@@ -28,6 +28,7 @@ from shared.bundle import (
 )
 from shared.logs import kv
 from shared.preprocessing import PreprocessingSpec
+from trainer.export import IR_FP16, IR_FP32, REFERENCE_IMAGE
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +85,8 @@ def source_commit(repo_dir: str | Path | None = None) -> str | None:
 def build_manifest(stage_dir: str | Path, *, name: str, version: str, labels: list[str], image_size: int,
                    metrics: dict[str, Any], reference_probabilities: list[float] | None,
                    parity: dict[str, float], dataset_fingerprint: str, training: dict[str, Any],
-                   architecture: str = "inception_v3", ir_files: tuple[str, str] = ("ir/fp32/model.xml",
-                                                                                   "ir/fp16/model.xml"),
-                   reference_image: str | None = "reference.png", commit: str | None = None,
+                   architecture: str = "inception_v3", reference_image: str | None = REFERENCE_IMAGE,
+                   commit: str | None = None,
                    int8_ir: str | None = None) -> Manifest:
     """The manifest of the model files staged in ``stage_dir`` (their sha256 are computed here).
 
@@ -95,7 +95,7 @@ def build_manifest(stage_dir: str | Path, *, name: str, version: str, labels: li
             names the field).
     """
     stage = Path(stage_dir)
-    fp32, fp16 = ir_files
+    fp32, fp16 = IR_FP32, IR_FP16
     artifacts = {"frozen_graph": FROZEN_GRAPH, "ir_fp32": fp32, "ir_fp16": fp16}
     files = [FROZEN_GRAPH, fp32, fp32[:-4] + ".bin", fp16, fp16[:-4] + ".bin"]
     if int8_ir is not None:  # optional NNCF INT8 IR (trainer.int8), an extra beside FP32/FP16
