@@ -172,12 +172,10 @@ def _check_broker(mqtt_config: Any, client_id: str, timeout: float = 5.0) -> tup
     import paho.mqtt.client as mqtt
 
     where = f"mqtt://{mqtt_config.host}:{mqtt_config.port}"
+    from agents.link import apply_credentials
+
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    if mqtt_config.username:
-        password = mqtt_config.password.get_secret_value() if mqtt_config.password else None
-        client.username_pw_set(mqtt_config.username, password)
-    if mqtt_config.tls:
-        client.tls_set(ca_certs=str(mqtt_config.ca_file) if mqtt_config.ca_file else None)
+    apply_credentials(client, mqtt_config)
     answer: list[Any] = []
     got = threading.Event()
 

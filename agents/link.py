@@ -35,6 +35,15 @@ StatusFn = Callable[[AgentState], AgentStatus]
 DesiredFn = Callable[[DesiredModel], None]
 
 
+
+def apply_credentials(client: mqtt.Client, cfg: MqttConfig) -> None:
+    """Username/password and TLS from the agent's MQTT settings, as every agent connection uses them."""
+    if cfg.username:
+        password = cfg.password.get_secret_value() if cfg.password else None
+        client.username_pw_set(cfg.username, password)
+    if cfg.tls:
+        client.tls_set(ca_certs=str(cfg.ca_file) if cfg.ca_file else None)
+
 class Link:
     """MQTT session of one agent. ``start()`` connects in the background; ``stop()`` says goodbye."""
 
@@ -77,11 +86,7 @@ class Link:
         )
         offline = self._status_fn(AgentState.OFFLINE)
         client.will_set(self._topics[Kind.STATUS], offline.to_json(), qos=1, retain=True)
-        if self._cfg.username:
-            password = self._cfg.password.get_secret_value() if self._cfg.password else None
-            client.username_pw_set(self._cfg.username, password)
-        if self._cfg.tls:
-            client.tls_set(ca_certs=str(self._cfg.ca_file) if self._cfg.ca_file else None)
+        apply_credentials(client, self._cfg)
         client.reconnect_delay_set(
             self._cfg.reconnect_min_s, max(self._cfg.reconnect_min_s, self._cfg.reconnect_max_s)
         )

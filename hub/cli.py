@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import threading
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from hub.config import HubConfig
+from hub.ports import port_free
 from shared.config import ConfigError
 from shared.logs import kv, setup_logging
 
@@ -156,7 +156,7 @@ def check(config_path: Path | None) -> None:
         exe = shutil.which("mosquitto")
         impl = config.broker.implementation
         kind = "mosquitto" if exe and impl != "amqtt" else "amqtt"
-        free = _port_free(config.broker.port)
+        free = port_free(config.broker.port)
         report(
             free and not (impl == "mosquitto" and not exe),
             "broker",
@@ -175,15 +175,6 @@ def check(config_path: Path | None) -> None:
     log.debug(kv("check_done", failures=failures))
     if failures:
         raise click.exceptions.Exit(1)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _safe_url(config: HubConfig) -> str:

@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import click
 import requests
 import yaml
 
+from hub.ports import pick_port
 from shared.bundle import generate_keypair
 
 AGENTS = ("lab-a-scope-1", "lab-b-scope-1")
@@ -38,23 +38,6 @@ MODEL_VERSION = "1.0.0"
 
 class DemoError(RuntimeError):
     """A step of the demo failed; the message says which and where its log is."""
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _pick_port(preferred: int) -> int:
-    if preferred and _port_free(preferred):
-        return preferred
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _say(msg: str) -> None:
@@ -346,7 +329,7 @@ def cli(work: Path, per_class: int, heldout_per_class: int, image_size: int, dep
     signal.signal(signal.SIGTERM, _interrupt)
     demo = Demo(work=work.resolve(), per_class=per_class, heldout_per_class=heldout_per_class,
                 image_size=image_size, depth_multiplier=depth_multiplier, steps=steps,
-                hub_port=_pick_port(hub_port), broker_port=_pick_port(broker_port), timeout_s=1800)
+                hub_port=pick_port(hub_port), broker_port=pick_port(broker_port), timeout_s=1800)
     try:
         demo.prepare()
         demo.start_hub()
