@@ -1,4 +1,4 @@
-"""API errors: one exception type and one :func:`error_response` for every JSON error.
+"""API errors: one exception family (:class:`HubError`) and one :func:`error_response` for every JSON error.
 
 Every API error body is ``{"error": {"code": "...", "message": "..."}}`` with a 4xx/5xx status.
 """
@@ -15,14 +15,22 @@ from shared.logs import kv
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
-    """An error a client caused (or a dependency outage), turned into a JSON response."""
+class HubError(Exception):
+    """A request the hub refuses: ``status``, ``code`` and ``message`` become the JSON error response.
+
+    The services (registry, rollouts, training jobs) raise their subclasses; routes let them
+    propagate and :func:`register_error_handlers` answers them, so no route converts errors.
+    """
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+
+
+class ApiError(HubError):
+    """An error a client caused (or a dependency outage), raised by a route itself."""
 
 
 def error_response(status: int, code: str, message: str) -> Response:
@@ -41,8 +49,8 @@ def _wants_json() -> bool:
 def register_error_handlers(app: Flask) -> None:
     """JSON errors for the API (and for 413 everywhere); HTML pages keep Flask's defaults."""
 
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError) -> Response:
+    @app.errorhandler(HubError)
+    def _hub_error(exc: HubError) -> Response:
         return error_response(exc.status, exc.code, exc.message)
 
     @app.errorhandler(HTTPException)

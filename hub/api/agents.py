@@ -17,7 +17,6 @@ from hub.db.models import Agent
 from hub.errors import ApiError
 from hub.extensions import hub_ext
 from hub.mqtt.publisher import BrokerUnavailable
-from hub.registry.service import RegistryError
 from hub.twin import set_desired
 from shared.topics import TopicError, validate_agent_id
 
@@ -87,8 +86,6 @@ def put_desired(agent_id: str) -> dict[str, Any]:
             body.model_name,
             body.model_version,
         )
-    except RegistryError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from exc
     except BrokerUnavailable as exc:
         raise ApiError(
             503, "broker_unavailable", f"{exc}; nothing was changed, retry when the broker is up"

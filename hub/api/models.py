@@ -13,11 +13,6 @@ from hub.auth import require_roles
 from hub.config import Role
 from hub.errors import ApiError
 from hub.extensions import hub_ext
-from hub.registry.service import RegistryError
-
-
-def _registry_error(exc: RegistryError) -> ApiError:
-    return ApiError(exc.status, exc.code, exc.message)
 
 
 @bp.post("/models")
@@ -28,10 +23,7 @@ def upload_model() -> tuple[Response, int]:
     if upload is None:
         raise ApiError(400, "missing_bundle", "send the bundle zip as multipart form field 'bundle'")
     services = hub_ext.services
-    try:
-        row = services.registry.upload(upload.stream, uploaded_by=g.principal.name)
-    except RegistryError as exc:
-        raise _registry_error(exc) from exc
+    row = services.registry.upload(upload.stream, uploaded_by=g.principal.name)
     return jsonify(model_json(row, services.config.public_url)), 201
 
 
@@ -101,11 +93,8 @@ def compare_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
 def compare_models() -> dict[str, Any]:
     """``?a=NAME/VERSION&b=NAME/VERSION``: both models and their metrics side by side."""
     services = hub_ext.services
-    try:
-        a = model_json(services.registry.get(*_ref("a")), services.config.public_url)
-        b = model_json(services.registry.get(*_ref("b")), services.config.public_url)
-    except RegistryError as exc:
-        raise _registry_error(exc) from exc
+    a = model_json(services.registry.get(*_ref("a")), services.config.public_url)
+    b = model_json(services.registry.get(*_ref("b")), services.config.public_url)
     return {"a": a, "b": b, "rows": compare_rows(a, b)}
 
 
@@ -113,10 +102,7 @@ def compare_models() -> dict[str, Any]:
 @require_roles()
 def delete_model(name: str, version: str) -> tuple[str, int]:
     """204; 409 ``model_in_use`` while an agent runs or desires it or a rollout involves it."""
-    try:
-        hub_ext.services.registry.delete(name, version, actor=g.principal.name)
-    except RegistryError as exc:
-        raise _registry_error(exc) from exc
+    hub_ext.services.registry.delete(name, version, actor=g.principal.name)
     return "", 204
 
 
@@ -124,10 +110,7 @@ def delete_model(name: str, version: str) -> tuple[str, int]:
 @require_roles(Role.TRAINER, Role.AGENT)
 def show_model(name: str, version: str) -> dict[str, Any]:
     services = hub_ext.services
-    try:
-        return model_json(services.registry.get(name, version), services.config.public_url)
-    except RegistryError as exc:
-        raise _registry_error(exc) from exc
+    return model_json(services.registry.get(name, version), services.config.public_url)
 
 
 @bp.get("/models/<name>/<version>/bundle")
@@ -135,11 +118,8 @@ def show_model(name: str, version: str) -> dict[str, Any]:
 def download_bundle(name: str, version: str) -> Response:
     """The zip, with ``ETag`` = sha256, conditional GET and ``Range`` support."""
     registry = hub_ext.services.registry
-    try:
-        row = registry.get(name, version)
-        path = registry.bundle_path(row)
-    except RegistryError as exc:
-        raise _registry_error(exc) from exc
+    row = registry.get(name, version)
+    path = registry.bundle_path(row)
     resp = send_file(
         path,
         mimetype="application/zip",

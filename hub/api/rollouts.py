@@ -17,7 +17,6 @@ from hub.db.models import Rollout, RolloutHistory
 from hub.errors import ApiError
 from hub.extensions import hub_ext
 from hub.mqtt.publisher import BrokerUnavailable
-from hub.rollouts.engine import RolloutError
 from hub.rollouts.report import audit_json, history_json, rollout_json
 from hub.rollouts.spec import RolloutRequest, RolloutState
 from shared.topics import TopicError
@@ -52,9 +51,7 @@ def validation_message(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or '<body>'}: {e['msg']}" for e in exc.errors())
 
 
-def rollout_error(exc: RolloutError | BrokerUnavailable | TopicError) -> ApiError:
-    if isinstance(exc, RolloutError):
-        return ApiError(exc.status, exc.code, exc.message)
+def rollout_error(exc: BrokerUnavailable | TopicError) -> ApiError:
     if isinstance(exc, TopicError):
         return ApiError(400, "invalid_agent_id", str(exc))
     return ApiError(503, "broker_unavailable", f"{exc}; nothing was changed, retry when the broker is up")
@@ -75,7 +72,7 @@ def start_rollout() -> tuple[Response, int]:
     body: RolloutRequest = parse_body(RolloutRequest)
     try:
         rollout_id = hub_ext.services.rollouts.start(body, actor=g.principal.name)
-    except (RolloutError, BrokerUnavailable, TopicError) as exc:
+    except (BrokerUnavailable, TopicError) as exc:
         raise rollout_error(exc) from exc
     return jsonify(_rollout(rollout_id)), 201
 
@@ -125,7 +122,7 @@ def rollout_action(rollout_id: str, action: str) -> dict[str, Any]:
     engine = hub_ext.services.rollouts
     try:
         getattr(engine, action)(rollout_id, g.principal.name, body.reason)
-    except (RolloutError, BrokerUnavailable) as exc:
+    except BrokerUnavailable as exc:
         raise rollout_error(exc) from exc
     return _rollout(rollout_id)
 

@@ -21,14 +21,9 @@ from hub.auth import require_roles
 from hub.config import Role
 from hub.errors import ApiError
 from hub.extensions import hub_ext
-from hub.training.service import TrainingError
 from shared.training import JOB_STATES, ClaimRequest, JobFailure, JobFinish, JobProgress, TrainingJobSpec
 
 MAX_LIST = 1000
-
-
-def training_error(exc: TrainingError) -> ApiError:
-    return ApiError(exc.status, exc.code, exc.message)
 
 
 def _worker() -> str:
@@ -50,10 +45,7 @@ def _worker() -> str:
 def queue_training_job() -> tuple[Response, int]:
     """Queue a job (body: TrainingJobSpec); 201 with the job, 409 when its model version is taken."""
     spec: TrainingJobSpec = parse_body(TrainingJobSpec)
-    try:
-        job = hub_ext.services.training.queue(spec, actor=g.principal.name)
-    except TrainingError as exc:
-        raise training_error(exc) from exc
+    job = hub_ext.services.training.queue(spec, actor=g.principal.name)
     return jsonify(training_job_json(job)), 201
 
 
@@ -74,10 +66,7 @@ def list_training_jobs() -> dict[str, Any]:
 def claim_training_job() -> Response | tuple[str, int]:
     """Body ClaimRequest: 200 with the oldest queued job, now running for the worker; 204 when none."""
     body: ClaimRequest = parse_body(ClaimRequest)
-    try:
-        job = hub_ext.services.training.claim(body.worker, actor=g.principal.name)
-    except TrainingError as exc:
-        raise training_error(exc) from exc
+    job = hub_ext.services.training.claim(body.worker, actor=g.principal.name)
     if job is None:
         return "", 204
     return jsonify(training_job_json(job))
@@ -86,10 +75,7 @@ def claim_training_job() -> Response | tuple[str, int]:
 @bp.get("/training-jobs/<job_id>")
 @require_roles(Role.TRAINER)
 def show_training_job(job_id: str) -> dict[str, Any]:
-    try:
-        return training_job_json(hub_ext.services.training.get(job_id))
-    except TrainingError as exc:
-        raise training_error(exc) from exc
+    return training_job_json(hub_ext.services.training.get(job_id))
 
 
 @bp.post("/training-jobs/<job_id>/progress")
@@ -98,10 +84,7 @@ def report_training_progress(job_id: str) -> dict[str, Any]:
     """Body JobProgress; answers ``{"cancel_requested": bool, "state": "running"}``."""
     worker = _worker()
     body: JobProgress = parse_body(JobProgress)
-    try:
-        job = hub_ext.services.training.progress(job_id, worker, body)
-    except TrainingError as exc:
-        raise training_error(exc) from exc
+    job = hub_ext.services.training.progress(job_id, worker, body)
     return {"cancel_requested": job.cancel_requested, "state": job.state}
 
 
@@ -111,10 +94,7 @@ def finish_training_job(job_id: str) -> dict[str, Any]:
     """Body JobFinish; 409 unless the registry holds that model version with that sha256."""
     worker = _worker()
     body: JobFinish = parse_body(JobFinish)
-    try:
-        job = hub_ext.services.training.finish(job_id, worker, body, actor=g.principal.name)
-    except TrainingError as exc:
-        raise training_error(exc) from exc
+    job = hub_ext.services.training.finish(job_id, worker, body, actor=g.principal.name)
     return training_job_json(job)
 
 
@@ -124,10 +104,7 @@ def fail_training_job(job_id: str) -> dict[str, Any]:
     """Body JobFailure: the job ends failed, or cancelled when ``cancelled`` is true."""
     worker = _worker()
     body: JobFailure = parse_body(JobFailure)
-    try:
-        job = hub_ext.services.training.fail(job_id, worker, body, actor=g.principal.name)
-    except TrainingError as exc:
-        raise training_error(exc) from exc
+    job = hub_ext.services.training.fail(job_id, worker, body, actor=g.principal.name)
     return training_job_json(job)
 
 
@@ -135,8 +112,5 @@ def fail_training_job(job_id: str) -> dict[str, Any]:
 @require_roles()
 def cancel_training_job(job_id: str) -> dict[str, Any]:
     """Queued -> cancelled; running -> ``cancel_requested`` (the trainer stops); 409 once ended."""
-    try:
-        job = hub_ext.services.training.cancel(job_id, actor=g.principal.name)
-    except TrainingError as exc:
-        raise training_error(exc) from exc
+    job = hub_ext.services.training.cancel(job_id, actor=g.principal.name)
     return training_job_json(job)

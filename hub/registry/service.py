@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from hub.audit import record
 from hub.db.models import Agent, ModelVersion, Rollout, RolloutTarget
 from hub.db.session import Database
+from hub.errors import HubError
 from hub.registry.store import BundleStore
 from hub.rollouts.spec import ACTIVE_ROLLOUT_STATES, TargetState
 from shared.bundle import (
@@ -43,12 +44,8 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 
 
-class RegistryError(Exception):
+class RegistryError(HubError):
     """An upload or lookup the registry refuses; ``status`` and ``code`` map onto the API error."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 def load_trusted_keys(paths: list[Path]) -> list[tuple[Path, Ed25519PublicKey]]:

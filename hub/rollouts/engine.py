@@ -44,6 +44,7 @@ from hub import audit
 from hub.config import RolloutSection
 from hub.db.models import Agent, AgentTag, LabTag, ModelVersion, Rollout, RolloutHistory, RolloutTarget
 from hub.db.session import Database
+from hub.errors import HubError
 from hub.mqtt.publisher import BrokerUnavailable, MqttPublisher
 from hub.rollouts.spec import (
     ACTIVE_ROLLOUT_STATES,
@@ -68,12 +69,8 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class RolloutError(Exception):
+class RolloutError(HubError):
     """A rollout request or action the engine refuses; ``status``/``code`` map onto the API error."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 def stage_sizes(n: int, stages: Sequence[int]) -> list[int]:

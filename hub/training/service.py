@@ -37,6 +37,7 @@ from hub import audit
 from hub.config import TrainingSection
 from hub.db.models import TrainingJob
 from hub.db.session import Database
+from hub.errors import HubError
 from hub.registry.service import ModelRegistry, RegistryError
 from shared.logs import kv
 from shared.training import JobFailure, JobFinish, JobProgress, TrainingJobSpec
@@ -59,12 +60,8 @@ def subject(job_id: str) -> str:
     return f"training-job/{job_id}"
 
 
-class TrainingError(Exception):
+class TrainingError(HubError):
     """A job request or report the hub refuses; ``status``/``code`` map onto the API error."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 class TrainingJobs:
