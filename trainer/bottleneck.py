@@ -121,7 +121,7 @@ def compute_bottlenecks(config: TrainConfig, checkpoint: str, split: Split, jobs
         return 0.0
 
     def source() -> Iterator[tuple[bytes, int, int, bytes]]:
-        for sample, data in encoded_images(split, list(samples.values())):
+        for sample, data, _ in encoded_images(split, list(samples.values())):
             for copy in todo[sample.sha256]:
                 yield data, copy, int(sample.sha256[:12], 16), sample.sha256.encode()
 

@@ -418,8 +418,9 @@ def iter_records(files: list[str]) -> Iterator[tuple[str, bytes, str]]:
                    feature["image/format"].bytes_list.value[0].decode())
 
 
-def encoded_images(split: Split, samples: list[Sample]) -> Iterator[tuple[Sample, bytes]]:
-    """The encoded bytes of ``samples`` from the split's source (records or files), in source order.
+def encoded_images(split: Split, samples: list[Sample]) -> Iterator[tuple[Sample, bytes, str]]:
+    """``(sample, encoded bytes, file suffix)`` of ``samples`` from the split's source (records or
+    files), in source order; the suffix is the record's format (``.png`` for an imported TIFF).
 
     Raises:
         DatasetError: a sample is in neither (its shard or file went missing).
@@ -428,17 +429,17 @@ def encoded_images(split: Split, samples: list[Sample]) -> Iterator[tuple[Sample
     if not split.records:
         for s in samples:
             try:
-                yield s, Path(s.path).read_bytes()
+                yield s, Path(s.path).read_bytes(), Path(s.path).suffix
             except OSError as exc:
                 raise DatasetError(f"{s.path}: cannot read it ({exc.strerror}); the data set changed "
                                    "since the split was made") from exc
         return
     files = [f for part in SPLIT_PARTS for f in split.records.get(part, [])]
     found = 0
-    for sha, data, _ in iter_records(files):
+    for sha, data, fmt in iter_records(files):
         if sha in wanted:
             found += 1
-            yield wanted[sha], data
+            yield wanted[sha], data, f".{fmt}"
     if found < len(wanted):
         raise DatasetError(f"{len(wanted) - found} image(s) of the split are missing from its TFRecords "
                            f"{files[:2]}...; re-run `leukonet trainer import`")
@@ -451,9 +452,8 @@ def write_images(split: Split, samples: list[Sample], folder: Path) -> list[str]
     """
     folder.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}
-    for sample, data in encoded_images(split, samples):
-        ext = ".jpg" if data[:2] == b"\xff\xd8" else ".png" if data[:4] == b"\x89PNG" else ".bmp"
-        path = folder / f"{sample.sha256}{ext}"
+    for sample, data, suffix in encoded_images(split, samples):
+        path = folder / f"{sample.sha256}{suffix}"
         path.write_bytes(data)
         paths[sample.sha256] = str(path)
     return [paths[s.sha256] for s in samples]
