@@ -11,9 +11,11 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,19 @@ def wait_until(cond: Callable[[], Any], timeout: float = 10.0, interval: float =
     if value:
         return value
     pytest.fail(f"{what} not met within {timeout} s")
+
+
+@contextmanager
+def serve_in_thread(server: Any) -> Iterator[str]:
+    """Run an HTTP server (stdlib or werkzeug, bound to 127.0.0.1) in a thread; yields its base URL."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def wait_port(host: str, port: int, timeout: float = 10.0) -> bool:

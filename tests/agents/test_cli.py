@@ -1,6 +1,5 @@
 import http.server
 import json
-import threading
 from contextlib import contextmanager
 
 import pytest
@@ -10,7 +9,7 @@ from agents.backends import create_backend
 from agents.cli import cli
 from agents.models import ModelManager
 from tests.agents.helpers import BLUE, RED, make_bundle, make_keys, write_png
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -157,15 +156,8 @@ def fake_hub(token: str):
         def log_message(self, format, *args):  # noqa: A002
             return
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as url:
+        yield url
 
 
 @pytest.mark.parametrize(("token", "ok"), [("agent-token-123", True), ("wrong-token", False)])

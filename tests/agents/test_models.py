@@ -12,6 +12,7 @@ from agents.models import ModelManager
 from shared.bundle import sha256_file
 from shared.schemas import DesiredModel, ModelEvent, ModelEventKind
 from tests.agents.helpers import SIZE, bundle_server, make_bundle, make_keys, wait_until
+from tests.conftest import serve_in_thread
 
 TOKEN = "agent-token"
 
@@ -215,15 +216,8 @@ def flaky_range_server(body: bytes, token: str, cut_at: int, fail_first: int = 1
         def log_message(self, format, *args):  # noqa: A002
             return
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", ranges
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as url:
+        yield url, ranges
 
 
 def test_a_broken_download_resumes_where_it_stopped(tmp_path, bundles):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,7 +43,7 @@ from shared.schemas import (
     ModelEventKind,
     Timings,
 )
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_in_thread
 
 TOKENS = {
     "admin": "admin-token-0123456789abcdef",
@@ -377,15 +376,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 @contextmanager
 def serve_app(app: Flask) -> Iterator[str]:
     """Serve ``app`` on a free loopback port in a thread; yields its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        server.server_close()
+    with serve_in_thread(make_server("127.0.0.1", 0, app, threaded=True)) as url:
+        yield url
 
 
 @pytest.fixture

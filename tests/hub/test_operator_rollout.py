@@ -4,37 +4,28 @@ exit codes (0 ok, 1 refused, 2 usage, 3 paused, 4 watch timeout)."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
-from werkzeug.serving import make_server
 
 from hub.operator_cli import agents as agents_cli
 from hub.operator_cli import models as models_cli
 from hub.operator_cli import rollout as rollout_cli
 from shared.schemas import ModelEventKind
-from tests.hub.conftest import TOKENS
+from tests.hub.conftest import TOKENS, serve_app
 
 
 @pytest.fixture
 def cli(env) -> Iterator:
-    server = make_server("127.0.0.1", 0, env.app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     runner = CliRunner()
-    base = ["--hub", f"http://127.0.0.1:{server.server_port}", "--token", TOKENS["admin"]]
+    with serve_app(env.app) as url:
+        base = ["--hub", url, "--token", TOKENS["admin"]]
 
-    def invoke(group, *args):
-        return runner.invoke(group, [*args, *base])
+        def invoke(group, *args):
+            return runner.invoke(group, [*args, *base])
 
-    try:
         yield invoke
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
 
 
 def test_rollout_commands_and_exit_codes(env, cli):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from click.testing import CliRunner
 
 from shared.bundle import BundleError, load_public_key, read_manifest, sha256_file, verify_bundle
 from shared.preprocessing import crop_and_resize, decode_image, to_network_input
+from tests.conftest import serve_in_thread
 from trainer import cli as trainer_cli
 from trainer.data import Split
 from trainer.train import TrainResult
@@ -258,15 +258,8 @@ class _FakeHub(BaseHTTPRequestHandler):
 def fake_hub() -> Iterator[tuple[str, type[_FakeHub]]]:
     _FakeHub.calls = []
     _FakeHub.status = 201
-    server = HTTPServer(("127.0.0.1", 0), _FakeHub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", _FakeHub
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_in_thread(HTTPServer(("127.0.0.1", 0), _FakeHub)) as url:
+        yield url, _FakeHub
 
 
 def test_publish_uploads_multipart_with_bearer_token(trained: Trained, fake_hub: Any) -> None:
