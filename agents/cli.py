@@ -93,6 +93,7 @@ def check(config_path: Path) -> None:
     """Validate the config, list OpenVINO devices, test the broker and the hub."""
     from agents.backends import BackendError, create_backend
     from agents.backends.openvino_backend import import_openvino
+    from agents.backends.precision import probe as probe_precision
     from shared.bundle import BundleError, load_public_key
 
     config = _load_config(config_path)
@@ -111,12 +112,16 @@ def check(config_path: Path) -> None:
         report(True, "openvino devices", ", ".join([*names, "AUTO"]))
     except (BackendError, RuntimeError) as exc:
         report(config.backend != "openvino", "openvino devices", str(exc))
+    precision = config.effective_precision()
     try:
-        create_backend(
-            config.backend, config.device, config.effective_precision(), config.performance_hint
-        ).close()
-        report(True, "device", f"{config.device} ({config.effective_precision()} IR)")
-    except (BackendError, ValueError) as exc:
+        create_backend(config.backend, config.device, precision, config.performance_hint).close()
+        executes = "n/a (no network)"
+        if config.backend == "openvino":
+            ov = import_openvino()
+            executes = probe_precision(ov.Core(), ov, config.device, precision)
+            executes = executes or "not reported by the device"
+        report(True, "device", f"{config.device}, precision {precision}, executes {executes}")
+    except (BackendError, ValueError, RuntimeError) as exc:
         report(False, "device", str(exc))
     if config.model_public_key is None:
         report(False, "model_public_key", "not set: the agent will refuse every bundle")

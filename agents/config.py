@@ -25,8 +25,8 @@ from agents.backends.base import IrPrecision
 from shared.config import StrictConfig
 from shared.topics import validate_agent_id
 
-#: ``auto`` resolves per device (:func:`effective_precision`); INT8 is only ever loaded when asked.
-Precision = Literal["auto", "FP32", "FP16", "INT8"]
+#: ``auto`` resolves per device (:func:`effective_precision`); INT8 and BF16 are only ever run when asked.
+Precision = Literal["auto", "FP32", "FP16", "BF16", "INT8"]
 
 
 class MqttConfig(BaseModel):
@@ -132,7 +132,11 @@ class AgentConfig(StrictConfig):
     backend: Literal["openvino", "fake"] = Field("openvino", title="inference backend")
     device: str = Field("AUTO", min_length=1, title="OpenVINO device name (CPU, GPU, NPU, MYRIAD, AUTO)")
     precision: Precision = Field(
-        "auto", title="IR precision (auto: FP16 on MYRIAD, else FP32; INT8 needs the bundle's ir_int8)"
+        "auto",
+        title=(
+            "inference precision (auto: FP16 on MYRIAD, else FP32; BF16 needs a CPU with bf16 and the "
+            "bundle's BF16 parity; INT8 needs the bundle's ir_int8)"
+        ),
     )
     performance_hint: Literal["THROUGHPUT", "LATENCY"] = Field(
         "THROUGHPUT", title="OpenVINO PERFORMANCE_HINT for compile_model"
@@ -210,15 +214,17 @@ class AgentConfig(StrictConfig):
 def effective_precision(precision: Precision, device: str) -> IrPrecision:
     """Resolve ``auto`` for ``device``: FP16 when the device list names MYRIAD, FP32 otherwise.
 
-    ``INT8`` is returned as asked (the backend falls back to FP32 for a bundle without ``ir_int8``).
+    ``INT8`` is returned as asked (the backend falls back to FP32 for a bundle without ``ir_int8``);
+    ``BF16`` too (the backend refuses it on a device without bf16 or a bundle without BF16 parity).
 
     Raises:
-        ValueError: ``INT8`` on a device list naming MYRIAD; the NCS2 runs FP16 IRs only.
+        ValueError: ``INT8`` or ``BF16`` on a device list naming MYRIAD; the NCS2 runs FP16 IRs only.
     """
     myriad = "MYRIAD" in device.upper()
-    if precision == "INT8" and myriad:
+    if precision in ("INT8", "BF16") and myriad:
         raise ValueError(
-            f"INT8 cannot run on device {device!r}: the NCS2 runs FP16 only; set precision to auto or FP16"
+            f"{precision} cannot run on device {device!r}: the NCS2 runs FP16 only; "
+            "set precision to auto or FP16"
         )
     if precision != "auto":
         return precision

@@ -78,6 +78,8 @@ class Agent:
             model_name=active.name if active else None,
             model_version=active.version if active else None,
             device=active.backend.device if active else self.config.device,
+            precision=active.backend.precision if active else None,
+            execution_precision=active.backend.execution_precision if active else None,
             vitals=vitals,
         )
 

@@ -14,7 +14,8 @@ state),
 ``verifying`` (signature + file digests with the pinned public key, extracted into
 ``models/<name>-<version>``), then a new backend instance loads it and, when the manifest has a
 ``reference_image``, must reproduce ``metrics["reference_probabilities"]`` within the
-:data:`REFERENCE_TOLERANCE` of the IR that actually loaded (1e-3 FP32, 1e-2 FP16, 5e-2 INT8). Only
+:func:`reference_tolerance` of the precision that actually runs (1e-3 FP32, 1e-2 FP16, the bundle's
+BF16 parity tolerance, 5e-2 INT8): a device that cannot run the validated precision is refused. Only
 then is the active pointer swapped under a lock (inference running on the old backend finishes
 there; the old backend is closed once idle), ``active.json`` is rewritten and ``activated`` is
 published. Any failure publishes ``failed`` with the reason and keeps the current model.
@@ -69,8 +70,17 @@ log = logging.getLogger(__name__)
 # move least). A wrong IR (other weights, a swapped file, broken kernels) changes that confident
 # answer by far more, so the check still catches it; the trainer's own measurement over the test
 # split is metrics["int8"].
-REFERENCE_TOLERANCE: dict[str, float] = {"FP32": 1e-3, "FP16": 1e-2, "INT8": 5e-2}
+# BF16 runs the FP32 IR with bfloat16 activations and weights; its tolerance is the one the trainer
+# validated it against (the bundle's parity.tolerance_bf16), this value only when that is absent.
+REFERENCE_TOLERANCE: dict[str, float] = {"FP32": 1e-3, "FP16": 1e-2, "BF16": 3e-2, "INT8": 5e-2}
 MAX_BUNDLE_BYTES = 4 * 1024**3
+
+
+def reference_tolerance(precision: str, manifest: Manifest) -> float:
+    """Largest |p - reference| the smoke test allows for ``precision`` on ``manifest``'s model."""
+    if precision == "BF16" and "tolerance_bf16" in manifest.parity:
+        return float(manifest.parity["tolerance_bf16"])
+    return REFERENCE_TOLERANCE.get(precision, 1e-3)
 
 
 class ModelError(RuntimeError):
@@ -280,7 +290,7 @@ class ModelManager:
         crop = crop_and_resize(image, size, manifest.preprocessing.central_fraction)
         got = backend.infer(crop[np.newaxis])[0]
         precision = backend.precision or self._precision
-        tol = REFERENCE_TOLERANCE.get(precision, 1e-3)
+        tol = reference_tolerance(precision, manifest)
         diff = float(np.max(np.abs(got - np.asarray(expected, dtype=np.float32))))
         if diff > tol:
             hint = "; set precision to FP32 to run the bundle's FP32 IR" if precision == "INT8" else ""

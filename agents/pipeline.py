@@ -463,6 +463,8 @@ class Pipeline:
             model_name=ctx.active.name,
             model_version=ctx.active.version,
             device=ctx.active.backend.device,
+            precision=ctx.active.backend.precision,
+            execution_precision=ctx.active.backend.execution_precision,
             timings=Timings(
                 decode_ms=ctx.decode_ms,
                 preprocess_ms=ctx.preprocess_ms,

@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared.topics import AGENT_ID_PATTERN, Kind
 
-SCHEMA_VERSION = 1
+#: Newest payload version. Version 2 added ``precision`` and ``execution_precision`` to results and
+#: status; version 1 payloads (agents not yet upgraded) are still accepted without them.
+SCHEMA_VERSION = 2
 
 AgentId = Annotated[str, Field(pattern=f"^{AGENT_ID_PATTERN}$", title="agent id")]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", title="sha256 hex digest")]
@@ -42,6 +44,30 @@ class _Message(BaseModel):
         return self.model_dump_json().encode()
 
 
+class _PrecisionReport(_Message):
+    """Payloads that say which precision produced them (``schema_version`` 2; 1 is still read)."""
+
+    schema_version: Literal[1, 2] = 2  # type: ignore[assignment]
+    precision: str | None = Field(
+        None,
+        max_length=8,
+        pattern=r"^[A-Z0-9]+$",
+        title="configured precision that ran (FP32, FP16, BF16, INT8)",
+    )
+    execution_precision: str | None = Field(
+        None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:,]*$",
+        title="inference precision read back from the compiled model (f32, bf16, f16; empty: not reported)",
+    )
+
+    @model_validator(mode="after")
+    def _v1_has_no_precision(self) -> _PrecisionReport:
+        if self.schema_version == 1 and (self.precision is not None or self.execution_precision is not None):
+            raise ValueError("precision fields need schema_version 2")
+        return self
+
+
 class Timings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -51,7 +77,7 @@ class Timings(BaseModel):
     total_ms: float = Field(ge=0, title="file seen to result time")
 
 
-class ClassificationResult(_Message):
+class ClassificationResult(_PrecisionReport):
     """One classified image, as an agent reports it on ``.../results``."""
 
     result_id: uuid.UUID = Field(default_factory=uuid.uuid4, title="result id (dedupe key)")
@@ -97,7 +123,7 @@ class Vitals(BaseModel):
     p95_inference_ms: float | None = None
 
 
-class AgentStatus(_Message):
+class AgentStatus(_PrecisionReport):
     """Retained on ``.../status``; the last will sets ``state=offline``."""
 
     agent_id: AgentId

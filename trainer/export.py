@@ -11,7 +11,11 @@ Parity: on real validation images the frozen TF graph (fed ``to_network_input`` 
 crop) and each IR (fed the uint8 crop) must agree within :data:`FP32_TOLERANCE` and
 :data:`FP16_TOLERANCE` (max abs difference of probabilities); otherwise :class:`ParityError`.
 Parity is measured on the CPU device at f32 inference precision, so the figures describe the IR
-itself, not a device's reduced-precision execution.
+itself, not a device's reduced-precision execution. Where this CPU has bf16 kernels (AMX /
+AVX512-BF16) the FP32 IR is also run at bf16, and the figure is recorded with
+:data:`BF16_TOLERANCE` (``max_abs_diff_bf16``): that is what lets an agent run ``precision: BF16``
+knowingly. A bf16 gap above the tolerance does not fail the export; it is recorded as
+``rejected_max_abs_diff_bf16`` and agents refuse BF16 for that model.
 
 ``reference.png`` (one validation image, decoded and stored losslessly at its original size) and
 the IR FP32 probabilities on its ``crop_and_resize`` go into the bundle: agents decode it, crop and
@@ -43,6 +47,10 @@ log = logging.getLogger(__name__)
 
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 1e-2
+# bfloat16 keeps 8 significand bits (FP16 11) and on the CPU rounds activations too, where the FP16
+# IR only rounds weights; 3x FP16's tolerance leaves room for that on confident crops, while a broken
+# kernel or a wrong IR moves probabilities by far more.
+BF16_TOLERANCE = 3e-2
 MIN_PARITY_IMAGES = 8
 IR_FP32 = "ir/fp32/model.xml"
 IR_FP16 = "ir/fp16/model.xml"
@@ -62,13 +70,29 @@ class ParityReport:
     mean_abs_diff_fp32: float
     mean_abs_diff_fp16: float
     top1_agreement_fp16: float
+    #: FP32 IR at bf16 on this CPU; None where the CPU has no bf16 kernels.
+    max_abs_diff_bf16: float | None = None
+    mean_abs_diff_bf16: float | None = None
+    top1_agreement_bf16: float | None = None
+
+    @property
+    def bf16_validated(self) -> bool:
+        return self.max_abs_diff_bf16 is not None and self.max_abs_diff_bf16 <= BF16_TOLERANCE
 
     def as_manifest(self) -> dict[str, float]:
-        return {"images": float(self.images), "max_abs_diff_fp32": self.max_abs_diff_fp32,
-                "max_abs_diff_fp16": self.max_abs_diff_fp16, "mean_abs_diff_fp32": self.mean_abs_diff_fp32,
-                "mean_abs_diff_fp16": self.mean_abs_diff_fp16,
-                "top1_agreement_fp16": self.top1_agreement_fp16,
-                "tolerance_fp32": FP32_TOLERANCE, "tolerance_fp16": FP16_TOLERANCE}
+        out = {"images": float(self.images), "max_abs_diff_fp32": self.max_abs_diff_fp32,
+               "max_abs_diff_fp16": self.max_abs_diff_fp16, "mean_abs_diff_fp32": self.mean_abs_diff_fp32,
+               "mean_abs_diff_fp16": self.mean_abs_diff_fp16,
+               "top1_agreement_fp16": self.top1_agreement_fp16,
+               "tolerance_fp32": FP32_TOLERANCE, "tolerance_fp16": FP16_TOLERANCE}
+        if self.max_abs_diff_bf16 is None:
+            return out
+        if not self.bf16_validated:
+            return {**out, "rejected_max_abs_diff_bf16": self.max_abs_diff_bf16}
+        assert self.mean_abs_diff_bf16 is not None and self.top1_agreement_bf16 is not None
+        return {**out, "max_abs_diff_bf16": self.max_abs_diff_bf16,
+                "mean_abs_diff_bf16": self.mean_abs_diff_bf16,
+                "top1_agreement_bf16": self.top1_agreement_bf16, "tolerance_bf16": BF16_TOLERANCE}
 
 
 @dataclass(frozen=True)
@@ -128,14 +152,25 @@ def save_irs(model: Any, out_dir: str | Path) -> tuple[Path, Path]:
     return fp32, fp16
 
 
-class IrRunner:
-    """An IR compiled on the CPU at f32 precision: ``predict(crop uint8 BGR [S, S, 3]) -> [N]``."""
+def cpu_has_bf16() -> bool:
+    """True where OpenVINO's CPU plugin has bf16 kernels (AMX / AVX512-BF16)."""
+    import openvino as ov
 
-    def __init__(self, xml_path: str | Path, device: str = "CPU") -> None:
+    return "BF16" in [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
+class IrRunner:
+    """An IR compiled on the CPU at an explicit precision (f32 unless asked):
+    ``predict(crop uint8 BGR [S, S, 3]) -> [N]``.
+
+    The hint is always set: the CPU plugin's own default is bf16 on CPUs that have it.
+    """
+
+    def __init__(self, xml_path: str | Path, device: str = "CPU", inference_precision: str = "f32") -> None:
         import openvino as ov
 
         core = ov.Core()
-        config = {"INFERENCE_PRECISION_HINT": "f32"} if device == "CPU" else {}
+        config = {"INFERENCE_PRECISION_HINT": inference_precision} if device == "CPU" else {}
         self._compiled = core.compile_model(str(xml_path), device, config)
         self._request = self._compiled.create_infer_request()
         self._output = self._compiled.output(OUTPUT_NAME)
@@ -165,9 +200,11 @@ def parity_check(pb_path: str | Path, fp32_xml: str | Path, fp16_xml: str | Path
         raise ValueError(f"parity needs at least {MIN_PARITY_IMAGES} images, got {len(crops)}; "
                          "use a larger validation split")
     ir32, ir16 = IrRunner(fp32_xml), IrRunner(fp16_xml)
+    irbf = IrRunner(fp32_xml, inference_precision="bf16") if cpu_has_bf16() else None
     d32: list[float] = []
     d16: list[float] = []
-    agree = 0
+    dbf: list[float] = []
+    agree = agree_bf = 0
     fp32_probs: list[np.ndarray] = []
     with FrozenModel(pb_path) as frozen, Progress(len(crops), "parity", log, unit="img") as progress:
         for crop in crops:
@@ -176,13 +213,24 @@ def parity_check(pb_path: str | Path, fp32_xml: str | Path, fp16_xml: str | Path
             d32.append(float(np.abs(ref - p32).max()))
             d16.append(float(np.abs(ref - p16).max()))
             agree += int(ref.argmax() == p16.argmax())
+            if irbf is not None:
+                pbf = irbf.predict(crop)
+                dbf.append(float(np.abs(ref - pbf).max()))
+                agree_bf += int(ref.argmax() == pbf.argmax())
             fp32_probs.append(p32)
             progress.update()
     report = ParityReport(images=len(crops), max_abs_diff_fp32=max(d32), max_abs_diff_fp16=max(d16),
                           mean_abs_diff_fp32=float(np.mean(d32)), mean_abs_diff_fp16=float(np.mean(d16)),
-                          top1_agreement_fp16=agree / len(crops))
+                          top1_agreement_fp16=agree / len(crops),
+                          max_abs_diff_bf16=max(dbf) if dbf else None,
+                          mean_abs_diff_bf16=float(np.mean(dbf)) if dbf else None,
+                          top1_agreement_bf16=agree_bf / len(crops) if dbf else None)
     log.info(kv("parity", images=report.images, max_fp32=f"{report.max_abs_diff_fp32:.2e}",
-                max_fp16=f"{report.max_abs_diff_fp16:.2e}"))
+                max_fp16=f"{report.max_abs_diff_fp16:.2e}",
+                max_bf16=f"{max(dbf):.2e}" if dbf else "no bf16 on this CPU"))
+    if dbf and not report.bf16_validated:
+        log.warning(kv("bf16_not_validated", max_bf16=f"{max(dbf):.3g}", tolerance=BF16_TOLERANCE,
+                       effect="agents refuse precision BF16 for this model"))
     if report.max_abs_diff_fp32 > fp32_tolerance or report.max_abs_diff_fp16 > fp16_tolerance:
         raise ParityError(
             f"OpenVINO IR differs from the frozen TF graph: FP32 max |diff| {report.max_abs_diff_fp32:.3g} "

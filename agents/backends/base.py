@@ -26,8 +26,9 @@ from shared.bundle import Manifest
 #: probabilities and error is set. Called once per submitted image, possibly on another thread.
 DoneFn = Callable[[np.ndarray | None, float, BaseException | None], None]
 
-#: Which of a bundle's IRs a backend loads: ``ir_fp32``, ``ir_fp16`` or the optional ``ir_int8``.
-IrPrecision = Literal["FP32", "FP16", "INT8"]
+#: The precision a backend runs: ``FP32``, ``FP16`` and ``INT8`` load ``ir_fp32``, ``ir_fp16`` and the
+#: optional ``ir_int8``; ``BF16`` runs ``ir_fp32`` at bfloat16 (validated by the bundle's BF16 parity).
+IrPrecision = Literal["FP32", "FP16", "BF16", "INT8"]
 
 
 class BackendError(RuntimeError):
@@ -65,6 +66,12 @@ class Backend(ABC):
     def precision(self) -> IrPrecision | None:
         """The precision of the IR actually loaded (after any fallback); None before ``load`` or
         when the backend runs no IR (the fake one)."""
+        return None
+
+    @property
+    def execution_precision(self) -> str | None:
+        """The inference precision the compiled model reports it runs (``f32``, ``bf16``...);
+        ``""`` when the device cannot say, None before ``load`` or without a network."""
         return None
 
     @property

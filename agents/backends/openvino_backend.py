@@ -8,7 +8,9 @@ does that for MYRIAD). Properties are passed as plain strings so both versions a
 A bundle always holds ``ir_fp32`` and ``ir_fp16``; ``ir_int8`` (NNCF post-training quantization,
 ``trainer.int8``) is optional and loaded only when ``precision`` is ``INT8``. A missing IR falls back
 along :data:`FALLBACK_PRECISIONS` with an ``ir_precision_fallback`` warning, and :attr:`precision`
-says which IR actually runs.
+says which IR actually runs. ``BF16`` runs the FP32 IR at bf16 and needs the bundle's BF16 parity
+figure (``parity.max_abs_diff_bf16``). The inference precision hint and its read-back are in
+:mod:`agents.backends.precision`; :attr:`execution_precision` is what the compiled model runs.
 """
 
 from __future__ import annotations
@@ -23,20 +25,28 @@ from typing import Any, Literal
 import numpy as np
 
 from agents.backends.base import Backend, BackendError, DoneFn, IrPrecision, check_batch
+from agents.backends.precision import base_devices, check_read_back, compile_config, is_virtual, read_back
 from shared.bundle import Manifest
 from shared.logs import kv
 
 log = logging.getLogger(__name__)
 
-VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
-ARTIFACT_FOR_PRECISION: dict[IrPrecision, str] = {"FP32": "ir_fp32", "FP16": "ir_fp16", "INT8": "ir_int8"}
+ARTIFACT_FOR_PRECISION: dict[IrPrecision, str] = {
+    "FP32": "ir_fp32",
+    "FP16": "ir_fp16",
+    "BF16": "ir_fp32",
+    "INT8": "ir_int8",
+}
 # What runs instead when the bundle lacks the wanted IR, in order. INT8 is an optional extra, so its
 # absence is normal; FP32 is the IR it is quantized from (FP16 only for a bundle without FP32).
 FALLBACK_PRECISIONS: dict[IrPrecision, tuple[IrPrecision, ...]] = {
     "FP32": ("FP16",),
     "FP16": ("FP32",),
     "INT8": ("FP32", "FP16"),
+    "BF16": (),  # validated on the FP32 IR only: no other IR stands in for it
 }
+#: The manifest's parity key that validates BF16; without it the agent refuses BF16.
+BF16_PARITY_KEY = "max_abs_diff_bf16"
 
 
 def import_openvino() -> ModuleType:
@@ -59,18 +69,10 @@ def import_openvino() -> ModuleType:
     return ov_runtime
 
 
-def _base_names(device: str) -> list[str]:
-    """Physical device names in ``device``: ``AUTO:GPU,CPU`` -> [GPU, CPU]; ``GPU.1`` -> [GPU.1]."""
-    head, _, rest = device.partition(":")
-    if head.upper() in VIRTUAL_DEVICES:
-        return [d.strip() for d in rest.split(",") if d.strip()]
-    return [device]
-
-
 def check_device(device: str, available: list[str]) -> None:
     """Raise :class:`BackendError` listing the choices unless ``device`` can run here."""
     choices = ", ".join([*available, "AUTO"])
-    unknown = [d for d in _base_names(device) if d not in available and d.split(".")[0] not in available]
+    unknown = [d for d in base_devices(device) if d not in available and d.split(".")[0] not in available]
     if unknown:
         raise BackendError(
             f"OpenVINO device {device!r} is not available on this machine (unknown: {', '.join(unknown)}); "
@@ -101,9 +103,9 @@ class OpenVinoBackend(Backend):
         performance_hint: Literal["THROUGHPUT", "LATENCY"] = "THROUGHPUT",
         infer_requests: int = 0,
     ) -> None:
-        if precision == "INT8" and "MYRIAD" in device.upper():
+        if precision in ("INT8", "BF16") and "MYRIAD" in device.upper():
             raise BackendError(
-                f"precision INT8 cannot run on device {device!r}: the NCS2 runs FP16 only; "
+                f"precision {precision} cannot run on device {device!r}: the NCS2 runs FP16 only; "
                 "set precision to auto or FP16"
             )
         self._ov = import_openvino()
@@ -113,6 +115,7 @@ class OpenVinoBackend(Backend):
         self._reported_device = device
         self._precision = precision
         self._loaded_precision: IrPrecision | None = None
+        self._execution_precision: str | None = None
         self._hint = performance_hint
         self._infer_requests = infer_requests
         self._compiled: Any = None
@@ -133,6 +136,12 @@ class OpenVinoBackend(Backend):
         return self._loaded_precision
 
     @property
+    def execution_precision(self) -> str | None:
+        """What the compiled model runs, read back (``f32``, ``bf16``, ``f16``; ``""`` when the
+        device cannot say); None before ``load``."""
+        return self._execution_precision
+
+    @property
     def parallelism(self) -> int:
         """Requests in the async queue (1 before ``load``)."""
         return len(self._queue) if self._queue is not None else 1
@@ -145,6 +154,12 @@ class OpenVinoBackend(Backend):
     def _ir_path(self, model_dir: Path, manifest: Manifest) -> tuple[Path, IrPrecision]:
         """The IR file to load and its precision: the configured one, else the first fallback present."""
         wanted = ARTIFACT_FOR_PRECISION[self._precision]
+        if self._precision == "BF16" and BF16_PARITY_KEY not in manifest.parity:
+            raise BackendError(
+                f"bundle {manifest.name} {manifest.version} has no BF16 parity figure "
+                f"(parity.{BF16_PARITY_KEY}): BF16 was not validated for this model; set precision "
+                "to FP32, or export the model on a CPU with bf16 so the trainer measures it"
+            )
         if wanted in manifest.artifacts:
             return model_dir / manifest.artifacts[wanted], self._precision
         if self._precision == "FP16" and "MYRIAD" in self._device.upper():
@@ -176,15 +191,22 @@ class OpenVinoBackend(Backend):
         if not xml.is_file():
             raise BackendError(f"IR file {xml} is missing")
         try:
+            precision_config = compile_config(self._core, self._device, self._precision)
+            config = {"PERFORMANCE_HINT": self._hint, **precision_config}
             model = self._core.read_model(str(xml))
-            compiled = self._core.compile_model(model, self._device, {"PERFORMANCE_HINT": self._hint})
+            compiled = self._core.compile_model(model, self._device, config)
             compiled.input(manifest.input.name)
             compiled.output(manifest.output.name)
+        except BackendError:
+            raise
         except RuntimeError as exc:  # OpenVINO raises RuntimeError subclasses for every failure
             raise BackendError(f"OpenVINO cannot compile {xml} for device {self._device}: {exc}") from exc
+        executes = read_back(compiled, self._device)
+        check_read_back(self._precision, executes, self._device)
         jobs = self._infer_requests or _optimal_requests(compiled)
         self._compiled = compiled
         self._loaded_precision = precision
+        self._execution_precision = executes
         self._input_name, self._output_name = manifest.input.name, manifest.output.name
         self._size = manifest.preprocessing.image_size
         self._queue = self._ov.AsyncInferQueue(compiled, max(1, jobs))
@@ -195,6 +217,7 @@ class OpenVinoBackend(Backend):
                 "model_compiled",
                 ir=xml,
                 precision=precision,
+                executes=executes or "unreported",
                 device=self._reported_device,
                 hint=self._hint,
                 requests=len(self._queue),
@@ -278,7 +301,7 @@ def _optimal_requests(compiled: Any) -> int:
 
 def _execution_devices(compiled: Any, device: str) -> str:
     """``device`` for a physical device; ``AUTO(GPU)`` etc. when a virtual device picked for us."""
-    if device.partition(":")[0].upper() not in VIRTUAL_DEVICES:
+    if not is_virtual(device):
         return device
     try:
         chosen = compiled.get_property("EXECUTION_DEVICES")

@@ -58,6 +58,8 @@ def _result_row(r: ClassificationResult, now: datetime) -> dict[str, Any]:
         "model_name": r.model_name,
         "model_version": r.model_version,
         "device": r.device,
+        "precision": r.precision,
+        "execution_precision": r.execution_precision,
         "timings": r.timings.model_dump(),
         "captured_at": r.captured_at,
         "received_at": now,
@@ -160,6 +162,8 @@ class IngestWriter:
         agent.model_name = m.model_name
         agent.model_version = m.model_version
         agent.device = m.device
+        agent.precision = m.precision
+        agent.execution_precision = m.execution_precision
         agent.vitals = m.vitals.model_dump()
         agent.status_sent_at = m.sent_at
         if m.state is AgentState.ONLINE:

@@ -125,6 +125,7 @@ def make_bundle(
     name: str = "leukonet-tiny",
     reference_probs: list[float] | None = None,
     int8: Int8Kind | None = None,
+    parity: dict[str, float] | None = None,
 ) -> tuple[Path, str]:
     """A signed bundle with FP32 + FP16 tiny IRs (+ an ``int8`` kind ``ir_int8``); returns (zip, sha256)."""
     src = folder / f"src-{name}-{version}"
@@ -154,6 +155,7 @@ def make_bundle(
         artifacts=artifacts,
         files=digest_files(src, files),
         metrics=metrics,
+        parity=parity or {},
     )
     out = folder / f"{name}-{version}.zip"
     sha = build_bundle(src, manifest, load_private_key(keys.private), out)

@@ -106,6 +106,8 @@ def test_check_reports_unreachable_broker_and_hub(tmp_path, setup):
     res = CliRunner().invoke(cli, ["check", "--config", str(cfg)])
     assert res.exit_code == 1
     assert "ok   openvino devices: CPU" in res.output
+    # Precision defaults to FP32 and the device runs f32, on CPUs with and without bf16.
+    assert "ok   device: CPU, precision FP32, executes f32" in res.output
     assert "FAIL broker" in res.output and "FAIL hub" in res.output and "2 check(s) failed" in res.output
 
 

@@ -64,20 +64,22 @@ def test_auto_precision_is_fp16_only_for_myriad():
     assert effective_precision("FP16", "CPU") == "FP16"
 
 
-def test_int8_is_used_only_when_asked():
+def test_int8_and_bf16_are_used_only_when_asked():
     assert effective_precision("INT8", "CPU") == "INT8"
+    assert effective_precision("BF16", "CPU") == "BF16"
     assert effective_precision("INT8", "AUTO:GPU,CPU") == "INT8"
     devices = ("CPU", "GPU", "NPU", "AUTO", "MYRIAD")
     assert {effective_precision("auto", d) for d in devices} == {"FP32", "FP16"}
 
 
+@pytest.mark.parametrize("precision", ["INT8", "BF16"])
 @pytest.mark.parametrize("device", ["MYRIAD", "AUTO:MYRIAD,CPU", "myriad"])
-def test_int8_on_myriad_is_refused_at_load_naming_the_field(tmp_path, device):
-    text = f"agent_id: a\nwatch_dir: {tmp_path}\ndevice: '{device}'\nprecision: INT8\n"
+def test_int8_and_bf16_on_myriad_are_refused_at_load_naming_the_field(tmp_path, device, precision):
+    text = f"agent_id: a\nwatch_dir: {tmp_path}\ndevice: '{device}'\nprecision: {precision}\n"
     with pytest.raises(ConfigError, match=r"precision: .*the NCS2 runs FP16 only"):
         AgentConfig.load(write(tmp_path, text))
     with pytest.raises(ValueError, match="the NCS2 runs FP16 only"):
-        effective_precision("INT8", device)
+        effective_precision(precision, device)
 
 
 def test_int8_config_loads_for_other_devices(tmp_path, monkeypatch):

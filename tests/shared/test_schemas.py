@@ -31,7 +31,28 @@ def test_result_round_trips_through_json():
     back = parse_payload(Kind.RESULTS, r.to_json())
     assert back == r
     assert isinstance(back.result_id, uuid.UUID)
-    assert json.loads(r.to_json())["schema_version"] == 1
+    assert json.loads(r.to_json())["schema_version"] == 2
+
+
+def test_results_and_status_carry_the_precision_that_ran():
+    r = make_result(precision="FP32", execution_precision="f32")
+    back = parse_payload(Kind.RESULTS, r.to_json())
+    assert (back.precision, back.execution_precision) == ("FP32", "f32")
+    s = AgentStatus(agent_id="a1", state=AgentState.ONLINE, precision="BF16", execution_precision="bf16")
+    assert parse_payload(Kind.STATUS, s.to_json()) == s
+
+
+def test_schema_version_1_payloads_are_still_accepted():
+    v1 = json.loads(make_result().to_json())
+    v1["schema_version"] = 1
+    del v1["precision"], v1["execution_precision"]
+    back = parse_payload(Kind.RESULTS, json.dumps(v1).encode())
+    assert back.schema_version == 1 and back.precision is None
+    status_v1 = {"schema_version": 1, "agent_id": "a1", "state": "online"}
+    assert parse_payload(Kind.STATUS, json.dumps(status_v1).encode()).schema_version == 1
+    v1["precision"] = "FP32"
+    with pytest.raises(PayloadError, match="need schema_version 2"):
+        parse_payload(Kind.RESULTS, json.dumps(v1).encode())
 
 
 def test_label_must_be_a_probability_key():

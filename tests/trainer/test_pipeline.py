@@ -85,6 +85,23 @@ def test_run_prints_a_json_summary_last(trained: Trained) -> None:
     assert s["published"] is None
 
 
+def test_bf16_parity_is_recorded_where_the_cpu_has_bf16(trained: Trained) -> None:
+    from trainer.export import BF16_TOLERANCE, cpu_has_bf16
+
+    parity = trained.summary["parity"]
+    if not cpu_has_bf16():
+        assert not {"max_abs_diff_bf16", "tolerance_bf16", "rejected_max_abs_diff_bf16"} & set(parity)
+        return
+    if "rejected_max_abs_diff_bf16" in parity:  # measured, over tolerance: agents refuse BF16
+        assert parity["rejected_max_abs_diff_bf16"] > BF16_TOLERANCE and "tolerance_bf16" not in parity
+        return
+    assert 0 < parity["max_abs_diff_bf16"] <= parity["tolerance_bf16"] == BF16_TOLERANCE
+    assert parity["mean_abs_diff_bf16"] <= parity["max_abs_diff_bf16"]
+    assert 0.0 <= parity["top1_agreement_bf16"] <= 1.0
+    # bf16 is measured against the same frozen graph: it is coarser than the FP32 IR.
+    assert parity["max_abs_diff_bf16"] > parity["max_abs_diff_fp32"]
+
+
 def test_training_a_few_steps_lowers_the_loss(trained: Trained) -> None:
     result = TrainResult.load(trained.work / "train_result.json")
     losses = [h.loss for h in result.history]
