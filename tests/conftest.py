@@ -2,7 +2,7 @@
 
 Integration fixtures never skip: when the shared Mosquitto (127.0.0.1:1883) or PostgreSQL
 (127.0.0.1:5432) is unreachable the test fails, because CI counts a skipped integration test as a
-failure. ``.ci/run`` starts both before the suite.
+failure. ``make test`` starts both before the suite (services.sh).
 """
 
 from __future__ import annotations
@@ -102,7 +102,10 @@ def start_private_mosquitto(tmp: Path) -> Broker:
     """A mosquitto of our own on a free loopback port, with persistence in ``tmp``."""
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(exe).exists():
-        pytest.fail("mosquitto is not installed: apt-get install -y mosquitto (CI installs it in .ci/run)")
+        pytest.fail(
+            "mosquitto is not installed: run `make test` (services.sh installs it as root) "
+            "or apt-get install -y mosquitto"
+        )
     port = free_port()
     conf = tmp / "mosquitto.conf"
     # As root, mosquitto drops to the `mosquitto` user, which cannot write into pytest's 0700

@@ -384,7 +384,10 @@ def serve_app(app: Flask) -> Iterator[str]:
 def page() -> Iterator[Any]:
     """A page in Debian's headless Chromium driven by Playwright; fails (never skips) without it."""
     if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is not installed: apt-get install -y chromium (.ci/run installs it)")
+        pytest.fail(
+            "Chromium is not installed: run `make test` (services.sh installs it as root) "
+            "or apt-get install -y chromium"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
