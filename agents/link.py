@@ -35,7 +35,6 @@ StatusFn = Callable[[AgentState], AgentStatus]
 DesiredFn = Callable[[DesiredModel], None]
 
 
-
 def apply_credentials(client: mqtt.Client, cfg: MqttConfig) -> None:
     """Username/password and TLS from the agent's MQTT settings, as every agent connection uses them."""
     if cfg.username:
@@ -43,6 +42,7 @@ def apply_credentials(client: mqtt.Client, cfg: MqttConfig) -> None:
         client.username_pw_set(cfg.username, password)
     if cfg.tls:
         client.tls_set(ca_certs=str(cfg.ca_file) if cfg.ca_file else None)
+
 
 class Link:
     """MQTT session of one agent. ``start()`` connects in the background; ``stop()`` says goodbye."""

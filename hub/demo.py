@@ -65,8 +65,7 @@ class Demo:
     def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.work / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.children[name] = proc
         return proc
 
@@ -89,8 +88,10 @@ class Demo:
         out = stdout.decode(errors="replace")
         (self.work / "logs" / f"{name}.out").write_text(out)
         if proc.returncode != 0:
-            raise DemoError(f"step {name!r} failed with exit code {proc.returncode}; output in "
-                            f"{self.work / 'logs' / (name + '.out')}")
+            raise DemoError(
+                f"step {name!r} failed with exit code {proc.returncode}; output in "
+                f"{self.work / 'logs' / (name + '.out')}"
+            )
         return out
 
     def check_alive(self) -> None:
@@ -137,8 +138,10 @@ class Demo:
         for sub in ("hub", "agents", "train", "data", "logs", "keys", "scopes"):
             shutil.rmtree(self.work / sub, ignore_errors=True)
             (self.work / sub).mkdir(parents=True)
-        self.secrets_ = {k: secrets.token_urlsafe(24) for k in
-                         ("admin_token", "trainer_token", "agent_token", "secret_key", "dashboard_password")}
+        self.secrets_ = {
+            k: secrets.token_urlsafe(24)
+            for k in ("admin_token", "trainer_token", "agent_token", "secret_key", "dashboard_password")
+        }
         generate_keypair(self.work / "keys" / "signing.pem", self.work / "keys" / "signing.pub.pem")
 
     def start_hub(self) -> None:
@@ -175,28 +178,71 @@ class Demo:
 
     def train_and_publish(self) -> dict[str, Any]:
         data = self.work / "data"
-        self.run_step("generate-train", self.cli(
-            "trainer", "generate", "--out", str(data / "train"), "--per-class", str(self.per_class),
-            "--image-size", str(max(2 * self.image_size, 160)), "--seed", "1"))
-        self.run_step("generate-heldout", self.cli(
-            "trainer", "generate", "--out", str(data / "heldout"), "--per-class", str(self.heldout_per_class),
-            "--image-size", str(max(2 * self.image_size, 160)), "--seed", "2"))
+        self.run_step(
+            "generate-train",
+            self.cli(
+                "trainer",
+                "generate",
+                "--out",
+                str(data / "train"),
+                "--per-class",
+                str(self.per_class),
+                "--image-size",
+                str(max(2 * self.image_size, 160)),
+                "--seed",
+                "1",
+            ),
+        )
+        self.run_step(
+            "generate-heldout",
+            self.cli(
+                "trainer",
+                "generate",
+                "--out",
+                str(data / "heldout"),
+                "--per-class",
+                str(self.heldout_per_class),
+                "--image-size",
+                str(max(2 * self.image_size, 160)),
+                "--seed",
+                "2",
+            ),
+        )
         # The operator's way: queue a training job on the hub, let a trainer service take it.
-        job = self.api("POST", "/api/v1/training-jobs", json={
-            "name": MODEL_NAME, "version": MODEL_VERSION, "dataset": "train", "mode": "scratch",
-            "image_size": self.image_size, "depth_multiplier": self.depth_multiplier, "steps": self.steps})
+        job = self.api(
+            "POST",
+            "/api/v1/training-jobs",
+            json={
+                "name": MODEL_NAME,
+                "version": MODEL_VERSION,
+                "dataset": "train",
+                "mode": "scratch",
+                "image_size": self.image_size,
+                "depth_multiplier": self.depth_multiplier,
+                "steps": self.steps,
+            },
+        )
         _say(f"queued training job {job['job_id']} on the hub; starting `leukonet trainer serve` for it")
-        self.run_step("trainer-serve", self.cli("trainer", "serve", "--max-jobs", "1"), env_extra={
-            "LEUKONET_TRAINER_HUB_URL": self.hub_url,
-            "LEUKONET_TRAINER_TOKEN": self.secrets_["trainer_token"],
-            "LEUKONET_TRAINER_SIGNING_KEY": str(self.work / "keys" / "signing.pem"),
-            "LEUKONET_TRAINER_DATA_ROOT": str(data), "LEUKONET_TRAINER_WORK_ROOT": str(self.work / "train"),
-            "LEUKONET_TRAINER_WORKER": "demo-trainer", "LEUKONET_TRAINER_POLL_INTERVAL_S": "1",
-            "LEUKONET_TRAINER_PROGRESS_INTERVAL_S": "2"})
+        self.run_step(
+            "trainer-serve",
+            self.cli("trainer", "serve", "--max-jobs", "1"),
+            env_extra={
+                "LEUKONET_TRAINER_HUB_URL": self.hub_url,
+                "LEUKONET_TRAINER_TOKEN": self.secrets_["trainer_token"],
+                "LEUKONET_TRAINER_SIGNING_KEY": str(self.work / "keys" / "signing.pem"),
+                "LEUKONET_TRAINER_DATA_ROOT": str(data),
+                "LEUKONET_TRAINER_WORK_ROOT": str(self.work / "train"),
+                "LEUKONET_TRAINER_WORKER": "demo-trainer",
+                "LEUKONET_TRAINER_POLL_INTERVAL_S": "1",
+                "LEUKONET_TRAINER_PROGRESS_INTERVAL_S": "2",
+            },
+        )
         done = self.api("GET", f"/api/v1/training-jobs/{job['job_id']}")
         if done["state"] != "succeeded":
-            raise DemoError(f"training job {job['job_id']} ended {done['state']}: {done.get('error')}; "
-                            f"log in {self.work / 'logs'}")
+            raise DemoError(
+                f"training job {job['job_id']} ended {done['state']}: {done.get('error')}; "
+                f"log in {self.work / 'logs'}"
+            )
         result: dict[str, Any] = {**done["result"], "job_id": job["job_id"]}
         return result
 
@@ -225,14 +271,20 @@ class Demo:
 
     def activate(self) -> None:
         for agent_id in AGENTS:
-            self.api("PUT", f"/api/v1/agents/{agent_id}/desired",
-                     json={"model_name": MODEL_NAME, "model_version": MODEL_VERSION})
+            self.api(
+                "PUT",
+                f"/api/v1/agents/{agent_id}/desired",
+                json={"model_name": MODEL_NAME, "model_version": MODEL_VERSION},
+            )
         _say(f"desired model {MODEL_NAME} {MODEL_VERSION} set for both agents; waiting for them to report it")
 
         def all_active() -> bool:
             items = self.api("GET", "/api/v1/agents")["items"]
-            active = {a["agent_id"] for a in items
-                      if a.get("model_version") == MODEL_VERSION and a.get("state") == "online"}
+            active = {
+                a["agent_id"]
+                for a in items
+                if a.get("model_version") == MODEL_VERSION and a.get("state") == "online"
+            }
             return set(AGENTS) <= active
 
         self.wait_for("both agents to run the new model", all_active, 180)
@@ -270,8 +322,9 @@ class Demo:
         result: list[dict[str, Any]] = self.wait_for("every held-out result to reach the hub", done, 300, 1.0)
         return result
 
-    def summarise(self, train: dict[str, Any], results: list[dict[str, Any]], truth: dict[str, str],
-                  started: float) -> dict[str, Any]:
+    def summarise(
+        self, train: dict[str, Any], results: list[dict[str, Any]], truth: dict[str, str], started: float
+    ) -> dict[str, Any]:
         correct = sum(1 for r in results if r["label"] == truth[r["image_name"]])
         per_agent = Counter(r["agent_id"] for r in results)
         summary = {
@@ -298,21 +351,31 @@ def _interrupt(signum: int, _frame: Any) -> None:
 def _print_summary(s: dict[str, Any], demo: Demo) -> None:
     click.echo("")
     click.echo("leukonet demo summary")
-    click.echo(f"  images classified      {s['images_classified']} "
-               f"({', '.join(f'{k}: {v}' for k, v in sorted(s['per_agent'].items()))})")
-    click.echo(f"  held-out accuracy      {s['held_out_accuracy']:.3f} "
-               f"({s['correct']}/{s['images_classified']})")
+    click.echo(
+        f"  images classified      {s['images_classified']} "
+        f"({', '.join(f'{k}: {v}' for k, v in sorted(s['per_agent'].items()))})"
+    )
+    click.echo(
+        f"  held-out accuracy      {s['held_out_accuracy']:.3f} ({s['correct']}/{s['images_classified']})"
+    )
     click.echo(f"  low-confidence flags   {s['low_confidence']}")
     click.echo(f"  model                  {s['model']}; parity {s['parity']}")
-    click.echo(f"  dashboard              {s['dashboard_url']}  (password: "
-               f"{demo.secrets_['dashboard_password']}; also in {demo.work / 'hub' / 'hub.yaml'})")
+    click.echo(
+        f"  dashboard              {s['dashboard_url']}  (password: "
+        f"{demo.secrets_['dashboard_password']}; also in {demo.work / 'hub' / 'hub.yaml'})"
+    )
     click.echo(f"  admin API token        in {demo.work / 'hub' / 'hub.yaml'}")
     click.echo(f"  elapsed                {s['elapsed_s']} s; logs in {demo.work / 'logs'}")
 
 
 @click.command("demo")
-@click.option("--work", type=click.Path(path_type=Path), default=Path("var/demo"), show_default=True,
-              help="Folder for everything the demo writes (wiped per run).")
+@click.option(
+    "--work",
+    type=click.Path(path_type=Path),
+    default=Path("var/demo"),
+    show_default=True,
+    help="Folder for everything the demo writes (wiped per run).",
+)
 @click.option("--per-class", default=120, show_default=True, help="Training images per class.")
 @click.option("--heldout-per-class", default=30, show_default=True, help="Held-out images per class.")
 @click.option("--image-size", default=128, show_default=True, help="Model input size (299 = full size).")
@@ -321,15 +384,32 @@ def _print_summary(s: dict[str, Any], demo: Demo) -> None:
 @click.option("--hub-port", default=8080, show_default=True, help="Preferred hub port (a free one if taken).")
 @click.option("--broker-port", default=18830, show_default=True, help="Preferred embedded broker port.")
 @click.option("--no-wait", is_flag=True, help="Exit after the summary instead of serving until Ctrl-C.")
-def cli(work: Path, per_class: int, heldout_per_class: int, image_size: int, depth_multiplier: float,
-        steps: int, hub_port: int, broker_port: int, no_wait: bool) -> None:
+def cli(
+    work: Path,
+    per_class: int,
+    heldout_per_class: int,
+    image_size: int,
+    depth_multiplier: float,
+    steps: int,
+    hub_port: int,
+    broker_port: int,
+    no_wait: bool,
+) -> None:
     """Run the whole loop on one machine and print a summary."""
     started = time.monotonic()
     # SIGTERM (docker stop, systemd, kill) stops the demo like Ctrl-C: children are stopped too.
     signal.signal(signal.SIGTERM, _interrupt)
-    demo = Demo(work=work.resolve(), per_class=per_class, heldout_per_class=heldout_per_class,
-                image_size=image_size, depth_multiplier=depth_multiplier, steps=steps,
-                hub_port=pick_port(hub_port), broker_port=pick_port(broker_port), timeout_s=1800)
+    demo = Demo(
+        work=work.resolve(),
+        per_class=per_class,
+        heldout_per_class=heldout_per_class,
+        image_size=image_size,
+        depth_multiplier=depth_multiplier,
+        steps=steps,
+        hub_port=pick_port(hub_port),
+        broker_port=pick_port(broker_port),
+        timeout_s=1800,
+    )
     try:
         demo.prepare()
         demo.start_hub()

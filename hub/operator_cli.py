@@ -64,8 +64,13 @@ class HubClient:
             ) from exc
 
 
-_WATCH_TIMEOUT = click.option("--timeout", "watch_timeout", type=click.FloatRange(0), default=None,
-                              help="Give up watching after this many seconds (exit 4).")
+_WATCH_TIMEOUT = click.option(
+    "--timeout",
+    "watch_timeout",
+    type=click.FloatRange(0),
+    default=None,
+    help="Give up watching after this many seconds (exit 4).",
+)
 
 
 def api_options(fn: F) -> F:
@@ -552,9 +557,17 @@ def rollout_status(
     """Show a rollout's stages, progress and failures; with --watch follow it live."""
     client = HubClient(hub_url, token)
     if watch:
-        watch_until_final(client, f"/rollouts/{rollout_id}", WATCH_EXIT, _progress_line, _print_rollout,
-                          interval=interval, watch_timeout=watch_timeout, as_json=as_json,
-                          for_json=_without_targets)
+        watch_until_final(
+            client,
+            f"/rollouts/{rollout_id}",
+            WATCH_EXIT,
+            _progress_line,
+            _print_rollout,
+            interval=interval,
+            watch_timeout=watch_timeout,
+            as_json=as_json,
+            for_json=_without_targets,
+        )
     data = client.call("GET", f"/rollouts/{rollout_id}")
     if as_json:
         _emit_json(_without_targets(data))
@@ -569,9 +582,18 @@ def _without_targets(data: dict[str, Any]) -> dict[str, Any]:
 Render = Callable[[dict[str, Any]], Any]
 
 
-def watch_until_final(client: HubClient, path: str, exits: dict[str, int], line: Render, show: Render, *,
-                      interval: float, watch_timeout: float | None, as_json: bool,
-                      for_json: Render = lambda d: d) -> NoReturn:
+def watch_until_final(
+    client: HubClient,
+    path: str,
+    exits: dict[str, int],
+    line: Render,
+    show: Render,
+    *,
+    interval: float,
+    watch_timeout: float | None,
+    as_json: bool,
+    for_json: Render = lambda d: d,
+) -> NoReturn:
     """Poll ``GET path`` until its ``state`` is a key of ``exits``, then exit with that code.
 
     Prints ``line(data)`` whenever it changes and ``show(data)`` at the end (or the final JSON
@@ -820,9 +842,16 @@ def training_watch(
         click.echo("")
         _print_job(data)
 
-    watch_until_final(HubClient(hub_url, token), f"/training-jobs/{job_id}", JOB_WATCH_EXIT,
-                      lambda j: f"{time.strftime('%H:%M:%S')} {_job_line(j)}", show,
-                      interval=interval, watch_timeout=watch_timeout, as_json=as_json)
+    watch_until_final(
+        HubClient(hub_url, token),
+        f"/training-jobs/{job_id}",
+        JOB_WATCH_EXIT,
+        lambda j: f"{time.strftime('%H:%M:%S')} {_job_line(j)}",
+        show,
+        interval=interval,
+        watch_timeout=watch_timeout,
+        as_json=as_json,
+    )
 
 
 def _job_model(j: dict[str, Any]) -> str:

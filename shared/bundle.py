@@ -84,13 +84,16 @@ def sha256_bytes(data: bytes) -> str:
 
 # --- keys -------------------------------------------------------------------------------------
 
+
 def generate_keypair(private_path: str | Path, public_path: str | Path) -> None:
     """Write a new Ed25519 key pair (PKCS8 / SubjectPublicKeyInfo PEM); the private key mode 0600."""
     key = Ed25519PrivateKey.generate()
-    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-    pub = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    priv = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     private_path, public_path = Path(private_path), Path(public_path)
     private_path.parent.mkdir(parents=True, exist_ok=True)
     public_path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,8 +107,9 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except (OSError, ValueError) as exc:
-        raise BundleError(f"signing key {path}: cannot load it ({exc}); "
-                          "create one with `leukonet trainer keygen`") from exc
+        raise BundleError(
+            f"signing key {path}: cannot load it ({exc}); create one with `leukonet trainer keygen`"
+        ) from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise BundleError(f"signing key {path}: not an Ed25519 key")
     return key
@@ -124,8 +128,10 @@ def load_public_key(path_or_pem: str | Path | bytes) -> Ed25519PublicKey:
 
 # --- build ------------------------------------------------------------------------------------
 
-def build_bundle(source_dir: str | Path, manifest: Manifest, private_key: Ed25519PrivateKey,
-                 out_path: str | Path) -> str:
+
+def build_bundle(
+    source_dir: str | Path, manifest: Manifest, private_key: Ed25519PrivateKey, out_path: str | Path
+) -> str:
     """Zip ``manifest.files`` from ``source_dir`` with the signed manifest. Returns the zip's sha256.
 
     ``manifest.files`` must already hold each file's sha256 (see :func:`digest_files`).
@@ -156,6 +162,7 @@ def digest_files(source_dir: str | Path, rel_paths: list[str]) -> dict[str, str]
 
 # --- verify -----------------------------------------------------------------------------------
 
+
 def _safe_name(name: str) -> bool:
     p = PurePosixPath(name)
     return not p.is_absolute() and ".." not in p.parts and bool(re.match(r"^[A-Za-z0-9_./-]+$", name))
@@ -181,8 +188,12 @@ def read_manifest(bundle: str | Path | bytes) -> tuple[Manifest, bytes, bytes]:
     return manifest, manifest_bytes, signature
 
 
-def verify_bundle(bundle_path: str | Path, public_key: Ed25519PublicKey, dest_dir: str | Path | None = None,
-                  expected_sha256: str | None = None) -> Manifest:
+def verify_bundle(
+    bundle_path: str | Path,
+    public_key: Ed25519PublicKey,
+    dest_dir: str | Path | None = None,
+    expected_sha256: str | None = None,
+) -> Manifest:
     """Verify a bundle and, when ``dest_dir`` is given, extract it there (atomically).
 
     Raises:
@@ -198,8 +209,10 @@ def verify_bundle(bundle_path: str | Path, public_key: Ed25519PublicKey, dest_di
     try:
         public_key.verify(signature, manifest_bytes)
     except InvalidSignature:
-        raise BundleError("manifest signature does not verify with the pinned public key "
-                          "(bundle tampered with, or signed by another trainer key)") from None
+        raise BundleError(
+            "manifest signature does not verify with the pinned public key "
+            "(bundle tampered with, or signed by another trainer key)"
+        ) from None
     with zipfile.ZipFile(bundle_path) as zf:
         infos = {i.filename: i for i in zf.infolist() if not i.is_dir()}
         content = set(infos) - {MANIFEST, SIGNATURE}

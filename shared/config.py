@@ -84,10 +84,11 @@ class StrictConfig(BaseSettings):
                 msg = err["msg"]
                 if err["type"] == "extra_forbidden":
                     msg = "unknown field (check the spelling; see README 'Configuration')"
-                lines.append(f"  {field}: {msg} (got {err.get('input')!r})"
-                             if err["type"] != "extra_forbidden" else f"  {field}: {msg}")
-            raise ConfigError(
-                f"{where} (env prefix {prefix}) is invalid:\n" + "\n".join(lines)
-            ) from None
+                lines.append(
+                    f"  {field}: {msg} (got {err.get('input')!r})"
+                    if err["type"] != "extra_forbidden"
+                    else f"  {field}: {msg}"
+                )
+            raise ConfigError(f"{where} (env prefix {prefix}) is invalid:\n" + "\n".join(lines)) from None
         finally:
             _yaml_data.reset(token)

@@ -63,8 +63,15 @@ def setup_logging(level: str = "INFO") -> None:
 class Progress:
     """Progress over ``total`` units: tqdm on a TTY, structured log lines otherwise."""
 
-    def __init__(self, total: int, desc: str, logger: logging.Logger, unit: str = "it",
-                 log_every: float = 0.1, tty: bool | None = None) -> None:
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        logger: logging.Logger,
+        unit: str = "it",
+        log_every: float = 0.1,
+        tty: bool | None = None,
+    ) -> None:
         self.total = max(int(total), 0)
         self.desc, self.logger, self.unit = desc, logger, unit
         self.n = 0
@@ -76,8 +83,14 @@ class Progress:
             # A pty without a size (script, some CI runners) reports 0 x 0, and tqdm then prints
             # nothing at all: fall back to 100 x 24.
             size = shutil.get_terminal_size((100, 24))
-            self._bar = tqdm(total=self.total, desc=desc, unit=unit, file=sys.stderr,
-                             ncols=size.columns or 100, nrows=size.lines or 24)
+            self._bar = tqdm(
+                total=self.total,
+                desc=desc,
+                unit=unit,
+                file=sys.stderr,
+                ncols=size.columns or 100,
+                nrows=size.lines or 24,
+            )
         self.postfix: dict[str, Any] = {}
 
     def update(self, n: int = 1, **postfix: Any) -> None:
@@ -94,9 +107,18 @@ class Progress:
             self._bucket = bucket
             elapsed = time.monotonic() - self._start
             eta = elapsed / frac - elapsed if frac > 0 else 0.0
-            self.logger.info(kv("progress", task=self.desc, done=self.n, total=self.total,
-                                pct=f"{100 * frac:.0f}", elapsed_s=f"{elapsed:.1f}", eta_s=f"{eta:.1f}",
-                                **self.postfix))
+            self.logger.info(
+                kv(
+                    "progress",
+                    task=self.desc,
+                    done=self.n,
+                    total=self.total,
+                    pct=f"{100 * frac:.0f}",
+                    elapsed_s=f"{elapsed:.1f}",
+                    eta_s=f"{eta:.1f}",
+                    **self.postfix,
+                )
+            )
 
     def close(self) -> None:
         if self._bar is not None:

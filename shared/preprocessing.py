@@ -91,8 +91,9 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     return arr
 
 
-def crop_and_resize(image: np.ndarray, size: int = DEFAULT_IMAGE_SIZE,
-                    fraction: float = CENTRAL_FRACTION) -> np.ndarray:
+def crop_and_resize(
+    image: np.ndarray, size: int = DEFAULT_IMAGE_SIZE, fraction: float = CENTRAL_FRACTION
+) -> np.ndarray:
     """Central crop + bilinear resize of a uint8 ``[H, W, 3]`` image to ``[size, size, 3]`` uint8."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an [H, W, 3] image, got shape {image.shape}")

@@ -41,8 +41,10 @@ def _relative_path(value: str | None, field: str) -> str | None:
         raise ValueError(f"{field} is empty")
     parts = text.replace("\\", "/").split("/")
     if text.startswith(("/", "~")) or ".." in parts:
-        raise ValueError(f"{field} {value!r} must be relative to the trainer's root folder, without '..' "
-                         "(e.g. all-idb2-import)")
+        raise ValueError(
+            f"{field} {value!r} must be relative to the trainer's root folder, without '..' "
+            "(e.g. all-idb2-import)"
+        )
     return text
 
 
@@ -53,14 +55,21 @@ class TrainingJobSpec(BaseModel):
 
     name: str = Field(min_length=1, max_length=128, pattern=MODEL_NAME_RE, title="model name to publish")
     version: str = Field(pattern=SEMVER_RE, max_length=64, title="model version to publish (X.Y.Z)")
-    dataset: str = Field(min_length=1, max_length=1024,
-                         title="data set on the trainer, relative to its data_root: an import folder "
-                               "(`leukonet trainer import`) or one sub-folder per class")
+    dataset: str = Field(
+        min_length=1,
+        max_length=1024,
+        title="data set on the trainer, relative to its data_root: an import folder "
+        "(`leukonet trainer import`) or one sub-folder per class",
+    )
     mode: Literal["auto", "scratch", "finetune", "bottleneck"] = Field(
-        "auto", title="training mode (auto: bottleneck with a checkpoint, else scratch)")
-    checkpoint: str | None = Field(None, max_length=1024,
-                                   title="pretrained checkpoint prefix relative to the trainer's "
-                                         "checkpoint_root, e.g. inception_v3.ckpt")
+        "auto", title="training mode (auto: bottleneck with a checkpoint, else scratch)"
+    )
+    checkpoint: str | None = Field(
+        None,
+        max_length=1024,
+        title="pretrained checkpoint prefix relative to the trainer's "
+        "checkpoint_root, e.g. inception_v3.ckpt",
+    )
     image_size: int = Field(299, ge=75, le=1024, title="network input size in pixels")
     depth_multiplier: float = Field(1.0, gt=0.0, le=2.0, title="Inception channel width multiplier")
     steps: int = Field(1000, ge=1, le=10_000_000, title="training steps")
@@ -68,8 +77,9 @@ class TrainingJobSpec(BaseModel):
     learning_rate: float = Field(1e-3, gt=0.0, le=10.0, title="initial learning rate")
     seed: int = Field(0, ge=0, le=2**31 - 1, title="seed of split, initialisation and augmentation")
     class_weighting: Literal["balanced", "none"] = Field("balanced", title="class weighting")
-    trainable_scopes: list[str] | None = Field(None, max_length=64,
-                                               title="finetune stage 2 scopes (default: every layer)")
+    trainable_scopes: list[str] | None = Field(
+        None, max_length=64, title="finetune stage 2 scopes (default: every layer)"
+    )
     stage1_steps: int | None = Field(None, ge=0, title="finetune: steps training only the heads")
     augmentations: int = Field(4, ge=1, le=64, title="bottleneck: augmented copies per image")
     positive_label: str | None = Field(None, max_length=64, title="disease label for sensitivity etc.")
@@ -101,8 +111,12 @@ class ClaimRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    worker: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
-                        title="trainer name (one job at a time per worker)")
+    worker: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+        title="trainer name (one job at a time per worker)",
+    )
 
 
 class JobProgress(BaseModel):

@@ -34,8 +34,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
-               what: str = "condition") -> Any:
+def wait_until(
+    cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition"
+) -> Any:
     """Poll ``cond`` until it returns something truthy (returned); fail the test naming ``what``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -92,8 +93,9 @@ class Broker:
     def start(self) -> None:
         """(Re)start a private broker on the same port and config (persistence kept)."""
         assert self.config_path is not None, "only private brokers can be restarted"
-        self.process = subprocess.Popen(["mosquitto", "-c", str(self.config_path)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            ["mosquitto", "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         if not wait_port(self.host, self.port, 10):
             raise RuntimeError(f"mosquitto did not start on port {self.port}")
 
@@ -134,8 +136,10 @@ def private_broker(tmp_path: Path) -> Iterator[Broker]:
 def shared_broker() -> Broker:
     """The real Mosquitto on 127.0.0.1:1883; fails (never skips) when it is down."""
     if not wait_port(SHARED_MQTT_HOST, SHARED_MQTT_PORT, 3):
-        pytest.fail(f"Mosquitto is not reachable on {SHARED_MQTT_HOST}:{SHARED_MQTT_PORT}; "
-                    "start it: mosquitto -d -c /etc/mosquitto/mosquitto.conf")
+        pytest.fail(
+            f"Mosquitto is not reachable on {SHARED_MQTT_HOST}:{SHARED_MQTT_PORT}; "
+            "start it: mosquitto -d -c /etc/mosquitto/mosquitto.conf"
+        )
     return Broker(SHARED_MQTT_HOST, SHARED_MQTT_PORT)
 
 
@@ -143,6 +147,7 @@ def shared_broker() -> Broker:
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
     import sqlalchemy  # the dev extra installs it; an ImportError here is a broken venv, not a skip
+
     admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     name = f"leukonet_test_{uuid.uuid4().hex[:12]}"
     try:
@@ -150,15 +155,19 @@ def postgres_url() -> Iterator[str]:
             conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
     except sqlalchemy.exc.OperationalError as exc:
         admin.dispose()
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}; start it with "
-                    "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
+        pytest.fail(
+            f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}; start it with "
+            "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+        )
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
         yield url
     finally:
         with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name})
+            conn.execute(
+                sqlalchemy.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": name},
+            )
             conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
 

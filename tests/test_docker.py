@@ -54,8 +54,10 @@ def test_compose_paths_exist():
             if src.startswith("."):
                 p = DOCKER / src
                 if p.name in USER_SUPPLIED:
-                    assert p.name in (ROOT / ".gitignore").read_text() or f"docker/{p.name}" in (
-                        ROOT / ".gitignore").read_text(), f"{p} must be git-ignored"
+                    assert (
+                        p.name in (ROOT / ".gitignore").read_text()
+                        or f"docker/{p.name}" in (ROOT / ".gitignore").read_text()
+                    ), f"{p} must be git-ignored"
                     continue
                 assert p.exists(), f"{name}: volume source {p} does not exist"
 

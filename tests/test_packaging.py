@@ -20,9 +20,24 @@ def resolve(extra: str) -> set[str]:
     if uv is None:
         pytest.fail("uv is not installed in the venv; run `make venv`")
     out = subprocess.run(
-        [uv, "pip", "compile", str(ROOT / "pyproject.toml"), "--extra", extra, "--python-version", "3.11",
-         "-q", "--no-header", "--override", str(ROOT / "overrides.txt")],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            uv,
+            "pip",
+            "compile",
+            str(ROOT / "pyproject.toml"),
+            "--extra",
+            extra,
+            "--python-version",
+            "3.11",
+            "-q",
+            "--no-header",
+            "--override",
+            str(ROOT / "overrides.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     return {m.group(1).lower() for m in re.finditer(r"^([A-Za-z0-9_.-]+)==", out.stdout, re.M)}
@@ -70,8 +85,11 @@ def test_the_lock_satisfies_every_requirement_and_pins_with_hashes():
     requirements = [*project["dependencies"]]
     for extra in project["optional-dependencies"].values():
         requirements += [r for r in extra if not r.startswith("leukonet")]
-    overridden = {Requirement(r).name.lower() for r in (ROOT / "overrides.txt").read_text().splitlines()
-                  if r.strip() and not r.startswith("#")}
+    overridden = {
+        Requirement(r).name.lower()
+        for r in (ROOT / "overrides.txt").read_text().splitlines()
+        if r.strip() and not r.startswith("#")
+    }
     missing, wrong = [], []
     for text in requirements:
         req = Requirement(text)

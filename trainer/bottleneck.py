@@ -95,8 +95,9 @@ class BottleneckCache:
         tmp.replace(self.path(sha256, copy))
 
 
-def compute_bottlenecks(config: TrainConfig, checkpoint: str, split: Split, jobs: list[tuple[Sample, int]],
-                        cache: BottleneckCache) -> float:
+def compute_bottlenecks(
+    config: TrainConfig, checkpoint: str, split: Split, jobs: list[tuple[Sample, int]], cache: BottleneckCache
+) -> float:
     """Compute and cache the pre-logits of the ``(sample, copy)`` jobs not cached yet (copy 0: as is).
 
     Images come from the split's source (its TFRecords when imported, else its files), read
@@ -128,26 +129,40 @@ def compute_bottlenecks(config: TrainConfig, checkpoint: str, split: Split, jobs
     spec = get_network(config.network)
     graph = tf.Graph()
     with graph.as_default():
+
         def load(data: Any, copy: Any, image_seed: Any, sha: Any) -> tuple[Any, Any, Any]:
             x = preprocess_for_eval(decode_tf(data), config.image_size)
             seed = tf.stack([image_seed, copy * 1000 + config.seed])
             x = tf.cond(copy > 0, lambda: (augment_stateless(x / 2.0 + 0.5, seed) - 0.5) * 2.0, lambda: x)
             return x, sha, copy
 
-        ds = tf.data.Dataset.from_generator(source, output_signature=(
-            tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64),
-            tf.TensorSpec([], tf.string)))
+        ds = tf.data.Dataset.from_generator(
+            source,
+            output_signature=(
+                tf.TensorSpec([], tf.string),
+                tf.TensorSpec([], tf.int64),
+                tf.TensorSpec([], tf.int64),
+                tf.TensorSpec([], tf.string),
+            ),
+        )
         ds = ds.map(load, num_parallel_calls=2, deterministic=True).batch(config.batch_size).prefetch(2)
         iterator = tf.compat.v1.data.make_initializable_iterator(ds)
         images, shas, copies = iterator.get_next()
-        _, end_points = spec.build(images, len(split.labels), is_training=False, inference=True,
-                                   depth_multiplier=config.depth_multiplier)
+        _, end_points = spec.build(
+            images,
+            len(split.labels),
+            is_training=False,
+            inference=True,
+            depth_multiplier=config.depth_multiplier,
+        )
         prelogits = tf.reshape(end_points["PreLogits"], [tf.shape(images)[0], -1])
         saver = restore_saver(checkpoint, config.exclusions)
         init = tf.compat.v1.global_variables_initializer()
     graph.finalize()
-    with tf.compat.v1.Session(graph=graph, config=session_config(config.threads)) as sess, \
-            Progress(count, "bottlenecks", log, unit="img") as progress:
+    with (
+        tf.compat.v1.Session(graph=graph, config=session_config(config.threads)) as sess,
+        Progress(count, "bottlenecks", log, unit="img") as progress,
+    ):
         sess.run([init, iterator.initializer])
         saver.restore(sess, checkpoint)
         started = time.perf_counter()
@@ -171,8 +186,15 @@ def _stack(cache: BottleneckCache, jobs: list[tuple[Sample, int]]) -> tuple[np.n
 FitResult = tuple[np.ndarray, np.ndarray, list[HistoryPoint], float | None, float]
 
 
-def _fit_layer(config: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
-               y_val: np.ndarray, weights: np.ndarray, n_classes: int) -> FitResult:
+def _fit_layer(
+    config: TrainConfig,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    weights: np.ndarray,
+    n_classes: int,
+) -> FitResult:
     """Train ``logits = x @ W + b``: ``(W [D, N], b [N], history, final val accuracy, seconds)``."""
     import tensorflow as tf
 
@@ -184,13 +206,15 @@ def _fit_layer(config: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_
         tf.compat.v1.set_random_seed(config.seed)
         x = tf.compat.v1.placeholder(tf.float32, [None, dim])
         y = tf.compat.v1.placeholder(tf.int64, [None])
-        w = tf.compat.v1.get_variable("weights", [dim, n_classes],
-                                      initializer=tf.compat.v1.truncated_normal_initializer(stddev=0.01))
+        w = tf.compat.v1.get_variable(
+            "weights", [dim, n_classes], initializer=tf.compat.v1.truncated_normal_initializer(stddev=0.01)
+        )
         b = tf.compat.v1.get_variable("biases", [n_classes], initializer=tf.compat.v1.zeros_initializer())
         logits = tf.matmul(x, w) + b
         example_weights = tf.gather(tf.constant(weights), y)
         loss = tf.compat.v1.losses.softmax_cross_entropy(
-            tf.one_hot(y, n_classes), logits, weights=example_weights, label_smoothing=config.label_smoothing)
+            tf.one_hot(y, n_classes), logits, weights=example_weights, label_smoothing=config.label_smoothing
+        )
         loss = loss + config.weight_decay * tf.nn.l2_loss(w)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), y), tf.int32))
         train_op = _optimizer(config.optimizer, config.learning_rate).minimize(loss)
@@ -200,8 +224,10 @@ def _fit_layer(config: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_
     history: list[HistoryPoint] = []
     val_acc: float | None = None
     batch = min(config.batch_size, len(x_train))
-    with tf.compat.v1.Session(graph=graph, config=session_config(config.threads)) as sess, \
-            Progress(config.steps, "train-bottleneck", log, unit="step") as progress:
+    with (
+        tf.compat.v1.Session(graph=graph, config=session_config(config.threads)) as sess,
+        Progress(config.steps, "train-bottleneck", log, unit="step") as progress,
+    ):
         sess.run(init)
         started = time.perf_counter()
 
@@ -212,23 +238,28 @@ def _fit_layer(config: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_
             idx = rng.choice(len(x_train), batch, replace=False)
             _, loss_v, n_ok = sess.run([train_op, loss, correct], {x: x_train[idx], y: y_train[idx]})
             if not np.isfinite(loss_v):
-                raise FloatingPointError(f"training diverged at step {step} (loss {loss_v}); "
-                                         "lower --learning-rate")
+                raise FloatingPointError(
+                    f"training diverged at step {step} (loss {loss_v}); lower --learning-rate"
+                )
             point_val = None
             if step == config.steps or (config.eval_every and step % config.eval_every == 0):
                 point_val = validate()
             if step == config.steps:
                 val_acc = point_val
-            history.append(HistoryPoint(step=step, loss=float(loss_v), accuracy=int(n_ok) / batch,
-                                        val_accuracy=point_val))
+            history.append(
+                HistoryPoint(
+                    step=step, loss=float(loss_v), accuracy=int(n_ok) / batch, val_accuracy=point_val
+                )
+            )
             progress.update(1, loss=f"{loss_v:.4f}")
         w_v, b_v = sess.run([w, b])
         seconds = time.perf_counter() - started
     return np.asarray(w_v), np.asarray(b_v), history, val_acc, seconds
 
 
-def _write_full_checkpoint(config: TrainConfig, checkpoint: str, n_classes: int, w: np.ndarray,
-                           b: np.ndarray, out_prefix: str) -> str:
+def _write_full_checkpoint(
+    config: TrainConfig, checkpoint: str, n_classes: int, w: np.ndarray, b: np.ndarray, out_prefix: str
+) -> str:
     """Pretrained body + the trained layer as one inference checkpoint at ``out_prefix-<steps>``."""
     import tensorflow as tf
 
@@ -238,14 +269,19 @@ def _write_full_checkpoint(config: TrainConfig, checkpoint: str, n_classes: int,
     graph = tf.Graph()
     with graph.as_default():
         images = tf.compat.v1.placeholder(tf.float32, [1, config.image_size, config.image_size, 3])
-        spec.build(images, n_classes, is_training=False, inference=True,
-                   depth_multiplier=config.depth_multiplier)
+        spec.build(
+            images, n_classes, is_training=False, inference=True, depth_multiplier=config.depth_multiplier
+        )
         variables = {v.op.name: v for v in tf.compat.v1.global_variables()}
         if LOGITS_WEIGHTS not in variables or LOGITS_BIASES not in variables:
-            raise ValueError(f"network {config.network} has no {LOGITS_WEIGHTS}; bottleneck mode supports "
-                             "inception_v3 only")
-        assign = [variables[LOGITS_WEIGHTS].assign(w.reshape(1, 1, *w.shape)),
-                  variables[LOGITS_BIASES].assign(b)]
+            raise ValueError(
+                f"network {config.network} has no {LOGITS_WEIGHTS}; bottleneck mode supports "
+                "inception_v3 only"
+            )
+        assign = [
+            variables[LOGITS_WEIGHTS].assign(w.reshape(1, 1, *w.shape)),
+            variables[LOGITS_BIASES].assign(b),
+        ]
         restorer = restore_saver(checkpoint, config.exclusions)
         saver = tf.compat.v1.train.Saver(var_list=list(variables.values()), save_relative_paths=True)
         init = tf.compat.v1.global_variables_initializer()
@@ -282,22 +318,50 @@ def train_bottleneck(config: TrainConfig) -> TrainResult:
     val_jobs = [(s, 0) for s in split.val]
     compute_s = compute_bottlenecks(config, checkpoint, split, train_jobs + val_jobs, cache)
     x_train, y_train = _stack(cache, train_jobs)
-    x_val, y_val = _stack(cache, val_jobs) if val_jobs else (np.zeros((0, x_train.shape[1]), np.float32),
-                                                             np.zeros((0,), np.int64))
-    log.info(kv("train_start", network=spec.name, mode="bottleneck", features=x_train.shape[1],
-                train_vectors=len(x_train), val=len(x_val), steps=config.steps))
+    x_val, y_val = (
+        _stack(cache, val_jobs)
+        if val_jobs
+        else (np.zeros((0, x_train.shape[1]), np.float32), np.zeros((0,), np.int64))
+    )
+    log.info(
+        kv(
+            "train_start",
+            network=spec.name,
+            mode="bottleneck",
+            features=x_train.shape[1],
+            train_vectors=len(x_train),
+            val=len(x_val),
+            steps=config.steps,
+        )
+    )
     w, b, history, val_acc, layer_s = _fit_layer(config, x_train, y_train, x_val, y_val, weights, n_classes)
     ckpt_dir = config.work_dir / CHECKPOINT_DIR
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = _write_full_checkpoint(config, checkpoint, n_classes, w, b,
-                                             str(ckpt_dir / "model.ckpt"))
+    checkpoint_path = _write_full_checkpoint(
+        config, checkpoint, n_classes, w, b, str(ckpt_dir / "model.ckpt")
+    )
     elapsed = time.monotonic() - started
-    result = TrainResult(checkpoint_path=checkpoint_path, labels=split.labels, history=history,
-                         val_accuracy=val_acc, steps=config.steps, elapsed_s=round(elapsed, 2),
-                         dataset_fingerprint=split.fingerprint, split_path=str(config.work_dir / SPLIT_FILE),
-                         config=config, phases_s={"bottleneck_compute": round(compute_s, 3),
-                                                  "layer_training": round(layer_s, 3)})
+    result = TrainResult(
+        checkpoint_path=checkpoint_path,
+        labels=split.labels,
+        history=history,
+        val_accuracy=val_acc,
+        steps=config.steps,
+        elapsed_s=round(elapsed, 2),
+        dataset_fingerprint=split.fingerprint,
+        split_path=str(config.work_dir / SPLIT_FILE),
+        config=config,
+        phases_s={"bottleneck_compute": round(compute_s, 3), "layer_training": round(layer_s, 3)},
+    )
     result.save(config.work_dir / RESULT_FILE)
-    log.info(kv("train_done", mode="bottleneck", steps=config.steps, elapsed_s=f"{elapsed:.1f}",
-                val_accuracy=val_acc if val_acc is not None else "n/a", checkpoint=checkpoint_path))
+    log.info(
+        kv(
+            "train_done",
+            mode="bottleneck",
+            steps=config.steps,
+            elapsed_s=f"{elapsed:.1f}",
+            val_accuracy=val_acc if val_acc is not None else "n/a",
+            checkpoint=checkpoint_path,
+        )
+    )
     return result

@@ -56,8 +56,13 @@ def _fail_cleanly(fn: Callable[..., None]) -> Callable[..., None]:
 
 
 @click.group("trainer")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="YAML file with trainer settings (hub_url, token, signing_key, threads, log_level).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="YAML file with trainer settings (hub_url, token, signing_key, threads, log_level).",
+)
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:
     """Train, evaluate, export and publish models."""
@@ -71,8 +76,12 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 
 
 @cli.command()
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for signing.pem (private) and signing.pub.pem (public).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for signing.pem (private) and signing.pub.pem (public).",
+)
 @_fail_cleanly
 def keygen(out: Path) -> None:
     """Create an Ed25519 signing key pair (refuses to overwrite)."""
@@ -83,12 +92,22 @@ def keygen(out: Path) -> None:
 
 
 @cli.command()
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Empty folder; images go to OUT/ALL and OUT/normal.")
-@click.option("--per-class", default=100, show_default=True, type=click.IntRange(min=1),
-              help="Images per class.")
-@click.option("--image-size", default=256, show_default=True, type=click.IntRange(min=64, max=2048),
-              help="Image side in pixels.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Empty folder; images go to OUT/ALL and OUT/normal.",
+)
+@click.option(
+    "--per-class", default=100, show_default=True, type=click.IntRange(min=1), help="Images per class."
+)
+@click.option(
+    "--image-size",
+    default=256,
+    show_default=True,
+    type=click.IntRange(min=64, max=2048),
+    help="Image side in pixels.",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed; same seed, same images.")
 @_fail_cleanly
 def generate(out: Path, per_class: int, image_size: int, seed: int) -> None:
@@ -101,35 +120,81 @@ def generate(out: Path, per_class: int, image_size: int, seed: int) -> None:
 
 def _train_options(fn: Callable[..., None]) -> Callable[..., None]:
     options = [
-        click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
-                     help="An import folder (`leukonet trainer import`: trains on its split and TFRecords) "
-                          "or an image folder with one sub-folder per class."),
-        click.option("--work", required=True, type=click.Path(file_okay=False, path_type=Path),
-                     help="Work folder for the split, checkpoints, evaluation, export and bundle."),
+        click.option(
+            "--data",
+            required=True,
+            type=click.Path(file_okay=False, path_type=Path),
+            help="An import folder (`leukonet trainer import`: trains on its split and TFRecords) "
+            "or an image folder with one sub-folder per class.",
+        ),
+        click.option(
+            "--work",
+            required=True,
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Work folder for the split, checkpoints, evaluation, export and bundle.",
+        ),
         click.option("--network", default="inception_v3", show_default=True, help="Network family."),
         click.option("--image-size", default=299, show_default=True, type=int, help="Network input size."),
-        click.option("--depth-multiplier", default=1.0, show_default=True, type=float,
-                     help="Inception channel width multiplier (0.25-0.35 trains in minutes on a CPU)."),
+        click.option(
+            "--depth-multiplier",
+            default=1.0,
+            show_default=True,
+            type=float,
+            help="Inception channel width multiplier (0.25-0.35 trains in minutes on a CPU).",
+        ),
         click.option("--steps", default=1000, show_default=True, type=int, help="Training steps."),
         click.option("--batch-size", default=16, show_default=True, type=int, help="Images per step."),
         click.option("--learning-rate", default=1e-3, show_default=True, type=float),
-        click.option("--seed", default=0, show_default=True, type=int,
-                     help="Seed of split, initialisation and augmentation."),
-        click.option("--class-weighting", default="balanced", show_default=True,
-                     type=click.Choice(["balanced", "none"])),
-        click.option("--mode", default="auto", show_default=True,
-                     type=click.Choice(["auto", "scratch", "finetune", "bottleneck"]),
-                     help="auto: bottleneck with --checkpoint, scratch without."),
-        click.option("--checkpoint", default=None, type=click.Path(path_type=Path),
-                     help="Pretrained checkpoint prefix, e.g. /models/inception_v3.ckpt (slim 2016-08-28)."),
-        click.option("--trainable-scopes", default=None,
-                     help="finetune stage 2: comma-separated scopes to train (default: all layers)."),
-        click.option("--stage1-steps", default=None, type=click.IntRange(min=0),
-                     help="finetune: steps training only the new heads (default: half of --steps)."),
-        click.option("--augmentations", default=4, show_default=True, type=click.IntRange(1, 64),
-                     help="bottleneck: cached augmented copies per training image."),
-        click.option("--resume/--no-resume", default=False, show_default=True,
-                     help="Continue from the latest checkpoint in WORK/checkpoints."),
+        click.option(
+            "--seed",
+            default=0,
+            show_default=True,
+            type=int,
+            help="Seed of split, initialisation and augmentation.",
+        ),
+        click.option(
+            "--class-weighting",
+            default="balanced",
+            show_default=True,
+            type=click.Choice(["balanced", "none"]),
+        ),
+        click.option(
+            "--mode",
+            default="auto",
+            show_default=True,
+            type=click.Choice(["auto", "scratch", "finetune", "bottleneck"]),
+            help="auto: bottleneck with --checkpoint, scratch without.",
+        ),
+        click.option(
+            "--checkpoint",
+            default=None,
+            type=click.Path(path_type=Path),
+            help="Pretrained checkpoint prefix, e.g. /models/inception_v3.ckpt (slim 2016-08-28).",
+        ),
+        click.option(
+            "--trainable-scopes",
+            default=None,
+            help="finetune stage 2: comma-separated scopes to train (default: all layers).",
+        ),
+        click.option(
+            "--stage1-steps",
+            default=None,
+            type=click.IntRange(min=0),
+            help="finetune: steps training only the new heads (default: half of --steps).",
+        ),
+        click.option(
+            "--augmentations",
+            default=4,
+            show_default=True,
+            type=click.IntRange(1, 64),
+            help="bottleneck: cached augmented copies per training image.",
+        ),
+        click.option(
+            "--resume/--no-resume",
+            default=False,
+            show_default=True,
+            help="Continue from the latest checkpoint in WORK/checkpoints.",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -139,13 +204,25 @@ def _train_options(fn: Callable[..., None]) -> Callable[..., None]:
 def _train_config(obj: TrainerConfig, **kw: Any) -> Any:
     from trainer.train import TrainConfig
 
-    return TrainConfig(data_dir=kw["data"], work_dir=kw["work"], network=kw["network"],
-                       image_size=kw["image_size"], depth_multiplier=kw["depth_multiplier"],
-                       steps=kw["steps"], batch_size=kw["batch_size"], learning_rate=kw["learning_rate"],
-                       seed=kw["seed"], class_weighting=kw["class_weighting"], threads=obj.threads,
-                       mode=kw["mode"], checkpoint=kw["checkpoint"],
-                       trainable_scopes=_scopes(kw["trainable_scopes"]), stage1_steps=kw["stage1_steps"],
-                       augmentations=kw["augmentations"], resume=kw["resume"])
+    return TrainConfig(
+        data_dir=kw["data"],
+        work_dir=kw["work"],
+        network=kw["network"],
+        image_size=kw["image_size"],
+        depth_multiplier=kw["depth_multiplier"],
+        steps=kw["steps"],
+        batch_size=kw["batch_size"],
+        learning_rate=kw["learning_rate"],
+        seed=kw["seed"],
+        class_weighting=kw["class_weighting"],
+        threads=obj.threads,
+        mode=kw["mode"],
+        checkpoint=kw["checkpoint"],
+        trainable_scopes=_scopes(kw["trainable_scopes"]),
+        stage1_steps=kw["stage1_steps"],
+        augmentations=kw["augmentations"],
+        resume=kw["resume"],
+    )
 
 
 def _scopes(text: str | None) -> tuple[str, ...] | None:
@@ -163,34 +240,62 @@ def train_cmd(obj: TrainerConfig, **kw: Any) -> None:
     from trainer.train import train
 
     result = train(_train_config(obj, **kw))
-    _emit({"checkpoint": result.checkpoint_path, "labels": result.labels, "steps": result.steps,
-           "val_accuracy": result.val_accuracy, "elapsed_s": result.elapsed_s,
-           "final_loss": result.history[-1].loss, "dataset_fingerprint": result.dataset_fingerprint})
+    _emit(
+        {
+            "checkpoint": result.checkpoint_path,
+            "labels": result.labels,
+            "steps": result.steps,
+            "val_accuracy": result.val_accuracy,
+            "elapsed_s": result.elapsed_s,
+            "final_loss": result.history[-1].loss,
+            "dataset_fingerprint": result.dataset_fingerprint,
+        }
+    )
 
 
 @cli.command("import")
-@click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="ALL-IDB1 (ImNNN_L.jpg), ALL-IDB2 (ImNNN_L.tif) or one sub-folder per class.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="New folder for the TFRecord shards, labels.txt, split.json and dataset.json.")
-@click.option("--layout", default="auto", show_default=True,
-              type=click.Choice(["auto", "all-idb1", "all-idb2", "folders"]),
-              help="How labels are read; auto recognises ALL-IDB file names.")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="ALL-IDB1 (ImNNN_L.jpg), ALL-IDB2 (ImNNN_L.tif) or one sub-folder per class.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="New folder for the TFRecord shards, labels.txt, split.json and dataset.json.",
+)
+@click.option(
+    "--layout",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "all-idb1", "all-idb2", "folders"]),
+    help="How labels are read; auto recognises ALL-IDB file names.",
+)
 @click.option("--val-fraction", default=0.15, show_default=True, type=float)
 @click.option("--test-fraction", default=0.15, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the stratified split.")
 @click.option("--shards", default=4, show_default=True, type=click.IntRange(min=1), help="Shards per split.")
 @_fail_cleanly
-def import_cmd(data: Path, out: Path, layout: str, val_fraction: float, test_fraction: float, seed: int,
-               shards: int) -> None:
+def import_cmd(
+    data: Path, out: Path, layout: str, val_fraction: float, test_fraction: float, seed: int, shards: int
+) -> None:
     """Scan, split (stratified, leak-free) and convert a data set to sharded TFRecords.
 
     Every skipped file is listed with its reason; ALL-IDB1 mixed with ALL-IDB2 is refused.
     """
     from trainer.importer import import_dataset
 
-    result = import_dataset(data, out, layout=layout,  # type: ignore[arg-type]
-                            val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, shards=shards)
+    result = import_dataset(
+        data,
+        out,
+        layout=layout,  # type: ignore[arg-type]
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        shards=shards,
+    )
     _emit(result.to_json())
 
 
@@ -207,9 +312,12 @@ def evaluate_cmd(work: Path, positive_label: str | None) -> None:
 
 
 _INT8_OPTION = click.option(
-    "--int8/--no-int8", default=False, show_default=True,
+    "--int8/--no-int8",
+    default=False,
+    show_default=True,
     help="Also quantize the FP32 IR to INT8 with NNCF (calibrated on training images) and record its "
-         "accuracy delta on the test split; FP32 and FP16 stay in the bundle.")
+    "accuracy delta on the test split; FP32 and FP16 stay in the bundle.",
+)
 
 
 @cli.command("export")
@@ -226,8 +334,10 @@ def export_cmd(work: Path, int8: bool) -> None:
 def _signing_key(obj: TrainerConfig, given: Path | None) -> Path:
     key = given or obj.signing_key
     if key is None:
-        raise click.UsageError("no signing key: pass --signing-key or set LEUKONET_TRAINER_SIGNING_KEY "
-                               "(create one with `leukonet trainer keygen --out DIR`)")
+        raise click.UsageError(
+            "no signing key: pass --signing-key or set LEUKONET_TRAINER_SIGNING_KEY "
+            "(create one with `leukonet trainer keygen --out DIR`)"
+        )
     return key
 
 
@@ -235,19 +345,29 @@ def _signing_key(obj: TrainerConfig, given: Path | None) -> Path:
 @click.option("--work", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--name", required=True, help="Model name, e.g. leukonet-all.")
 @click.option("--version", required=True, help="Semantic version X.Y.Z.")
-@click.option("--signing-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Ed25519 private key PEM (default: config signing_key).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Bundle path (default WORK/bundle/NAME-VERSION.zip).")
+@click.option(
+    "--signing-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Ed25519 private key PEM (default: config signing_key).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Bundle path (default WORK/bundle/NAME-VERSION.zip).",
+)
 @click.pass_obj
 @_fail_cleanly
-def bundle_cmd(obj: TrainerConfig, work: Path, name: str, version: str, signing_key: Path | None,
-               out: Path | None) -> None:
+def bundle_cmd(
+    obj: TrainerConfig, work: Path, name: str, version: str, signing_key: Path | None, out: Path | None
+) -> None:
     """Build and sign the model bundle from the train, evaluate and export outputs."""
     from trainer.pipeline import bundle_step
 
-    info = bundle_step(work, name=name, version=version, signing_key=_signing_key(obj, signing_key),
-                       out_path=out)
+    info = bundle_step(
+        work, name=name, version=version, signing_key=_signing_key(obj, signing_key), out_path=out
+    )
     _emit({"bundle": str(info.path), "sha256": info.sha256, "name": name, "version": version})
 
 
@@ -279,16 +399,29 @@ def publish_cmd(obj: TrainerConfig, bundle_path: Path, hub: str | None, token: s
 @_train_options
 @click.option("--name", required=True, help="Model name, e.g. leukonet-all.")
 @click.option("--version", required=True, help="Semantic version X.Y.Z.")
-@click.option("--signing-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Ed25519 private key PEM (default: config signing_key).")
+@click.option(
+    "--signing-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Ed25519 private key PEM (default: config signing_key).",
+)
 @click.option("--hub", default=None, help="Publish to this hub when given (or config hub_url).")
 @click.option("--token", default=None, help="Hub token (default: LEUKONET_TRAINER_TOKEN).")
 @_INT8_OPTION
 @click.option("--positive-label", default=None, help="Disease label for sensitivity etc. (default: ALL).")
 @click.pass_obj
 @_fail_cleanly
-def run_cmd(obj: TrainerConfig, name: str, version: str, signing_key: Path | None, hub: str | None,
-            token: str | None, int8: bool, positive_label: str | None, **kw: Any) -> None:
+def run_cmd(
+    obj: TrainerConfig,
+    name: str,
+    version: str,
+    signing_key: Path | None,
+    hub: str | None,
+    token: str | None,
+    int8: bool,
+    positive_label: str | None,
+    **kw: Any,
+) -> None:
     """Split, train, evaluate, freeze, export (+parity), bundle, and publish if a hub is given.
 
     The last stdout line is a JSON summary: bundle, sha256, metrics, parity, published.
@@ -296,28 +429,57 @@ def run_cmd(obj: TrainerConfig, name: str, version: str, signing_key: Path | Non
     from trainer.pipeline import run_pipeline
 
     hub_url = hub or obj.hub_url
-    summary = run_pipeline(_train_config(obj, **kw), name=name, version=version,
-                           signing_key=_signing_key(obj, signing_key), hub_url=hub_url,
-                           token=_token(obj, token) if hub_url else None, int8=int8,
-                           positive_label=positive_label)
+    summary = run_pipeline(
+        _train_config(obj, **kw),
+        name=name,
+        version=version,
+        signing_key=_signing_key(obj, signing_key),
+        hub_url=hub_url,
+        token=_token(obj, token) if hub_url else None,
+        int8=int8,
+        positive_label=positive_label,
+    )
     click.echo(summary.to_json())
 
 
 @cli.command("serve")
 @click.option("--hub", default=None, help="Hub base URL (default: config hub_url).")
 @click.option("--worker", default=None, help="This trainer's name on the hub (default: the host name).")
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder holding the data sets a job may name (default: config data_root).")
-@click.option("--checkpoint-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder holding pretrained checkpoints (default: config checkpoint_root).")
-@click.option("--work-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Work folders, one per job (default: config work_root).")
-@click.option("--max-jobs", type=click.IntRange(min=1), default=None,
-              help="Exit after this many jobs (default: run until stopped).")
+@click.option(
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder holding the data sets a job may name (default: config data_root).",
+)
+@click.option(
+    "--checkpoint-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder holding pretrained checkpoints (default: config checkpoint_root).",
+)
+@click.option(
+    "--work-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Work folders, one per job (default: config work_root).",
+)
+@click.option(
+    "--max-jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Exit after this many jobs (default: run until stopped).",
+)
 @click.pass_obj
 @_fail_cleanly
-def serve_cmd(obj: TrainerConfig, hub: str | None, worker: str | None, data_root: Path | None,
-              checkpoint_root: Path | None, work_root: Path | None, max_jobs: int | None) -> None:
+def serve_cmd(
+    obj: TrainerConfig,
+    hub: str | None,
+    worker: str | None,
+    data_root: Path | None,
+    checkpoint_root: Path | None,
+    work_root: Path | None,
+    max_jobs: int | None,
+) -> None:
     """Run training jobs queued on the hub, one at a time, until stopped (SIGTERM / Ctrl-C).
 
     Each job trains in a child `leukonet trainer run`, reports progress to the hub, and publishes
@@ -328,9 +490,17 @@ def serve_cmd(obj: TrainerConfig, hub: str | None, worker: str | None, data_root
 
     from trainer.service import JobError, TrainerService
 
-    overrides = {k: v for k, v in {"hub_url": hub, "worker": worker, "data_root": data_root,
-                                   "checkpoint_root": checkpoint_root, "work_root": work_root}.items()
-                 if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "hub_url": hub,
+            "worker": worker,
+            "data_root": data_root,
+            "checkpoint_root": checkpoint_root,
+            "work_root": work_root,
+        }.items()
+        if v is not None
+    }
     config = TrainerConfig.model_validate({**obj.model_dump(), **overrides})
     service = TrainerService(config)
 

@@ -17,8 +17,9 @@ from shared.config import StrictConfig
 
 
 class TrainerConfig(StrictConfig):
-    model_config = SettingsConfigDict(env_prefix="LEUKONET_TRAINER_", extra="forbid",
-                                      env_nested_delimiter="__", validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix="LEUKONET_TRAINER_", extra="forbid", env_nested_delimiter="__", validate_default=True
+    )
 
     hub_url: str | None = Field(None, title="hub base URL to publish to, e.g. http://hub:8080")
     token: SecretStr | None = Field(None, title="hub API token with the trainer (or admin) role")
@@ -26,9 +27,13 @@ class TrainerConfig(StrictConfig):
     threads: int = Field(0, ge=0, le=256, title="TensorFlow intra-op threads (0: one per core)")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", title="log level")
     # `leukonet trainer serve` (jobs queued on the hub):
-    worker: str = Field(default_factory=lambda: socket.gethostname()[:64] or "trainer", min_length=1,
-                        max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
-                        title="this trainer's name on the hub (default: host name)")
+    worker: str = Field(
+        default_factory=lambda: socket.gethostname()[:64] or "trainer",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+        title="this trainer's name on the hub (default: host name)",
+    )
     data_root: Path | None = Field(None, title="serve: folder holding the data sets jobs may name")
     checkpoint_root: Path | None = Field(None, title="serve: folder holding the pretrained checkpoints")
     work_root: Path = Field(Path("var/trainer-jobs"), title="serve: one work folder per job under it")

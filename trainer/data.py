@@ -94,19 +94,31 @@ class Split:
     records: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        data = {"labels": self.labels, "fingerprint": self.fingerprint, "seed": self.seed,
-                "train": [asdict(s) for s in self.train], "val": [asdict(s) for s in self.val],
-                "test": [asdict(s) for s in self.test], "skipped": [asdict(s) for s in self.skipped]}
+        data = {
+            "labels": self.labels,
+            "fingerprint": self.fingerprint,
+            "seed": self.seed,
+            "train": [asdict(s) for s in self.train],
+            "val": [asdict(s) for s in self.val],
+            "test": [asdict(s) for s in self.test],
+            "skipped": [asdict(s) for s in self.skipped],
+        }
         if self.records:
             data["records"] = self.records
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Split:
-        return cls(labels=list(data["labels"]), fingerprint=data["fingerprint"], seed=int(data["seed"]),
-                   train=[Sample(**s) for s in data["train"]], val=[Sample(**s) for s in data["val"]],
-                   test=[Sample(**s) for s in data["test"]], skipped=[Skipped(**s) for s in data["skipped"]],
-                   records={k: list(v) for k, v in data.get("records", {}).items()})
+        return cls(
+            labels=list(data["labels"]),
+            fingerprint=data["fingerprint"],
+            seed=int(data["seed"]),
+            train=[Sample(**s) for s in data["train"]],
+            val=[Sample(**s) for s in data["val"]],
+            test=[Sample(**s) for s in data["test"]],
+            skipped=[Skipped(**s) for s in data["skipped"]],
+            records={k: list(v) for k, v in data.get("records", {}).items()},
+        )
 
     def part(self, name: str) -> list[Sample]:
         """The samples of ``name`` (train, val or test)."""
@@ -129,8 +141,10 @@ class Split:
         try:
             return cls.from_json(json.loads(Path(path).read_text()))
         except OSError as exc:
-            raise DatasetError(f"split file {path}: cannot read it ({exc.strerror}); "
-                               "run `leukonet trainer train` (or `run`) first") from exc
+            raise DatasetError(
+                f"split file {path}: cannot read it ({exc.strerror}); "
+                "run `leukonet trainer train` (or `run`) first"
+            ) from exc
         except (ValueError, KeyError, TypeError) as exc:
             raise DatasetError(f"split file {path} is not a split written by the trainer: {exc}") from exc
 
@@ -141,9 +155,14 @@ def dataset_fingerprint(samples: list[Sample]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-
-def admit_file(f: Path, label: str, labels: list[str], seen: dict[str, Sample],
-               skipped: list[Skipped], samples: list[Sample]) -> None:
+def admit_file(
+    f: Path,
+    label: str,
+    labels: list[str],
+    seen: dict[str, Sample],
+    skipped: list[Skipped],
+    samples: list[Sample],
+) -> None:
     """Read and decode ``f``; append it to ``samples``, or its reason to ``skipped``.
 
     A file is skipped when it cannot be read or decoded, or when its content hash was seen
@@ -168,6 +187,7 @@ def admit_file(f: Path, label: str, labels: list[str], seen: dict[str, Sample],
     seen[digest] = sample
     samples.append(sample)
 
+
 def scan_dataset(root: str | Path) -> Dataset:
     """Scan ``root/<label>/*`` into a :class:`Dataset`.
 
@@ -177,14 +197,22 @@ def scan_dataset(root: str | Path) -> Dataset:
     """
     root_path = Path(root)
     if not root_path.is_dir():
-        raise DatasetError(f"data folder {root_path} does not exist; pass a folder with one sub-folder "
-                           "per class (e.g. ALL/ and normal/), or make one with `leukonet trainer generate`")
+        raise DatasetError(
+            f"data folder {root_path} does not exist; pass a folder with one sub-folder "
+            "per class (e.g. ALL/ and normal/), or make one with `leukonet trainer generate`"
+        )
     labels = sorted(p.name for p in root_path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(labels) < 2:
-        raise DatasetError(f"data folder {root_path} has {len(labels)} class folder(s) {labels}; "
-                           "it needs at least two (one sub-folder per class)")
-    files = [(label, f) for label in labels for f in sorted((root_path / label).rglob("*"))
-             if f.is_file() and not f.name.startswith(".")]
+        raise DatasetError(
+            f"data folder {root_path} has {len(labels)} class folder(s) {labels}; "
+            "it needs at least two (one sub-folder per class)"
+        )
+    files = [
+        (label, f)
+        for label in labels
+        for f in sorted((root_path / label).rglob("*"))
+        if f.is_file() and not f.name.startswith(".")
+    ]
     samples: list[Sample] = []
     skipped: list[Skipped] = []
     seen: dict[str, Sample] = {}
@@ -192,8 +220,13 @@ def scan_dataset(root: str | Path) -> Dataset:
         for label, f in files:
             progress.update()
             if f.suffix.lower() not in TF_SUFFIXES:
-                skipped.append(Skipped(str(f), f"unsupported format {f.suffix or '(none)'}; "
-                                               f"convert to one of {', '.join(TF_SUFFIXES)}"))
+                skipped.append(
+                    Skipped(
+                        str(f),
+                        f"unsupported format {f.suffix or '(none)'}; "
+                        f"convert to one of {', '.join(TF_SUFFIXES)}",
+                    )
+                )
                 continue
             admit_file(f, label, labels, seen, skipped, samples)
     dataset = Dataset(root=str(root_path), labels=labels, samples=samples, skipped=skipped)
@@ -202,13 +235,22 @@ def scan_dataset(root: str | Path) -> Dataset:
         raise DatasetError(f"data folder {root_path}: class folder(s) {empty} hold no usable image")
     for s in skipped:
         log.warning(kv("skipped", path=s.path, reason=s.reason))
-    log.info(kv("scanned", root=root_path, labels=",".join(labels), images=len(samples),
-                skipped=len(skipped), **{f"n_{k}": v for k, v in dataset.counts().items()}))
+    log.info(
+        kv(
+            "scanned",
+            root=root_path,
+            labels=",".join(labels),
+            images=len(samples),
+            skipped=len(skipped),
+            **{f"n_{k}": v for k, v in dataset.counts().items()},
+        )
+    )
     return dataset
 
 
-def split_dataset(dataset: Dataset, val_fraction: float = 0.15, test_fraction: float = 0.15,
-                  seed: int = 0) -> Split:
+def split_dataset(
+    dataset: Dataset, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+) -> Split:
     """Stratified, seeded split; each class keeps its proportions in every split.
 
     Per class, samples are ordered by content hash and shuffled with ``seed``, so the split does
@@ -219,8 +261,10 @@ def split_dataset(dataset: Dataset, val_fraction: float = 0.15, test_fraction: f
         ValueError: fractions outside [0, 1) or summing to 1 or more.
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) "
-                         "and sum to less than 1")
+        raise ValueError(
+            f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) "
+            "and sum to less than 1"
+        )
     rng = np.random.default_rng(seed)
     train: list[Sample] = []
     val: list[Sample] = []
@@ -236,16 +280,25 @@ def split_dataset(dataset: Dataset, val_fraction: float = 0.15, test_fraction: f
             n_test = max(n_test, 1) if test_fraction > 0 else 0
             n_val = max(n_val, 1) if val_fraction > 0 else 0
         test += items[:n_test]
-        val += items[n_test:n_test + n_val]
-        train += items[n_test + n_val:]
+        val += items[n_test : n_test + n_val]
+        train += items[n_test + n_val :]
+
     def by_path(samples: list[Sample]) -> list[Sample]:
         return sorted(samples, key=lambda s: s.path)
 
-    return Split(labels=list(dataset.labels), train=by_path(train), val=by_path(val), test=by_path(test),
-                 skipped=list(dataset.skipped), fingerprint=dataset.fingerprint, seed=seed)
+    return Split(
+        labels=list(dataset.labels),
+        train=by_path(train),
+        val=by_path(val),
+        test=by_path(test),
+        skipped=list(dataset.skipped),
+        fingerprint=dataset.fingerprint,
+        seed=seed,
+    )
 
 
 # --- TensorFlow input pipeline ---------------------------------------------------------------
+
 
 def decode_tf(image_bytes: Any) -> Any:
     """Decode JPEG/PNG/BMP bytes to uint8 RGB ``[H, W, 3]`` (TF graph op), as OpenCV decodes them.
@@ -325,8 +378,9 @@ def _finish(ds: Any, count: int, image_size: int, batch_size: int, training: boo
     return ds.batch(batch_size).prefetch(2)
 
 
-def make_dataset(samples: list[Sample], image_size: int, batch_size: int, *, training: bool,
-                 seed: int = 0) -> Any:
+def make_dataset(
+    samples: list[Sample], image_size: int, batch_size: int, *, training: bool, seed: int = 0
+) -> Any:
     """A ``tf.data.Dataset`` of ``(images [B, S, S, 3] float32 in [-1, 1], labels [B] int32)`` from files.
 
     Training: decoded + cropped + resized once (cached in memory within
@@ -355,16 +409,26 @@ def parse_example(serialized: Any) -> tuple[Any, Any]:
     """One serialized ``tf.train.Example`` -> ``(uint8 RGB image [H, W, 3], label int32)`` (graph ops)."""
     import tensorflow as tf
 
-    features = tf.io.parse_single_example(serialized, {
-        "image/encoded": tf.io.FixedLenFeature([], tf.string),
-        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-    })
+    features = tf.io.parse_single_example(
+        serialized,
+        {
+            "image/encoded": tf.io.FixedLenFeature([], tf.string),
+            "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+        },
+    )
     return decode_tf(features["image/encoded"]), tf.cast(features["image/class/label"], tf.int32)
 
 
-def tfrecord_dataset(files: list[str] | list[Path], image_size: int, batch_size: int, *, training: bool,
-                     seed: int = 0, count: int | None = None,
-                     central_fraction: float = CENTRAL_FRACTION) -> Any:
+def tfrecord_dataset(
+    files: list[str] | list[Path],
+    image_size: int,
+    batch_size: int,
+    *,
+    training: bool,
+    seed: int = 0,
+    count: int | None = None,
+    central_fraction: float = CENTRAL_FRACTION,
+) -> Any:
     """Same batches as :func:`make_dataset`, read from TFRecord shards written by the importer.
 
     Training decodes each record once (cached within :data:`CACHE_BUDGET_BYTES`), shuffles
@@ -381,8 +445,10 @@ def tfrecord_dataset(files: list[str] | list[Path], image_size: int, batch_size:
         raise DatasetError("no TFRecord shards to read; run `leukonet trainer import` first")
     missing = [str(f) for f in files if not Path(f).is_file()]
     if missing:
-        raise DatasetError(f"TFRecord shard(s) missing: {missing[:3]}; re-run `leukonet trainer import` "
-                           "or train from the image folder")
+        raise DatasetError(
+            f"TFRecord shard(s) missing: {missing[:3]}; re-run `leukonet trainer import` "
+            "or train from the image folder"
+        )
     names = [str(f) for f in files]
     ds = tf.data.TFRecordDataset(names, num_parallel_reads=min(len(names), 2) if training else None)
 
@@ -394,15 +460,22 @@ def tfrecord_dataset(files: list[str] | list[Path], image_size: int, batch_size:
     return _finish(ds, count if count is not None else 1024, image_size, batch_size, training, seed)
 
 
-def split_input(split: Split, part: str, image_size: int, batch_size: int, *, training: bool,
-                seed: int = 0) -> Any:
+def split_input(
+    split: Split, part: str, image_size: int, batch_size: int, *, training: bool, seed: int = 0
+) -> Any:
     """The batches of one split part, from its TFRecords when the split was imported, else its files."""
     samples = split.part(part)
     if not samples:
         raise DatasetError(f"the {part} split is empty; add images or change the split fractions")
     if split.records:
-        return tfrecord_dataset(split.records.get(part, []), image_size, batch_size, training=training,
-                                seed=seed, count=len(samples))
+        return tfrecord_dataset(
+            split.records.get(part, []),
+            image_size,
+            batch_size,
+            training=training,
+            seed=seed,
+            count=len(samples),
+        )
     return make_dataset(samples, image_size, batch_size, training=training, seed=seed)
 
 
@@ -413,9 +486,11 @@ def iter_records(files: list[str]) -> Iterator[tuple[str, bytes, str]]:
     for name in files:
         for raw in tf.compat.v1.io.tf_record_iterator(name):
             feature = tf.train.Example.FromString(raw).features.feature
-            yield (feature["image/sha256"].bytes_list.value[0].decode(),
-                   feature["image/encoded"].bytes_list.value[0],
-                   feature["image/format"].bytes_list.value[0].decode())
+            yield (
+                feature["image/sha256"].bytes_list.value[0].decode(),
+                feature["image/encoded"].bytes_list.value[0],
+                feature["image/format"].bytes_list.value[0].decode(),
+            )
 
 
 def encoded_images(split: Split, samples: list[Sample]) -> Iterator[tuple[Sample, bytes, str]]:
@@ -431,8 +506,10 @@ def encoded_images(split: Split, samples: list[Sample]) -> Iterator[tuple[Sample
             try:
                 yield s, Path(s.path).read_bytes(), Path(s.path).suffix
             except OSError as exc:
-                raise DatasetError(f"{s.path}: cannot read it ({exc.strerror}); the data set changed "
-                                   "since the split was made") from exc
+                raise DatasetError(
+                    f"{s.path}: cannot read it ({exc.strerror}); the data set changed "
+                    "since the split was made"
+                ) from exc
         return
     files = [f for part in SPLIT_PARTS for f in split.records.get(part, [])]
     found = 0
@@ -441,8 +518,10 @@ def encoded_images(split: Split, samples: list[Sample]) -> Iterator[tuple[Sample
             found += 1
             yield wanted[sha], data, f".{fmt}"
     if found < len(wanted):
-        raise DatasetError(f"{len(wanted) - found} image(s) of the split are missing from its TFRecords "
-                           f"{files[:2]}...; re-run `leukonet trainer import`")
+        raise DatasetError(
+            f"{len(wanted) - found} image(s) of the split are missing from its TFRecords "
+            f"{files[:2]}...; re-run `leukonet trainer import`"
+        )
 
 
 def write_images(split: Split, samples: list[Sample], folder: Path) -> list[str]:

@@ -53,13 +53,17 @@ class Metrics(BaseModel):
     confusion_matrix: list[list[int]] = Field(title="[true][predicted] counts in label order")
     roc_auc: float | None = Field(None, title="ROC-AUC of the positive label's probability (None: not given)")
     ci95: dict[str, list[float] | None] = Field(
-        default_factory=dict, title="95 % intervals: Wilson for ratios, Hanley-McNeil for roc_auc")
+        default_factory=dict, title="95 % intervals: Wilson for ratios, Hanley-McNeil for roc_auc"
+    )
 
     def summary(self) -> dict[str, Any]:
         """The scalar figures, rounded for humans and manifests."""
-        return {k: (round(v, 4) if isinstance(v, float) else v)
-                for k, v in self.model_dump(include={"n", "accuracy", "sensitivity", "specificity",
-                                                     "precision", "f1", "roc_auc"}).items()}
+        return {
+            k: (round(v, 4) if isinstance(v, float) else v)
+            for k, v in self.model_dump(
+                include={"n", "accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc"}
+            ).items()
+        }
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -83,8 +87,13 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: in
     return matrix
 
 
-def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str],
-                    positive_label: str | None = None, scores: Sequence[float] | None = None) -> Metrics:
+def compute_metrics(
+    y_true: Sequence[int],
+    y_pred: Sequence[int],
+    labels: Sequence[str],
+    positive_label: str | None = None,
+    scores: Sequence[float] | None = None,
+) -> Metrics:
     """Metrics of predictions ``y_pred`` against ``y_true`` (label indices).
 
     ``positive_label`` defaults to ``ALL`` when present, else the first label. ``scores``, the
@@ -107,14 +116,22 @@ def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequen
     tn = n - tp - fn - fp
     precision = _ratio(tp, tp + fp)
     sensitivity = _ratio(tp, tp + fn)
-    f1 = (2 * precision * sensitivity / (precision + sensitivity)
-          if precision is not None and sensitivity is not None and precision + sensitivity > 0 else None)
+    f1 = (
+        2 * precision * sensitivity / (precision + sensitivity)
+        if precision is not None and sensitivity is not None and precision + sensitivity > 0
+        else None
+    )
+
     def ci(k: int, total: int) -> list[float] | None:
         interval = wilson_interval(k, total)
         return [round(interval[0], 6), round(interval[1], 6)] if interval else None
 
-    ci95 = {"accuracy": ci(int(np.trace(matrix)), n), "sensitivity": ci(tp, tp + fn),
-            "specificity": ci(tn, tn + fp), "precision": ci(tp, tp + fp)}
+    ci95 = {
+        "accuracy": ci(int(np.trace(matrix)), n),
+        "sensitivity": ci(tp, tp + fn),
+        "specificity": ci(tn, tn + fp),
+        "precision": ci(tp, tp + fp),
+    }
     auc = None
     if scores is not None:
         if len(scores) != n:
@@ -124,15 +141,32 @@ def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequen
         if auc is not None:
             lo, hi = auc_interval(auc, sum(is_pos), n - sum(is_pos))
             ci95["roc_auc"] = [round(lo, 6), round(hi, 6)]
-    return Metrics(n=n, labels=labels, positive_label=positive_label,
-                   accuracy=_ratio(int(np.trace(matrix)), n), sensitivity=sensitivity,
-                   specificity=_ratio(tn, tn + fp), precision=precision, f1=f1,
-                   confusion_matrix=matrix.tolist(), roc_auc=auc, ci95=ci95)
+    return Metrics(
+        n=n,
+        labels=labels,
+        positive_label=positive_label,
+        accuracy=_ratio(int(np.trace(matrix)), n),
+        sensitivity=sensitivity,
+        specificity=_ratio(tn, tn + fp),
+        precision=precision,
+        f1=f1,
+        confusion_matrix=matrix.tolist(),
+        roc_auc=auc,
+        ci95=ci95,
+    )
 
 
-def predict_checkpoint(checkpoint_path: str, split: Split, part: str, *, network: str,
-                       image_size: int, depth_multiplier: float, batch_size: int = 16,
-                       threads: int = 0) -> np.ndarray:
+def predict_checkpoint(
+    checkpoint_path: str,
+    split: Split,
+    part: str,
+    *,
+    network: str,
+    image_size: int,
+    depth_multiplier: float,
+    batch_size: int = 16,
+    threads: int = 0,
+) -> np.ndarray:
     """Probabilities ``[len(samples), n_classes]`` of the checkpoint on one split part (sample order).
 
     Uses the TF evaluation pipeline (:func:`trainer.data.split_input` with ``training=False``:
@@ -151,14 +185,17 @@ def predict_checkpoint(checkpoint_path: str, split: Split, part: str, *, network
     with graph.as_default():
         ds = split_input(split, part, image_size, batch_size, training=False)
         images, _ = tf.compat.v1.data.make_one_shot_iterator(ds).get_next()
-        logits, _ = spec.build(images, n_classes, is_training=False, inference=True,
-                               depth_multiplier=depth_multiplier)
+        logits, _ = spec.build(
+            images, n_classes, is_training=False, inference=True, depth_multiplier=depth_multiplier
+        )
         probs = tf.nn.softmax(logits)
         saver = tf.compat.v1.train.Saver(var_list=tf.compat.v1.global_variables())
     graph.finalize()
     out: list[np.ndarray] = []
-    with tf.compat.v1.Session(graph=graph, config=session_config(threads)) as sess, \
-            Progress(len(samples), "predict", log, unit="img") as progress:
+    with (
+        tf.compat.v1.Session(graph=graph, config=session_config(threads)) as sess,
+        Progress(len(samples), "predict", log, unit="img") as progress,
+    ):
         saver.restore(sess, checkpoint_path)
         while True:
             try:
@@ -169,8 +206,10 @@ def predict_checkpoint(checkpoint_path: str, split: Split, part: str, *, network
             progress.update(len(batch))
     probs = np.concatenate(out, axis=0) if out else np.zeros((0, n_classes), np.float32)
     if len(probs) != len(samples):
-        raise DatasetError(f"the {part} split lists {len(samples)} images but its source gave {len(probs)}; "
-                           "the import or image folder changed since the split was made")
+        raise DatasetError(
+            f"the {part} split lists {len(samples)} images but its source gave {len(probs)}; "
+            "the import or image folder changed since the split was made"
+        )
     return probs
 
 
@@ -188,8 +227,9 @@ class EvaluationReport(BaseModel):
     plots: dict[str, str] = Field(default_factory=dict, title="plot name -> PNG path")
 
 
-def evaluate(result: TrainResult, out_dir: str | Path, *, split_name: str = "test",
-             positive_label: str | None = None) -> EvaluationReport:
+def evaluate(
+    result: TrainResult, out_dir: str | Path, *, split_name: str = "test", positive_label: str | None = None
+) -> EvaluationReport:
     """Evaluate ``result``'s checkpoint on its ``split_name`` split; write the CSV and ``report.json``.
 
     Raises:
@@ -199,9 +239,16 @@ def evaluate(result: TrainResult, out_dir: str | Path, *, split_name: str = "tes
     split = Split.load(result.split_path)
     samples: list[Sample] = split.part(split_name)
     cfg = result.config
-    probs = predict_checkpoint(result.checkpoint_path, split, split_name, network=cfg.network,
-                               image_size=cfg.image_size, depth_multiplier=cfg.depth_multiplier,
-                               batch_size=cfg.batch_size, threads=cfg.threads)
+    probs = predict_checkpoint(
+        result.checkpoint_path,
+        split,
+        split_name,
+        network=cfg.network,
+        image_size=cfg.image_size,
+        depth_multiplier=cfg.depth_multiplier,
+        batch_size=cfg.batch_size,
+        threads=cfg.threads,
+    )
     y_true = [s.label_index for s in samples]
     y_pred = [int(i) for i in probs.argmax(axis=1)]
     metrics = compute_metrics(y_true, y_pred, split.labels, positive_label)
@@ -214,23 +261,45 @@ def evaluate(result: TrainResult, out_dir: str | Path, *, split_name: str = "tes
     predictions_path = out / PREDICTIONS_FILE
     with open(predictions_path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "sha256", "true_label", "predicted_label", "correct",
-                         *[f"p_{label}" for label in split.labels]])
+        writer.writerow(
+            [
+                "path",
+                "sha256",
+                "true_label",
+                "predicted_label",
+                "correct",
+                *[f"p_{label}" for label in split.labels],
+            ]
+        )
         for s, pred, p in zip(samples, y_pred, probs, strict=True):
-            writer.writerow([s.path, s.sha256, s.label, split.labels[pred], int(pred == s.label_index),
-                             *[f"{v:.6f}" for v in p]])
+            writer.writerow(
+                [
+                    s.path,
+                    s.sha256,
+                    s.label,
+                    split.labels[pred],
+                    int(pred == s.label_index),
+                    *[f"{v:.6f}" for v in p],
+                ]
+            )
     plots = _plots(result, metrics, [t == pos for t in y_true], scores, out)
-    report = EvaluationReport(split=split_name, checkpoint_path=result.checkpoint_path,
-                              dataset_fingerprint=split.fingerprint, metrics=metrics,
-                              report_path=str(out / REPORT_FILE), predictions_path=str(predictions_path),
-                              plots=plots)
+    report = EvaluationReport(
+        split=split_name,
+        checkpoint_path=result.checkpoint_path,
+        dataset_fingerprint=split.fingerprint,
+        metrics=metrics,
+        report_path=str(out / REPORT_FILE),
+        predictions_path=str(predictions_path),
+        plots=plots,
+    )
     (out / REPORT_FILE).write_text(json.dumps(report.model_dump(mode="json"), indent=2))
     log.info(kv("evaluated", split=split_name, **metrics.summary()))
     return report
 
 
-def _plots(result: TrainResult, metrics: Metrics, is_positive: list[bool], scores: list[float],
-           out: Path) -> dict[str, str]:
+def _plots(
+    result: TrainResult, metrics: Metrics, is_positive: list[bool], scores: list[float], out: Path
+) -> dict[str, str]:
     """Write the ROC, confusion-matrix and training-curve PNGs into ``out``; name -> path."""
     from trainer.plots import plot_confusion, plot_roc, plot_training
 
@@ -239,10 +308,17 @@ def _plots(result: TrainResult, metrics: Metrics, is_positive: list[bool], score
     val = [h for h in hist if h.val_accuracy is not None]
     return {
         "roc": str(plot_roc(fpr, tpr, metrics.roc_auc, metrics.positive_label, out / "roc.png")),
-        "confusion_matrix": str(plot_confusion(metrics.confusion_matrix, metrics.labels,
-                                               out / "confusion_matrix.png")),
-        "training_curves": str(plot_training([h.step for h in hist], [h.loss for h in hist],
-                                             [h.accuracy for h in hist], [h.step for h in val],
-                                             [float(h.val_accuracy or 0.0) for h in val],
-                                             out / "training_curves.png")),
+        "confusion_matrix": str(
+            plot_confusion(metrics.confusion_matrix, metrics.labels, out / "confusion_matrix.png")
+        ),
+        "training_curves": str(
+            plot_training(
+                [h.step for h in hist],
+                [h.loss for h in hist],
+                [h.accuracy for h in hist],
+                [h.step for h in val],
+                [float(h.val_accuracy or 0.0) for h in val],
+                out / "training_curves.png",
+            )
+        ),
     }

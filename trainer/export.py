@@ -80,19 +80,28 @@ class ParityReport:
         return self.max_abs_diff_bf16 is not None and self.max_abs_diff_bf16 <= BF16_TOLERANCE
 
     def as_manifest(self) -> dict[str, float]:
-        out = {"images": float(self.images), "max_abs_diff_fp32": self.max_abs_diff_fp32,
-               "max_abs_diff_fp16": self.max_abs_diff_fp16, "mean_abs_diff_fp32": self.mean_abs_diff_fp32,
-               "mean_abs_diff_fp16": self.mean_abs_diff_fp16,
-               "top1_agreement_fp16": self.top1_agreement_fp16,
-               "tolerance_fp32": FP32_TOLERANCE, "tolerance_fp16": FP16_TOLERANCE}
+        out = {
+            "images": float(self.images),
+            "max_abs_diff_fp32": self.max_abs_diff_fp32,
+            "max_abs_diff_fp16": self.max_abs_diff_fp16,
+            "mean_abs_diff_fp32": self.mean_abs_diff_fp32,
+            "mean_abs_diff_fp16": self.mean_abs_diff_fp16,
+            "top1_agreement_fp16": self.top1_agreement_fp16,
+            "tolerance_fp32": FP32_TOLERANCE,
+            "tolerance_fp16": FP16_TOLERANCE,
+        }
         if self.max_abs_diff_bf16 is None:
             return out
         if not self.bf16_validated:
             return {**out, "rejected_max_abs_diff_bf16": self.max_abs_diff_bf16}
         assert self.mean_abs_diff_bf16 is not None and self.top1_agreement_bf16 is not None
-        return {**out, "max_abs_diff_bf16": self.max_abs_diff_bf16,
-                "mean_abs_diff_bf16": self.mean_abs_diff_bf16,
-                "top1_agreement_bf16": self.top1_agreement_bf16, "tolerance_bf16": BF16_TOLERANCE}
+        return {
+            **out,
+            "max_abs_diff_bf16": self.max_abs_diff_bf16,
+            "mean_abs_diff_bf16": self.mean_abs_diff_bf16,
+            "top1_agreement_bf16": self.top1_agreement_bf16,
+            "tolerance_bf16": BF16_TOLERANCE,
+        }
 
 
 @dataclass(frozen=True)
@@ -117,19 +126,17 @@ def convert_to_ir(pb_path: str | Path, image_size: int) -> Any:
     import openvino as ov
     from openvino.preprocess import ColorFormat, PrePostProcessor
 
-    model = ov.convert_model(str(pb_path), input=[(f"{INPUT_NAME}:0", [1, image_size, image_size, 3],
-                                                   ov.Type.f32)])
+    model = ov.convert_model(
+        str(pb_path), input=[(f"{INPUT_NAME}:0", [1, image_size, image_size, 3], ov.Type.f32)]
+    )
     ppp = PrePostProcessor(model)
-    ppp.input().tensor() \
-        .set_element_type(ov.Type.u8) \
-        .set_layout(ov.Layout("NHWC")) \
-        .set_color_format(ColorFormat.BGR)
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_color_format(
+        ColorFormat.BGR
+    )
     ppp.input().model().set_layout(ov.Layout("NHWC"))
-    ppp.input().preprocess() \
-        .convert_element_type(ov.Type.f32) \
-        .convert_color(ColorFormat.RGB) \
-        .mean(INPUT_MEAN) \
-        .scale(INPUT_SCALE)
+    ppp.input().preprocess().convert_element_type(ov.Type.f32).convert_color(ColorFormat.RGB).mean(
+        INPUT_MEAN
+    ).scale(INPUT_SCALE)
     ppp.output().tensor().set_element_type(ov.Type.f32)
     model = ppp.build()
     model.input().get_tensor().set_names({INPUT_NAME})
@@ -178,15 +185,22 @@ class IrRunner:
 
     def predict(self, crop_bgr: np.ndarray) -> np.ndarray:
         if list(crop_bgr.shape) != self.input_shape[1:] or crop_bgr.dtype != np.uint8:
-            raise ValueError(f"IR input wants uint8 {self.input_shape[1:]}, got {crop_bgr.dtype} "
-                             f"{list(crop_bgr.shape)}")
+            raise ValueError(
+                f"IR input wants uint8 {self.input_shape[1:]}, got {crop_bgr.dtype} {list(crop_bgr.shape)}"
+            )
         result = self._request.infer({INPUT_NAME: crop_bgr[None]})
         return np.asarray(result[self._output])[0].copy()
 
 
-def parity_check(pb_path: str | Path, fp32_xml: str | Path, fp16_xml: str | Path, crops: list[np.ndarray],
-                 *, fp32_tolerance: float = FP32_TOLERANCE, fp16_tolerance: float = FP16_TOLERANCE
-                 ) -> tuple[ParityReport, list[np.ndarray]]:
+def parity_check(
+    pb_path: str | Path,
+    fp32_xml: str | Path,
+    fp16_xml: str | Path,
+    crops: list[np.ndarray],
+    *,
+    fp32_tolerance: float = FP32_TOLERANCE,
+    fp16_tolerance: float = FP16_TOLERANCE,
+) -> tuple[ParityReport, list[np.ndarray]]:
     """Compare the frozen graph with both IRs on ``crops`` (uint8 BGR ``[S, S, 3]``).
 
     Returns:
@@ -197,8 +211,10 @@ def parity_check(pb_path: str | Path, fp32_xml: str | Path, fp16_xml: str | Path
         ParityError: a difference above tolerance (the message gives the figures).
     """
     if len(crops) < MIN_PARITY_IMAGES:
-        raise ValueError(f"parity needs at least {MIN_PARITY_IMAGES} images, got {len(crops)}; "
-                         "use a larger validation split")
+        raise ValueError(
+            f"parity needs at least {MIN_PARITY_IMAGES} images, got {len(crops)}; "
+            "use a larger validation split"
+        )
     ir32, ir16 = IrRunner(fp32_xml), IrRunner(fp16_xml)
     irbf = IrRunner(fp32_xml, inference_precision="bf16") if cpu_has_bf16() else None
     d32: list[float] = []
@@ -219,24 +235,42 @@ def parity_check(pb_path: str | Path, fp32_xml: str | Path, fp16_xml: str | Path
                 agree_bf += int(ref.argmax() == pbf.argmax())
             fp32_probs.append(p32)
             progress.update()
-    report = ParityReport(images=len(crops), max_abs_diff_fp32=max(d32), max_abs_diff_fp16=max(d16),
-                          mean_abs_diff_fp32=float(np.mean(d32)), mean_abs_diff_fp16=float(np.mean(d16)),
-                          top1_agreement_fp16=agree / len(crops),
-                          max_abs_diff_bf16=max(dbf) if dbf else None,
-                          mean_abs_diff_bf16=float(np.mean(dbf)) if dbf else None,
-                          top1_agreement_bf16=agree_bf / len(crops) if dbf else None)
-    log.info(kv("parity", images=report.images, max_fp32=f"{report.max_abs_diff_fp32:.2e}",
-                max_fp16=f"{report.max_abs_diff_fp16:.2e}",
-                max_bf16=f"{max(dbf):.2e}" if dbf else "no bf16 on this CPU"))
+    report = ParityReport(
+        images=len(crops),
+        max_abs_diff_fp32=max(d32),
+        max_abs_diff_fp16=max(d16),
+        mean_abs_diff_fp32=float(np.mean(d32)),
+        mean_abs_diff_fp16=float(np.mean(d16)),
+        top1_agreement_fp16=agree / len(crops),
+        max_abs_diff_bf16=max(dbf) if dbf else None,
+        mean_abs_diff_bf16=float(np.mean(dbf)) if dbf else None,
+        top1_agreement_bf16=agree_bf / len(crops) if dbf else None,
+    )
+    log.info(
+        kv(
+            "parity",
+            images=report.images,
+            max_fp32=f"{report.max_abs_diff_fp32:.2e}",
+            max_fp16=f"{report.max_abs_diff_fp16:.2e}",
+            max_bf16=f"{max(dbf):.2e}" if dbf else "no bf16 on this CPU",
+        )
+    )
     if dbf and not report.bf16_validated:
-        log.warning(kv("bf16_not_validated", max_bf16=f"{max(dbf):.3g}", tolerance=BF16_TOLERANCE,
-                       effect="agents refuse precision BF16 for this model"))
+        log.warning(
+            kv(
+                "bf16_not_validated",
+                max_bf16=f"{max(dbf):.3g}",
+                tolerance=BF16_TOLERANCE,
+                effect="agents refuse precision BF16 for this model",
+            )
+        )
     if report.max_abs_diff_fp32 > fp32_tolerance or report.max_abs_diff_fp16 > fp16_tolerance:
         raise ParityError(
             f"OpenVINO IR differs from the frozen TF graph: FP32 max |diff| {report.max_abs_diff_fp32:.3g} "
             f"(tolerance {fp32_tolerance:g}), FP16 max |diff| {report.max_abs_diff_fp16:.3g} "
             f"(tolerance {fp16_tolerance:g}) over {report.images} images; do not ship this model "
-            "(check the OpenVINO version and the preprocessing in trainer/export.py)")
+            "(check the OpenVINO version and the preprocessing in trainer/export.py)"
+        )
     return report, fp32_probs
 
 
@@ -245,8 +279,9 @@ def load_crops(image_paths: list[str | Path], image_size: int) -> list[np.ndarra
     return [crop_and_resize(decode_image(Path(p).read_bytes(), str(p)), image_size) for p in image_paths]
 
 
-def export(pb_path: str | Path, out_dir: str | Path, image_size: int, parity_images: list[str | Path]
-           ) -> ExportResult:
+def export(
+    pb_path: str | Path, out_dir: str | Path, image_size: int, parity_images: list[str | Path]
+) -> ExportResult:
     """Convert ``pb_path`` to IR FP32 + FP16 under ``out_dir``, check parity, write the reference image.
 
     ``out_dir`` receives ``ir/fp32/model.{xml,bin}``, ``ir/fp16/model.{xml,bin}``,
@@ -267,10 +302,24 @@ def export(pb_path: str | Path, out_dir: str | Path, image_size: int, parity_ima
     if not cv2.imwrite(str(out / REFERENCE_IMAGE), originals[ref_index]):
         raise OSError(f"{out / REFERENCE_IMAGE}: OpenCV could not write the reference image")
     reference_probs = [float(v) for v in fp32_probs[ref_index]]
-    (out / PARITY_FILE).write_text(json.dumps({"parity": report.as_manifest(),
-                                               "reference_image": REFERENCE_IMAGE,
-                                               "reference_source": str(parity_images[ref_index]),
-                                               "reference_probabilities": reference_probs}, indent=2))
+    (out / PARITY_FILE).write_text(
+        json.dumps(
+            {
+                "parity": report.as_manifest(),
+                "reference_image": REFERENCE_IMAGE,
+                "reference_source": str(parity_images[ref_index]),
+                "reference_probabilities": reference_probs,
+            },
+            indent=2,
+        )
+    )
     files = [IR_FP32, IR_FP32[:-4] + ".bin", IR_FP16, IR_FP16[:-4] + ".bin", REFERENCE_IMAGE]
-    return ExportResult(out_dir=out, ir_fp32=IR_FP32, ir_fp16=IR_FP16, reference_image=REFERENCE_IMAGE,
-                        reference_probabilities=reference_probs, parity=report, files=files)
+    return ExportResult(
+        out_dir=out,
+        ir_fp32=IR_FP32,
+        ir_fp16=IR_FP16,
+        reference_image=REFERENCE_IMAGE,
+        reference_probabilities=reference_probs,
+        parity=report,
+        files=files,
+    )

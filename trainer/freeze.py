@@ -39,8 +39,15 @@ class FrozenGraph:
     output_name: str = OUTPUT_NAME
 
 
-def freeze(checkpoint_path: str, out_path: str | Path, *, network: str, num_classes: int, image_size: int,
-           depth_multiplier: float) -> FrozenGraph:
+def freeze(
+    checkpoint_path: str,
+    out_path: str | Path,
+    *,
+    network: str,
+    num_classes: int,
+    image_size: int,
+    depth_multiplier: float,
+) -> FrozenGraph:
     """Build the inference graph, restore ``checkpoint_path`` and write the frozen GraphDef.
 
     Raises:
@@ -54,15 +61,17 @@ def freeze(checkpoint_path: str, out_path: str | Path, *, network: str, num_clas
     graph = tf.Graph()
     with graph.as_default():
         images = tf.compat.v1.placeholder(tf.float32, [1, image_size, image_size, 3], name=INPUT_NAME)
-        logits, _ = spec.build(images, num_classes, is_training=False, inference=True,
-                               depth_multiplier=depth_multiplier)
+        logits, _ = spec.build(
+            images, num_classes, is_training=False, inference=True, depth_multiplier=depth_multiplier
+        )
         tf.nn.softmax(logits, name=OUTPUT_NAME)
         saver = tf.compat.v1.train.Saver(var_list=tf.compat.v1.global_variables())
     graph.finalize()
     with tf.compat.v1.Session(graph=graph) as sess:
         saver.restore(sess, checkpoint_path)
         frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
-            sess, graph.as_graph_def(), [OUTPUT_NAME])
+            sess, graph.as_graph_def(), [OUTPUT_NAME]
+        )
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(frozen.SerializeToString())
@@ -85,8 +94,9 @@ class FrozenModel:
     Use as a context manager (or call :meth:`close`) to release the session.
     """
 
-    def __init__(self, pb_path: str | Path, input_name: str = INPUT_NAME,
-                 output_name: str = OUTPUT_NAME) -> None:
+    def __init__(
+        self, pb_path: str | Path, input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME
+    ) -> None:
         import tensorflow as tf
 
         graph_def = tf.compat.v1.GraphDef()
@@ -113,6 +123,7 @@ class FrozenModel:
     def __enter__(self) -> FrozenModel:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()

@@ -63,8 +63,15 @@ SPLIT_NAMES = ("train", "validation", "test")
 DATASET_FILE = "dataset.json"
 LABELS_FILE = "labels.txt"
 SPLIT_FILE = "split.json"
-FEATURE_KEYS = ("image/encoded", "image/format", "image/class/label", "image/height", "image/width",
-                "image/sha256", "image/filename")
+FEATURE_KEYS = (
+    "image/encoded",
+    "image/format",
+    "image/class/label",
+    "image/height",
+    "image/width",
+    "image/sha256",
+    "image/filename",
+)
 _TF_NATIVE = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".bmp": "bmp"}
 
 
@@ -87,8 +94,11 @@ def idb_label(name: str) -> tuple[str, str] | None:
 
 
 def _image_files(root: Path) -> list[Path]:
-    return sorted(f for f in root.rglob("*")
-                  if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts))
+    return sorted(
+        f
+        for f in root.rglob("*")
+        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts)
+    )
 
 
 def detect_layout(root: Path, files: Iterable[Path]) -> str:
@@ -107,7 +117,8 @@ def detect_layout(root: Path, files: Iterable[Path]) -> str:
             f"data folder {root} mixes ALL-IDB1 ({seen['all-idb1']}) and ALL-IDB2 ({seen['all-idb2']}) "
             "images. ALL-IDB2's cells are cropped from ALL-IDB1's smears, so the same cell would sit "
             "in training and in test; import one of the two sets only (ALL-IDB2 for per-cell "
-            "classification, ALL-IDB1 for whole smears)")
+            "classification, ALL-IDB1 for whole smears)"
+        )
     return next(iter(seen), "folders")
 
 
@@ -122,8 +133,10 @@ def _label_of(layout: str, root: Path, f: Path) -> tuple[str | None, str]:
     if hit is None:
         return None, f"no label: name does not follow the {layout} convention ImNNN_L (L = 0 or 1)"
     if hit[0] != layout:
-        raise MixedAllIdbError(f"{f}: an {hit[0]} file in a data set imported as {layout}; ALL-IDB2's "
-                               "cells are cropped from ALL-IDB1's smears, so the two cannot be mixed")
+        raise MixedAllIdbError(
+            f"{f}: an {hit[0]} file in a data set imported as {layout}; ALL-IDB2's "
+            "cells are cropped from ALL-IDB1's smears, so the two cannot be mixed"
+        )
     if hit[1] == "?":
         return None, "no label: the digit after '_' must be 1 (ALL) or 0 (normal)"
     return hit[1], ""
@@ -140,13 +153,16 @@ def scan_sources(root: str | Path, layout: Layout = "auto") -> tuple[Dataset, st
     if layout not in LAYOUTS:
         raise DatasetError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     if not root_path.is_dir():
-        raise DatasetError(f"data folder {root_path} does not exist; pass an ALL-IDB1/ALL-IDB2 folder or "
-                           "one with a sub-folder per class")
+        raise DatasetError(
+            f"data folder {root_path} does not exist; pass an ALL-IDB1/ALL-IDB2 folder or "
+            "one with a sub-folder per class"
+        )
     files = _image_files(root_path)
     chosen = detect_layout(root_path, files) if layout == "auto" else layout
     if chosen == "folders":
-        labels = sorted({f.relative_to(root_path).parts[0] for f in files
-                         if len(f.relative_to(root_path).parts) > 1})
+        labels = sorted(
+            {f.relative_to(root_path).parts[0] for f in files if len(f.relative_to(root_path).parts) > 1}
+        )
     else:
         labels = list(ALL_IDB_LABELS)
     samples: list[Sample] = []
@@ -156,8 +172,13 @@ def scan_sources(root: str | Path, layout: Layout = "auto") -> tuple[Dataset, st
         for f in files:
             progress.update()
             if f.suffix.lower() not in SUPPORTED_SUFFIXES:
-                skipped.append(Skipped(str(f), f"unsupported format {f.suffix or '(none)'}; "
-                                               f"convert to one of {', '.join(SUPPORTED_SUFFIXES)}"))
+                skipped.append(
+                    Skipped(
+                        str(f),
+                        f"unsupported format {f.suffix or '(none)'}; "
+                        f"convert to one of {', '.join(SUPPORTED_SUFFIXES)}",
+                    )
+                )
                 continue
             label, reason = _label_of(chosen, root_path, f)
             if label is None:
@@ -169,11 +190,21 @@ def scan_sources(root: str | Path, layout: Layout = "auto") -> tuple[Dataset, st
         log.warning(kv("skipped", path=s.path, reason=s.reason))
     empty = [label for label, n in dataset.counts().items() if n == 0]
     if len(labels) < 2 or empty:
-        raise DatasetError(f"data folder {root_path} ({chosen}): labels {labels}, without images: {empty}; "
-                           "it needs at least two labels with usable images "
-                           f"({len(skipped)} file(s) skipped, see the warnings)")
-    log.info(kv("import_scanned", root=root_path, layout=chosen, images=len(samples), skipped=len(skipped),
-                **{f"n_{k}": v for k, v in dataset.counts().items()}))
+        raise DatasetError(
+            f"data folder {root_path} ({chosen}): labels {labels}, without images: {empty}; "
+            "it needs at least two labels with usable images "
+            f"({len(skipped)} file(s) skipped, see the warnings)"
+        )
+    log.info(
+        kv(
+            "import_scanned",
+            root=root_path,
+            layout=chosen,
+            images=len(samples),
+            skipped=len(skipped),
+            **{f"n_{k}": v for k, v in dataset.counts().items()},
+        )
+    )
     return dataset, chosen
 
 
@@ -221,11 +252,19 @@ def _example(sample: Sample) -> Any:
     def i(v: int) -> Any:
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
 
-    return tf.train.Example(features=tf.train.Features(feature={
-        "image/encoded": b(data), "image/format": b(fmt.encode()),
-        "image/class/label": i(sample.label_index), "image/height": i(height), "image/width": i(width),
-        "image/sha256": b(sample.sha256.encode()), "image/filename": b(Path(sample.path).name.encode()),
-    }))
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image/encoded": b(data),
+                "image/format": b(fmt.encode()),
+                "image/class/label": i(sample.label_index),
+                "image/height": i(height),
+                "image/width": i(width),
+                "image/sha256": b(sample.sha256.encode()),
+                "image/filename": b(Path(sample.path).name.encode()),
+            }
+        )
+    )
 
 
 def shard_name(split: str, index: int, total: int) -> str:
@@ -243,16 +282,23 @@ def write_tfrecords(samples: list[Sample], out_dir: Path, split: str, shards: in
         for k in range(n_shards):
             name = shard_name(split, k, n_shards)
             with tf.io.TFRecordWriter(str(out_dir / name)) as writer:
-                for sample in samples[k * per:(k + 1) * per]:
+                for sample in samples[k * per : (k + 1) * per]:
                     writer.write(_example(sample).SerializeToString())
                     progress.update()
             names.append(name)
     return names
 
 
-def import_dataset(root: str | Path, out_dir: str | Path, *, layout: Layout = "auto",
-                   val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
-                   shards: int = 4) -> ImportResult:
+def import_dataset(
+    root: str | Path,
+    out_dir: str | Path,
+    *,
+    layout: Layout = "auto",
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    shards: int = 4,
+) -> ImportResult:
     """Scan, split and convert ``root`` into ``out_dir`` (see the module docstring).
 
     Raises:
@@ -261,28 +307,48 @@ def import_dataset(root: str | Path, out_dir: str | Path, *, layout: Layout = "a
     """
     out = Path(out_dir)
     if (out / DATASET_FILE).exists():
-        raise DatasetError(f"{out} already holds an import ({DATASET_FILE}); choose another --out "
-                           "or delete it")
+        raise DatasetError(
+            f"{out} already holds an import ({DATASET_FILE}); choose another --out or delete it"
+        )
     if shards < 1:
         raise DatasetError(f"shards must be at least 1, got {shards}")
     dataset, chosen = scan_sources(root, layout)
     split = split_dataset(dataset, val_fraction, test_fraction, seed)
     out.mkdir(parents=True, exist_ok=True)
     parts = {"train": split.train, "validation": split.val, "test": split.test}
-    shard_files = {name: write_tfrecords(samples, out, name, shards) if samples else []
-                   for name, samples in parts.items()}
+    shard_files = {
+        name: write_tfrecords(samples, out, name, shards) if samples else []
+        for name, samples in parts.items()
+    }
     (out / LABELS_FILE).write_text("".join(f"{i}:{label}\n" for i, label in enumerate(split.labels)))
     split.save(out / SPLIT_FILE)
     result = ImportResult(
-        out_dir=str(out), layout=chosen, labels=split.labels, fingerprint=split.fingerprint,
+        out_dir=str(out),
+        layout=chosen,
+        labels=split.labels,
+        fingerprint=split.fingerprint,
         split_fingerprints={name: dataset_fingerprint(samples) for name, samples in parts.items()},
-        counts={name: {label: sum(1 for s in samples if s.label == label) for label in split.labels}
-                for name, samples in parts.items()},
-        shards=shard_files, skipped=list(dataset.skipped), seed=seed)
+        counts={
+            name: {label: sum(1 for s in samples if s.label == label) for label in split.labels}
+            for name, samples in parts.items()
+        },
+        shards=shard_files,
+        skipped=list(dataset.skipped),
+        seed=seed,
+    )
     (out / DATASET_FILE).write_text(json.dumps(result.to_json(), indent=2))
-    log.info(kv("imported", out=out, layout=chosen, fingerprint=split.fingerprint[:16],
-                train=len(split.train), validation=len(split.val), test=len(split.test),
-                skipped=len(dataset.skipped)))
+    log.info(
+        kv(
+            "imported",
+            out=out,
+            layout=chosen,
+            fingerprint=split.fingerprint[:16],
+            train=len(split.train),
+            validation=len(split.val),
+            test=len(split.test),
+            skipped=len(dataset.skipped),
+        )
+    )
     return result
 
 
@@ -296,7 +362,8 @@ def load_import(out_dir: str | Path) -> tuple[ImportResult, Split]:
     try:
         data = json.loads((out / DATASET_FILE).read_text())
     except OSError as exc:
-        raise DatasetError(f"{out}: no {DATASET_FILE} ({exc.strerror}); "
-                           "run `leukonet trainer import` first") from exc
+        raise DatasetError(
+            f"{out}: no {DATASET_FILE} ({exc.strerror}); run `leukonet trainer import` first"
+        ) from exc
     data["skipped"] = [Skipped(**s) for s in data["skipped"]]
     return ImportResult(**data), Split.load(out / SPLIT_FILE)

@@ -84,8 +84,13 @@ class Int8Report(BaseModel):
         return dict(self.model_dump())
 
 
-def quantize_int8(fp32_xml: str | Path, out_xml: str | Path, calibration_crops: list[np.ndarray], *,
-                  preset: Preset = "performance") -> Path:
+def quantize_int8(
+    fp32_xml: str | Path,
+    out_xml: str | Path,
+    calibration_crops: list[np.ndarray],
+    *,
+    preset: Preset = "performance",
+) -> Path:
     """Quantize the FP32 IR ``fp32_xml`` to INT8 and save it as ``out_xml`` (+ ``.bin``).
 
     Args:
@@ -109,9 +114,11 @@ def quantize_int8(fp32_xml: str | Path, out_xml: str | Path, calibration_crops: 
     if preset not in PRESETS:
         raise ValueError(f"unknown INT8 preset {preset!r}; use one of {', '.join(PRESETS)}")
     if len(calibration_crops) < MIN_CALIBRATION_IMAGES:
-        raise ValueError(f"INT8 calibration needs at least {MIN_CALIBRATION_IMAGES} images, got "
-                         f"{len(calibration_crops)}; pass more training images (a larger training split) "
-                         "or skip INT8")
+        raise ValueError(
+            f"INT8 calibration needs at least {MIN_CALIBRATION_IMAGES} images, got "
+            f"{len(calibration_crops)}; pass more training images (a larger training split) "
+            "or skip INT8"
+        )
     import nncf
     import openvino as ov
 
@@ -122,14 +129,24 @@ def quantize_int8(fp32_xml: str | Path, out_xml: str | Path, calibration_crops: 
     want = contract[0][1:]
     for i, crop in enumerate(calibration_crops):
         if crop.dtype != np.uint8 or list(crop.shape) != want:
-            raise ValueError(f"calibration crop {i} is {crop.dtype} {list(crop.shape)}, the IR wants uint8 "
-                             f"{want}; crop and resize with shared.preprocessing.crop_and_resize")
+            raise ValueError(
+                f"calibration crop {i} is {crop.dtype} {list(crop.shape)}, the IR wants uint8 "
+                f"{want}; crop and resize with shared.preprocessing.crop_and_resize"
+            )
 
     tty = sys.stderr.isatty()
     start = time.monotonic()
-    log.info(kv("int8-quantize", source=fp32_xml, images=len(calibration_crops), preset=preset,
-                nncf=nncf.__version__))
+    log.info(
+        kv(
+            "int8-quantize",
+            source=fp32_xml,
+            images=len(calibration_crops),
+            preset=preset,
+            nncf=nncf.__version__,
+        )
+    )
     with Progress(len(calibration_crops), "int8-calibration", log, unit="img", tty=tty) as progress:
+
         def feed(crop: np.ndarray) -> dict[str, np.ndarray]:
             # NNCF calls this once per image and pass; progress counts the first pass only.
             if progress.n < progress.total:
@@ -137,27 +154,40 @@ def quantize_int8(fp32_xml: str | Path, out_xml: str | Path, calibration_crops: 
             return {INPUT_NAME: crop[None]}
 
         with _nncf_output_routed(tty):
-            quantized = nncf.quantize(model, nncf.Dataset(calibration_crops, feed),
-                                      preset=nncf.QuantizationPreset(preset),
-                                      subset_size=len(calibration_crops))
+            quantized = nncf.quantize(
+                model,
+                nncf.Dataset(calibration_crops, feed),
+                preset=nncf.QuantizationPreset(preset),
+                subset_size=len(calibration_crops),
+            )
     got = _contract(quantized, f"the model NNCF {nncf.__version__} quantized", Int8Error)
     if got != contract:
-        raise Int8Error(f"NNCF {nncf.__version__} changed the IR input from {contract[1]} {contract[0]} to "
-                        f"{got[1]} {got[0]}; agents could not feed this model. Ship the FP32/FP16 IRs "
-                        "without INT8 and report the NNCF version")
+        raise Int8Error(
+            f"NNCF {nncf.__version__} changed the IR input from {contract[1]} {contract[0]} to "
+            f"{got[1]} {got[0]}; agents could not feed this model. Ship the FP32/FP16 IRs "
+            "without INT8 and report the NNCF version"
+        )
 
     out = Path(out_xml)
     out.parent.mkdir(parents=True, exist_ok=True)
     # save_model compresses float weights to FP16 by default; the INT8 IR keeps its float parts FP32.
     ov.save_model(quantized, str(out), compress_to_fp16=False)
     fake_quantize = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
-    log.info(kv("int8-saved", path=out, fake_quantize=fake_quantize,
-                bin_bytes=out.with_suffix(".bin").stat().st_size, seconds=f"{time.monotonic() - start:.1f}"))
+    log.info(
+        kv(
+            "int8-saved",
+            path=out,
+            fake_quantize=fake_quantize,
+            bin_bytes=out.with_suffix(".bin").stat().st_size,
+            seconds=f"{time.monotonic() - start:.1f}",
+        )
+    )
     return out
 
 
-def compare_int8(fp32_xml: str | Path, int8_xml: str | Path, crops: list[np.ndarray], labels: list[int]
-                 ) -> Int8Report:
+def compare_int8(
+    fp32_xml: str | Path, int8_xml: str | Path, crops: list[np.ndarray], labels: list[int]
+) -> Int8Report:
     """Run both IRs on labelled ``crops`` (the **test** split) and report accuracy and agreement.
 
     Nothing here fails on a bad delta: the report is returned for the caller to record and judge.
@@ -188,19 +218,36 @@ def compare_int8(fp32_xml: str | Path, int8_xml: str | Path, crops: list[np.ndar
     p32, p8 = np.stack(p32s), np.stack(p8s)
     y = np.asarray(labels)
     if y.min() < 0 or y.max() >= p32.shape[1]:
-        raise ValueError(f"labels must be indices in [0, {p32.shape[1]}) (the model has {p32.shape[1]} "
-                         f"outputs), got {sorted(set(labels))}")
+        raise ValueError(
+            f"labels must be indices in [0, {p32.shape[1]}) (the model has {p32.shape[1]} "
+            f"outputs), got {sorted(set(labels))}"
+        )
     top32, top8 = p32.argmax(axis=1), p8.argmax(axis=1)
     per_image = np.abs(p8 - p32).max(axis=1)
     accuracy_fp32, accuracy_int8 = float(np.mean(top32 == y)), float(np.mean(top8 == y))
-    report = Int8Report(n=len(crops), accuracy_fp32=accuracy_fp32, accuracy_int8=accuracy_int8,
-                        accuracy_delta=accuracy_int8 - accuracy_fp32,
-                        top1_agreement=float(np.mean(top32 == top8)), max_abs_diff=float(per_image.max()),
-                        mean_abs_diff=float(per_image.mean()), calibration_images=calibration_images,
-                        preset=preset, nncf_version=version)
-    log.info(kv("int8-compared", n=report.n, accuracy_fp32=f"{accuracy_fp32:.4f}",
-                accuracy_int8=f"{accuracy_int8:.4f}", delta=f"{report.accuracy_delta:+.4f}",
-                agreement=f"{report.top1_agreement:.4f}", max_abs_diff=f"{report.max_abs_diff:.2e}"))
+    report = Int8Report(
+        n=len(crops),
+        accuracy_fp32=accuracy_fp32,
+        accuracy_int8=accuracy_int8,
+        accuracy_delta=accuracy_int8 - accuracy_fp32,
+        top1_agreement=float(np.mean(top32 == top8)),
+        max_abs_diff=float(per_image.max()),
+        mean_abs_diff=float(per_image.mean()),
+        calibration_images=calibration_images,
+        preset=preset,
+        nncf_version=version,
+    )
+    log.info(
+        kv(
+            "int8-compared",
+            n=report.n,
+            accuracy_fp32=f"{accuracy_fp32:.4f}",
+            accuracy_int8=f"{accuracy_int8:.4f}",
+            delta=f"{report.accuracy_delta:+.4f}",
+            agreement=f"{report.top1_agreement:.4f}",
+            max_abs_diff=f"{report.max_abs_diff:.2e}",
+        )
+    )
     return report
 
 
@@ -211,13 +258,17 @@ def _contract(model: Any, what: str, error: type[Exception]) -> tuple[list[int],
         error: not one input and one output, or they are not named ``input``/``probabilities``.
     """
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise error(f"{what} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; the leukonet "
-                    "IR contract is one input and one output (export it with trainer.export)")
+        raise error(
+            f"{what} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; the leukonet "
+            "IR contract is one input and one output (export it with trainer.export)"
+        )
     inp, out = model.input(), model.output()
     in_names, out_names = tuple(sorted(inp.get_names())), tuple(sorted(out.get_names()))
     if INPUT_NAME not in in_names or OUTPUT_NAME not in out_names:
-        raise error(f"{what} has input {list(in_names)} and output {list(out_names)}; agents need "
-                    f"{INPUT_NAME!r} and {OUTPUT_NAME!r} (export it with trainer.export)")
+        raise error(
+            f"{what} has input {list(in_names)} and output {list(out_names)}; agents need "
+            f"{INPUT_NAME!r} and {OUTPUT_NAME!r} (export it with trainer.export)"
+        )
     shape = [int(d) for d in inp.get_partial_shape().to_shape()]
     return shape, inp.get_element_type().get_type_name()
 
@@ -233,8 +284,10 @@ def _nncf_rt_info(xml_path: str | Path) -> tuple[int, str, str]:
     model = ov.Core().read_model(str(xml_path))
     keys = [[*_RT_INFO, "subset_size"], [*_RT_INFO, "preset"], ["nncf", "version"]]
     if not all(model.has_rt_info(k) for k in keys):
-        raise ValueError(f"{xml_path} holds no NNCF quantization record (rt_info nncf/quantization); "
-                         "pass the IR written by trainer.int8.quantize_int8")
+        raise ValueError(
+            f"{xml_path} holds no NNCF quantization record (rt_info nncf/quantization); "
+            "pass the IR written by trainer.int8.quantize_int8"
+        )
     subset, preset, version = (str(model.get_rt_info(k).astype(str)) for k in keys)
     return int(subset), preset, version
 
@@ -259,4 +312,3 @@ def _nncf_output_routed(tty: bool) -> Iterator[None]:
     finally:
         nncf_logger.handlers, nncf_logger.propagate = saved[0], saved[1]
         nncf_logger.setLevel(saved[2])
-

@@ -50,12 +50,23 @@ class NetworkSpec:
     def check_image_size(self, image_size: int) -> None:
         """Raise ValueError when ``image_size`` is too small for this network."""
         if image_size < self.min_image_size:
-            raise ValueError(f"image size {image_size} is too small for {self.name}: "
-                             f"use at least {self.min_image_size} px (default {self.default_image_size})")
+            raise ValueError(
+                f"image size {image_size} is too small for {self.name}: "
+                f"use at least {self.min_image_size} px (default {self.default_image_size})"
+            )
 
-    def build(self, images: Any, num_classes: int, *, is_training: bool, depth_multiplier: float = 1.0,
-              inference: bool = False, weight_decay: float = 4e-5, batch_norm_decay: float = 0.9997,
-              reuse: bool | None = None) -> tuple[Any, dict[str, Any]]:
+    def build(
+        self,
+        images: Any,
+        num_classes: int,
+        *,
+        is_training: bool,
+        depth_multiplier: float = 1.0,
+        inference: bool = False,
+        weight_decay: float = 4e-5,
+        batch_norm_decay: float = 0.9997,
+        reuse: bool | None = None,
+    ) -> tuple[Any, dict[str, Any]]:
         """Build the network on ``images`` ([B, S, S, 3] float32 in [-1, 1], RGB) in the current graph.
 
         The auxiliary head is created only for training graphs whose input is at least
@@ -79,17 +90,36 @@ class NetworkSpec:
             warnings.filterwarnings("ignore", message=_SLIM_APPLY_WARNING, category=UserWarning)
             scope = self.arg_scope_fn(weight_decay=weight_decay, batch_norm_decay=batch_norm_decay)
             with slim.arg_scope(scope):
-                return self.network_fn(images, num_classes=num_classes, is_training=is_training,
-                                       depth_multiplier=depth_multiplier, create_aux_logits=aux, reuse=reuse)
+                return self.network_fn(
+                    images,
+                    num_classes=num_classes,
+                    is_training=is_training,
+                    depth_multiplier=depth_multiplier,
+                    create_aux_logits=aux,
+                    reuse=reuse,
+                )
 
 
-def _inception_v3_fn(images: Any, *, num_classes: int, is_training: bool, depth_multiplier: float,
-                     create_aux_logits: bool, reuse: bool | None) -> tuple[Any, dict[str, Any]]:
+def _inception_v3_fn(
+    images: Any,
+    *,
+    num_classes: int,
+    is_training: bool,
+    depth_multiplier: float,
+    create_aux_logits: bool,
+    reuse: bool | None,
+) -> tuple[Any, dict[str, Any]]:
     from tf_slim.nets import inception_v3
 
     logits, end_points = inception_v3.inception_v3(
-        images, num_classes=num_classes, is_training=is_training, depth_multiplier=depth_multiplier,
-        create_aux_logits=create_aux_logits, reuse=reuse, scope="InceptionV3")
+        images,
+        num_classes=num_classes,
+        is_training=is_training,
+        depth_multiplier=depth_multiplier,
+        create_aux_logits=create_aux_logits,
+        reuse=reuse,
+        scope="InceptionV3",
+    )
     return logits, end_points
 
 

@@ -73,8 +73,9 @@ def parity_images(split: Split, work_dir: Path, count: int = MAX_PARITY_IMAGES) 
     return [s.path for s in samples]
 
 
-def export_step(work_dir: str | Path, *, int8: bool = False,
-                calibration_images: int = INT8_CALIBRATION_IMAGES) -> dict[str, Any]:
+def export_step(
+    work_dir: str | Path, *, int8: bool = False, calibration_images: int = INT8_CALIBRATION_IMAGES
+) -> dict[str, Any]:
     """Freeze the checkpoint and export IR FP32/FP16 with the parity check into ``work_dir/export``.
 
     With ``int8``, the FP32 IR is also quantized (NNCF, calibrated on up to
@@ -87,9 +88,14 @@ def export_step(work_dir: str | Path, *, int8: bool = False,
     result = load_train_result(work_dir)
     cfg = result.config
     out = Path(work_dir) / EXPORT_DIR
-    frozen = freeze(result.checkpoint_path, out / FROZEN_GRAPH, network=cfg.network,
-                    num_classes=len(result.labels), image_size=cfg.image_size,
-                    depth_multiplier=cfg.depth_multiplier)
+    frozen = freeze(
+        result.checkpoint_path,
+        out / FROZEN_GRAPH,
+        network=cfg.network,
+        num_classes=len(result.labels),
+        image_size=cfg.image_size,
+        depth_multiplier=cfg.depth_multiplier,
+    )
     split = Split.load(result.split_path)
     export(frozen.path, out, cfg.image_size, list(parity_images(split, Path(work_dir))))
     data: dict[str, Any] = json.loads((out / PARITY_FILE).read_text())
@@ -123,11 +129,25 @@ def int8_step(split: Split, work_dir: Path, image_size: int, calibration_images:
 
     int8_xml = quantize_int8(out / IR_FP32, out / IR_INT8, crops(calibration, "int8-calibration"))
     report = compare_int8(out / IR_FP32, int8_xml, crops(test, "int8-test"), [s.label_index for s in test])
-    log.info(kv("int8", accuracy_fp32=report.accuracy_fp32, accuracy_int8=report.accuracy_int8,
-                delta=report.accuracy_delta, agreement=report.top1_agreement, n=report.n))
+    log.info(
+        kv(
+            "int8",
+            accuracy_fp32=report.accuracy_fp32,
+            accuracy_int8=report.accuracy_int8,
+            delta=report.accuracy_delta,
+            agreement=report.top1_agreement,
+            n=report.n,
+        )
+    )
     if report.accuracy_delta < 0:
-        log.warning(kv("int8_accuracy_drop", delta=report.accuracy_delta, n=report.n,
-                       note="INT8 is optional; agents keep using FP32/FP16 unless told otherwise"))
+        log.warning(
+            kv(
+                "int8_accuracy_drop",
+                delta=report.accuracy_delta,
+                n=report.n,
+                note="INT8 is optional; agents keep using FP32/FP16 unless told otherwise",
+            )
+        )
     figures: dict[str, Any] = report.as_manifest()
     return figures
 
@@ -139,8 +159,14 @@ def _read_json(path: Path, step: str) -> dict[str, Any]:
     return data
 
 
-def bundle_step(work_dir: str | Path, *, name: str, version: str, signing_key: str | Path,
-                out_path: str | Path | None = None) -> BundleInfo:
+def bundle_step(
+    work_dir: str | Path,
+    *,
+    name: str,
+    version: str,
+    signing_key: str | Path,
+    out_path: str | Path | None = None,
+) -> BundleInfo:
     """Build and sign ``work_dir/bundle/<name>-<version>.zip`` from the train, eval and export outputs."""
     work = Path(work_dir)
     result = load_train_result(work)
@@ -148,24 +174,42 @@ def bundle_step(work_dir: str | Path, *, name: str, version: str, signing_key: s
     exported = _read_json(work / EXPORT_DIR / PARITY_FILE, "export")
     test = report["metrics"]
     metrics: dict[str, Any] = {
-        "split": report["split"], "n": test["n"], "accuracy": test["accuracy"],
-        "sensitivity": test["sensitivity"], "specificity": test["specificity"],
-        "precision": test["precision"], "f1": test["f1"], "positive_label": test["positive_label"],
-        "confusion_matrix": test["confusion_matrix"], "val_accuracy": result.val_accuracy,
-        "roc_auc": test.get("roc_auc"), "ci95": test.get("ci95", {}),
+        "split": report["split"],
+        "n": test["n"],
+        "accuracy": test["accuracy"],
+        "sensitivity": test["sensitivity"],
+        "specificity": test["specificity"],
+        "precision": test["precision"],
+        "f1": test["f1"],
+        "positive_label": test["positive_label"],
+        "confusion_matrix": test["confusion_matrix"],
+        "val_accuracy": result.val_accuracy,
+        "roc_auc": test.get("roc_auc"),
+        "ci95": test.get("ci95", {}),
     }
     if "int8" in exported:
         metrics["int8"] = exported["int8"]
-    training = {**result.config.for_manifest(), "elapsed_s": result.elapsed_s,
-                "final_loss": result.history[-1].loss if result.history else None}
+    training = {
+        **result.config.for_manifest(),
+        "elapsed_s": result.elapsed_s,
+        "final_loss": result.history[-1].loss if result.history else None,
+    }
     manifest = build_manifest(
-        work / EXPORT_DIR, name=name, version=version, labels=result.labels,
-        image_size=result.config.image_size, metrics=metrics,
+        work / EXPORT_DIR,
+        name=name,
+        version=version,
+        labels=result.labels,
+        image_size=result.config.image_size,
+        metrics=metrics,
         reference_probabilities=exported["reference_probabilities"],
         parity={k: float(v) for k, v in exported["parity"].items()},
-        dataset_fingerprint=result.dataset_fingerprint, training=training,
-        architecture=result.config.network, reference_image=REFERENCE_IMAGE, commit=source_commit(),
-        int8_ir=IR_INT8 if "int8" in exported else None)
+        dataset_fingerprint=result.dataset_fingerprint,
+        training=training,
+        architecture=result.config.network,
+        reference_image=REFERENCE_IMAGE,
+        commit=source_commit(),
+        int8_ir=IR_INT8 if "int8" in exported else None,
+    )
     out = Path(out_path) if out_path else work / BUNDLE_DIR / f"{name}-{version}.zip"
     return make_bundle(work / EXPORT_DIR, manifest, signing_key, out)
 
@@ -188,9 +232,17 @@ class RunSummary:
         return json.dumps(self.__dict__, sort_keys=True)
 
 
-def run_pipeline(config: TrainConfig, *, name: str, version: str, signing_key: str | Path,
-                 hub_url: str | None = None, token: str | None = None,
-                 positive_label: str | None = None, int8: bool = False) -> RunSummary:
+def run_pipeline(
+    config: TrainConfig,
+    *,
+    name: str,
+    version: str,
+    signing_key: str | Path,
+    hub_url: str | None = None,
+    token: str | None = None,
+    positive_label: str | None = None,
+    int8: bool = False,
+) -> RunSummary:
     """Split, train, evaluate, freeze, export (+ parity, + INT8 when asked), bundle, and publish.
 
     Publishing happens when ``hub_url`` is set, as the very last step: a run that fails anywhere
@@ -209,10 +261,17 @@ def run_pipeline(config: TrainConfig, *, name: str, version: str, signing_key: s
     info = bundle_step(config.work_dir, name=name, version=version, signing_key=signing_key)
     published = publish(info.path, hub_url, token or "") if hub_url else None
     summary = RunSummary(
-        bundle=str(info.path), sha256=info.sha256, name=name, version=version, labels=result.labels,
+        bundle=str(info.path),
+        sha256=info.sha256,
+        name=name,
+        version=version,
+        labels=result.labels,
         metrics={k: v for k, v in info.manifest.metrics.items() if k != "reference_probabilities"},
-        parity=dict(info.manifest.parity), val_accuracy=result.val_accuracy,
-        train_elapsed_s=result.elapsed_s, elapsed_s=round(time.monotonic() - started, 2),
-        published=published)
+        parity=dict(info.manifest.parity),
+        val_accuracy=result.val_accuracy,
+        train_elapsed_s=result.elapsed_s,
+        elapsed_s=round(time.monotonic() - started, 2),
+        published=published,
+    )
     log.info(kv("run_done", bundle=info.path, accuracy=report.metrics.accuracy, elapsed_s=summary.elapsed_s))
     return summary

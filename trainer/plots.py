@@ -37,8 +37,13 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float | None, positive_label
         fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
         ax.plot(fpr, tpr, lw=2, label=f"AUC {auc:.3f}" if auc is not None else "AUC n/a")
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-        ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC ({positive_label} positive)",
-               xlim=(0, 1), ylim=(0, 1.02))
+        ax.set(
+            xlabel="1 - specificity",
+            ylabel="sensitivity",
+            title=f"ROC ({positive_label} positive)",
+            xlim=(0, 1),
+            ylim=(0, 1.02),
+        )
         ax.legend(loc="lower right")
         fig.tight_layout()
         fig.savefig(path)
@@ -63,8 +68,14 @@ def plot_confusion(matrix: Sequence[Sequence[int]], labels: Sequence[str], path:
         return path
 
 
-def plot_training(steps: Sequence[int], loss: Sequence[float], accuracy: Sequence[float],
-                  val_steps: Sequence[int], val_accuracy: Sequence[float], path: Path) -> Path:
+def plot_training(
+    steps: Sequence[int],
+    loss: Sequence[float],
+    accuracy: Sequence[float],
+    val_steps: Sequence[int],
+    val_accuracy: Sequence[float],
+    path: Path,
+) -> Path:
     """Training loss (left) and training/validation accuracy (right) over steps."""
     with _pyplot() as plt:
         fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)

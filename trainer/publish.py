@@ -59,8 +59,10 @@ def keygen(out_dir: str | Path) -> tuple[Path, Path]:
     private, public = out / PRIVATE_KEY_FILE, out / PUBLIC_KEY_FILE
     for p in (private, public):
         if p.exists():
-            raise FileExistsError(f"{p} exists; refusing to overwrite a signing key "
-                                  "(agents pin the public key). Choose another --out folder.")
+            raise FileExistsError(
+                f"{p} exists; refusing to overwrite a signing key "
+                "(agents pin the public key). Choose another --out folder."
+            )
     generate_keypair(private, public)
     log.info(kv("keygen", private=private, public=public))
     return private, public
@@ -73,8 +75,9 @@ def source_commit(repo_dir: str | Path | None = None) -> str | None:
         return None
     cwd = Path(repo_dir) if repo_dir else Path(__file__).resolve().parent
     try:
-        done = subprocess.run([git, "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                              timeout=10, check=False)
+        done = subprocess.run(
+            [git, "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.warning(kv("source_commit_unknown", reason=exc))
         return None
@@ -82,12 +85,23 @@ def source_commit(repo_dir: str | Path | None = None) -> str | None:
     return commit if done.returncode == 0 and len(commit) == 40 else None
 
 
-def build_manifest(stage_dir: str | Path, *, name: str, version: str, labels: list[str], image_size: int,
-                   metrics: dict[str, Any], reference_probabilities: list[float] | None,
-                   parity: dict[str, float], dataset_fingerprint: str, training: dict[str, Any],
-                   architecture: str = "inception_v3", reference_image: str | None = REFERENCE_IMAGE,
-                   commit: str | None = None,
-                   int8_ir: str | None = None) -> Manifest:
+def build_manifest(
+    stage_dir: str | Path,
+    *,
+    name: str,
+    version: str,
+    labels: list[str],
+    image_size: int,
+    metrics: dict[str, Any],
+    reference_probabilities: list[float] | None,
+    parity: dict[str, float],
+    dataset_fingerprint: str,
+    training: dict[str, Any],
+    architecture: str = "inception_v3",
+    reference_image: str | None = REFERENCE_IMAGE,
+    commit: str | None = None,
+    int8_ir: str | None = None,
+) -> Manifest:
     """The manifest of the model files staged in ``stage_dir`` (their sha256 are computed here).
 
     Raises:
@@ -113,21 +127,30 @@ def build_manifest(stage_dir: str | Path, *, name: str, version: str, labels: li
         raise BundleError(f"cannot bundle {stage}: missing {missing}; run `leukonet trainer export` first")
     try:
         return Manifest(
-            name=name, version=version, labels=labels, architecture=architecture,
-            input=TensorSpec(name="input", shape=[1, image_size, image_size, 3], dtype="uint8",
-                             layout="NHWC"),
+            name=name,
+            version=version,
+            labels=labels,
+            architecture=architecture,
+            input=TensorSpec(
+                name="input", shape=[1, image_size, image_size, 3], dtype="uint8", layout="NHWC"
+            ),
             output=TensorSpec(name="probabilities", shape=[1, len(labels)], dtype="float32"),
             preprocessing=PreprocessingSpec(image_size=image_size),
-            artifacts=artifacts, files=digest_files(stage, files), metrics=all_metrics,
-            parity=parity, dataset_fingerprint=dataset_fingerprint, training=training,
+            artifacts=artifacts,
+            files=digest_files(stage, files),
+            metrics=all_metrics,
+            parity=parity,
+            dataset_fingerprint=dataset_fingerprint,
+            training=training,
             source_commit=commit,
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise BundleError(f"bundle manifest for {name!r} {version!r} is invalid: {exc}") from exc
 
 
-def make_bundle(stage_dir: str | Path, manifest: Manifest, signing_key: str | Path, out_path: str | Path
-                ) -> BundleInfo:
+def make_bundle(
+    stage_dir: str | Path, manifest: Manifest, signing_key: str | Path, out_path: str | Path
+) -> BundleInfo:
     """Sign ``manifest`` with the private key at ``signing_key`` and zip the staged files.
 
     Raises:
@@ -165,25 +188,42 @@ def publish(bundle_path: str | Path, hub_url: str, token: str, timeout: float = 
     if not path.is_file():
         raise FileNotFoundError(f"bundle {path} does not exist; build it with `leukonet trainer run` first")
     if not token:
-        raise PublishError("no hub token: pass --token or set LEUKONET_TRAINER_TOKEN "
-                           "(a token with the trainer or admin role in the hub config)")
+        raise PublishError(
+            "no hub token: pass --token or set LEUKONET_TRAINER_TOKEN "
+            "(a token with the trainer or admin role in the hub config)"
+        )
     url = hub_url.rstrip("/") + "/api/v1/models"
     try:
         with open(path, "rb") as fh:
-            response = requests.post(url, files={"bundle": (path.name, fh, "application/zip")},
-                                     headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+            response = requests.post(
+                url,
+                files={"bundle": (path.name, fh, "application/zip")},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=timeout,
+            )
     except requests.RequestException as exc:
         raise PublishError(f"cannot reach the hub at {url}: {exc}") from exc
     if response.status_code >= 400:
-        hint = {401: " (check the token)", 403: " (the token needs the trainer or admin role)",
-                409: " (this name + version is already published: bump --version)",
-                413: " (bundle too large for the hub's upload limit)"}.get(response.status_code, "")
-        raise PublishError(f"hub refused {path.name}: HTTP {response.status_code} "
-                           f"{_hub_error(response)}{hint}")
+        hint = {
+            401: " (check the token)",
+            403: " (the token needs the trainer or admin role)",
+            409: " (this name + version is already published: bump --version)",
+            413: " (bundle too large for the hub's upload limit)",
+        }.get(response.status_code, "")
+        raise PublishError(
+            f"hub refused {path.name}: HTTP {response.status_code} {_hub_error(response)}{hint}"
+        )
     try:
         model: dict[str, Any] = response.json()
     except ValueError as exc:
         raise PublishError(f"hub answered HTTP {response.status_code} without JSON from {url}") from exc
-    log.info(kv("published", url=url, name=model.get("name"), version=model.get("version"),
-                sha256=model.get("sha256")))
+    log.info(
+        kv(
+            "published",
+            url=url,
+            name=model.get("name"),
+            version=model.get("version"),
+            sha256=model.get("sha256"),
+        )
+    )
     return model

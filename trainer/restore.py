@@ -43,8 +43,10 @@ def resolve_checkpoint(path: str | Path) -> str:
         return str(latest)
     if Path(str(p) + ".index").is_file():
         return str(p)
-    raise CheckpointError(f"checkpoint {p} not found: pass the prefix (e.g. /models/inception_v3.ckpt, "
-                          "as extracted from inception_v3_2016_08_28.tar.gz) or a folder of checkpoints")
+    raise CheckpointError(
+        f"checkpoint {p} not found: pass the prefix (e.g. /models/inception_v3.ckpt, "
+        "as extracted from inception_v3_2016_08_28.tar.gz) or a folder of checkpoints"
+    )
 
 
 def in_scopes(name: str, scopes: Iterable[str]) -> bool:
@@ -72,8 +74,9 @@ def restore_saver(checkpoint: str, exclusions: Sequence[str], variables: Sequenc
     candidates = list(variables) if variables is not None else list(slim.get_model_variables())
     chosen = variables_to_restore(candidates, exclusions)
     if not chosen:
-        raise CheckpointError(f"no variable to restore from {checkpoint}: "
-                              f"all are excluded by {list(exclusions)}")
+        raise CheckpointError(
+            f"no variable to restore from {checkpoint}: all are excluded by {list(exclusions)}"
+        )
     shapes = dict(tf.train.list_variables(checkpoint))
     problems = []
     for v in chosen:
@@ -88,7 +91,15 @@ def restore_saver(checkpoint: str, exclusions: Sequence[str], variables: Sequenc
         raise CheckpointError(
             f"checkpoint {checkpoint} does not fit the network: {'; '.join(problems[:8])}{more}. "
             "Use the same network and --depth-multiplier as the checkpoint (1.0 for the official "
-            "inception_v3.ckpt) and exclude the heads whose class count differs")
-    log.info(kv("restore_plan", checkpoint=checkpoint, restore=len(chosen),
-                excluded=len(candidates) - len(chosen), exclusions=",".join(exclusions)))
+            "inception_v3.ckpt) and exclude the heads whose class count differs"
+        )
+    log.info(
+        kv(
+            "restore_plan",
+            checkpoint=checkpoint,
+            restore=len(chosen),
+            excluded=len(candidates) - len(chosen),
+            exclusions=",".join(exclusions),
+        )
+    )
     return tf.compat.v1.train.Saver(var_list=chosen)

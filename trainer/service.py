@@ -134,8 +134,10 @@ def inside(root: Path | None, relative: str, what: str, setting: str) -> Path:
         JobError: no root configured, or the path escapes it.
     """
     if root is None:
-        raise JobError(f"this trainer has no {setting} configured, so it cannot resolve the {what} "
-                       f"{relative!r}; set LEUKONET_TRAINER_{setting.upper()}")
+        raise JobError(
+            f"this trainer has no {setting} configured, so it cannot resolve the {what} "
+            f"{relative!r}; set LEUKONET_TRAINER_{setting.upper()}"
+        )
     base = root.resolve()
     path = (base / relative).resolve()
     if path != base and base not in path.parents:
@@ -145,12 +147,35 @@ def inside(root: Path | None, relative: str, what: str, setting: str) -> Path:
 
 def run_args(spec: TrainingJobSpec, data: Path, work: Path, checkpoint: Path | None) -> list[str]:
     """``leukonet trainer run`` arguments for ``spec`` (no secrets, no publishing)."""
-    args = ["run", "--data", str(data), "--work", str(work), "--name", spec.name, "--version", spec.version,
-            "--mode", spec.mode, "--image-size", str(spec.image_size),
-            "--depth-multiplier", str(spec.depth_multiplier), "--steps", str(spec.steps),
-            "--batch-size", str(spec.batch_size), "--learning-rate", str(spec.learning_rate),
-            "--seed", str(spec.seed), "--class-weighting", spec.class_weighting,
-            "--augmentations", str(spec.augmentations)]
+    args = [
+        "run",
+        "--data",
+        str(data),
+        "--work",
+        str(work),
+        "--name",
+        spec.name,
+        "--version",
+        spec.version,
+        "--mode",
+        spec.mode,
+        "--image-size",
+        str(spec.image_size),
+        "--depth-multiplier",
+        str(spec.depth_multiplier),
+        "--steps",
+        str(spec.steps),
+        "--batch-size",
+        str(spec.batch_size),
+        "--learning-rate",
+        str(spec.learning_rate),
+        "--seed",
+        str(spec.seed),
+        "--class-weighting",
+        spec.class_weighting,
+        "--augmentations",
+        str(spec.augmentations),
+    ]
     if checkpoint is not None:
         args += ["--checkpoint", str(checkpoint)]
     if spec.trainable_scopes:
@@ -211,11 +236,14 @@ def progress_from_line(line: str) -> JobProgress | None:
     if at < 0:
         return None
     try:
-        _, fields = parse_kv(line[at + 1:])
-        return JobProgress(phase=fields["task"][:64], done=int(fields["done"]), total=int(fields["total"]),
-                           eta_s=float(fields["eta_s"]) if "eta_s" in fields else None,
-                           detail={k: v[:64] for k, v in list(fields.items())[:22]
-                                   if k not in _STANDARD_FIELDS})
+        _, fields = parse_kv(line[at + 1 :])
+        return JobProgress(
+            phase=fields["task"][:64],
+            done=int(fields["done"]),
+            total=int(fields["total"]),
+            eta_s=float(fields["eta_s"]) if "eta_s" in fields else None,
+            detail={k: v[:64] for k, v in list(fields.items())[:22] if k not in _STANDARD_FIELDS},
+        )
     except (KeyError, ValueError, ValidationError):
         return None
 
@@ -223,18 +251,26 @@ def progress_from_line(line: str) -> JobProgress | None:
 class TrainerService:
     """Claims and runs jobs until :meth:`stop`; see the module docstring."""
 
-    def __init__(self, config: TrainerConfig, client: JobsClient | None = None,
-                 child_command: Callable[[list[str]], list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainerConfig,
+        client: JobsClient | None = None,
+        child_command: Callable[[list[str]], list[str]] | None = None,
+    ) -> None:
         if not config.hub_url or config.token is None:
-            raise ValueError("trainer serve needs hub_url and token (LEUKONET_TRAINER_HUB_URL, "
-                             "LEUKONET_TRAINER_TOKEN)")
+            raise ValueError(
+                "trainer serve needs hub_url and token (LEUKONET_TRAINER_HUB_URL, LEUKONET_TRAINER_TOKEN)"
+            )
         if config.signing_key is None:
-            raise ValueError("trainer serve needs signing_key (LEUKONET_TRAINER_SIGNING_KEY); "
-                             "create one with `leukonet trainer keygen`")
+            raise ValueError(
+                "trainer serve needs signing_key (LEUKONET_TRAINER_SIGNING_KEY); "
+                "create one with `leukonet trainer keygen`"
+            )
         self.config = config
         self.client = client or JobsClient(config.hub_url, config.token.get_secret_value(), config.worker)
-        self.child_command = child_command or (lambda args: [sys.executable, "-m", "shared.cli", "trainer",
-                                                             *args])
+        self.child_command = child_command or (
+            lambda args: [sys.executable, "-m", "shared.cli", "trainer", *args]
+        )
         self._stop = threading.Event()
         self._stop_reason = ""
         self.jobs_done = 0
@@ -246,8 +282,15 @@ class TrainerService:
 
     def serve(self, max_jobs: int | None = None) -> int:
         """Run jobs until stopped (or ``max_jobs`` jobs ran); returns the number of jobs run."""
-        log.info(kv("trainer_serve", hub=self.config.hub_url, worker=self.config.worker,
-                    data_root=self.config.data_root, work_root=self.config.work_root))
+        log.info(
+            kv(
+                "trainer_serve",
+                hub=self.config.hub_url,
+                worker=self.config.worker,
+                data_root=self.config.data_root,
+                work_root=self.config.work_root,
+            )
+        )
         while not self._stop.is_set() and (max_jobs is None or self.jobs_done < max_jobs):
             try:
                 job = self.client.claim()
@@ -283,8 +326,15 @@ class TrainerService:
             log.exception(kv("job_crashed", job=job_id))
             self._report_failure(job_id, f"trainer service error: {type(exc).__name__}: {exc}")
             return "failed"
-        log.info(kv("job_done", job=job_id, model=f"{finish.model_name}:{finish.model_version}",
-                    sha256=finish.sha256[:16], elapsed_s=f"{finish.elapsed_s:.1f}"))
+        log.info(
+            kv(
+                "job_done",
+                job=job_id,
+                model=f"{finish.model_name}:{finish.model_version}",
+                sha256=finish.sha256[:16],
+                elapsed_s=f"{finish.elapsed_s:.1f}",
+            )
+        )
         return "succeeded"
 
     def _report_failure(self, job_id: str, error: str) -> None:
@@ -306,10 +356,15 @@ class TrainerService:
 
         data = inside(self.config.data_root, spec.dataset, "dataset", "data_root")
         if not data.is_dir():
-            raise JobError(f"dataset {spec.dataset!r} is not a folder under the trainer's data_root "
-                           f"({data}); import it there with `leukonet trainer import`")
-        checkpoint = (inside(self.config.checkpoint_root, spec.checkpoint, "checkpoint", "checkpoint_root")
-                      if spec.checkpoint else None)
+            raise JobError(
+                f"dataset {spec.dataset!r} is not a folder under the trainer's data_root "
+                f"({data}); import it there with `leukonet trainer import`"
+            )
+        checkpoint = (
+            inside(self.config.checkpoint_root, spec.checkpoint, "checkpoint", "checkpoint_root")
+            if spec.checkpoint
+            else None
+        )
         work = self.config.work_root / job_id
         if work.exists():
             shutil.rmtree(work)
@@ -324,9 +379,14 @@ class TrainerService:
         # Published: a cancel that arrives now is too late to matter; `finish` says the rest.
         with contextlib.suppress(JobError):
             self._cancel_requested(job_id, JobProgress(phase="publish", done=1, total=1))
-        finish = JobFinish(model_name=spec.name, model_version=spec.version, sha256=summary["sha256"],
-                           metrics=summary.get("metrics", {}), parity=summary.get("parity", {}),
-                           elapsed_s=round(time.monotonic() - started, 2))
+        finish = JobFinish(
+            model_name=spec.name,
+            model_version=spec.version,
+            sha256=summary["sha256"],
+            metrics=summary.get("metrics", {}),
+            parity=summary.get("parity", {}),
+            elapsed_s=round(time.monotonic() - started, 2),
+        )
         self.client.finish(job_id, finish)
         return finish
 
@@ -348,22 +408,31 @@ class TrainerService:
             _Cancelled: the operator cancelled, or the service is stopping.
             JobError: the child failed (the message holds its error line).
         """
-        env = {**os.environ, "LEUKONET_TRAINER_SIGNING_KEY": str(self.config.signing_key),
-               "LEUKONET_TRAINER_THREADS": str(self.config.threads),
-               "LEUKONET_TRAINER_LOG_LEVEL": self.config.log_level, "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "LEUKONET_TRAINER_SIGNING_KEY": str(self.config.signing_key),
+            "LEUKONET_TRAINER_THREADS": str(self.config.threads),
+            "LEUKONET_TRAINER_LOG_LEVEL": self.config.log_level,
+            "PYTHONUNBUFFERED": "1",
+        }
         for key in ("LEUKONET_TRAINER_TOKEN", "LEUKONET_TRAINER_HUB_URL"):
             env.pop(key, None)  # the child does not publish; it needs no hub secret
         command = self.child_command(args)
         log.info(kv("job_child", job=job_id, command=" ".join(command)))
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                              start_new_session=True) as child:
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True
+        ) as child:
             assert child.stdout is not None and child.stderr is not None
             stdout = child.stdout
             tail: deque[str] = deque(maxlen=TAIL_LINES)
             forwarder = _Forwarder(child.stderr, tail)
             stdout_lines: list[str] = []
-            reader = threading.Thread(target=lambda: stdout_lines.extend(
-                raw.decode("utf-8", "replace") for raw in iter(stdout.readline, b"")), daemon=True)
+            reader = threading.Thread(
+                target=lambda: stdout_lines.extend(
+                    raw.decode("utf-8", "replace") for raw in iter(stdout.readline, b"")
+                ),
+                daemon=True,
+            )
             reader.start()
             try:
                 reason, by_operator = self._watch(job_id, child, forwarder)
@@ -390,8 +459,9 @@ class TrainerService:
         while child.poll() is None:
             self._stop.wait(0.5)
             if self._stop.is_set():
-                return (f"the trainer service was {self._stop_reason} while the job ran; "
-                        "nothing was published"), False
+                return (
+                    f"the trainer service was {self._stop_reason} while the job ran; nothing was published"
+                ), False
             progress, phase_changed = forwarder.take()
             now = time.monotonic()
             due = now - last_sent >= self.config.progress_interval_s

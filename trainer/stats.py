@@ -50,8 +50,9 @@ def auc_interval(auc: float, n_pos: int, n_neg: int, z: float = Z95) -> tuple[fl
     """Hanley & McNeil's 95 % interval of an AUC from ``n_pos`` positives and ``n_neg`` negatives."""
     q1 = auc / (2 - auc)
     q2 = 2 * auc * auc / (1 + auc)
-    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc)
-           + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (
+        n_pos * n_neg
+    )
     half = z * math.sqrt(max(var, 0.0))
     return max(0.0, auc - half), min(1.0, auc + half)
 

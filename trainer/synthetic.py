@@ -82,8 +82,18 @@ def _disc_mask(size: int, cx: float, cy: float, ax: float, ay: float, angle_deg:
     shift = 4
     mask = np.zeros((size, size), np.uint8)
     scale = 1 << shift
-    cv2.ellipse(mask, (round(cx * scale), round(cy * scale)), (round(ax * scale), round(ay * scale)),
-                angle_deg, 0, 360, (255,), -1, lineType=cv2.LINE_AA, shift=shift)
+    cv2.ellipse(
+        mask,
+        (round(cx * scale), round(cy * scale)),
+        (round(ax * scale), round(ay * scale)),
+        angle_deg,
+        0,
+        360,
+        (255,),
+        -1,
+        lineType=cv2.LINE_AA,
+        shift=shift,
+    )
     return mask.astype(np.float32) / 255.0
 
 
@@ -104,31 +114,35 @@ def _red_cells(rng: np.random.Generator, size: int, eosin: float) -> np.ndarray:
     return od
 
 
-def _white_cell(rng: np.random.Generator, size: int, blast: bool, stain: float
-                ) -> tuple[np.ndarray, np.ndarray]:
+def _white_cell(
+    rng: np.random.Generator, size: int, blast: bool, stain: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Optical density [S, S, 3] of one lymphocyte or lymphoblast and its cell mask [S, S]."""
     n = 256
     theta = np.linspace(0.0, 2 * np.pi, n, endpoint=False)
     cx, cy = size / 2 + rng.uniform(-0.08, 0.08, size=2) * size
     # Cell (cytoplasm) outline: near round.
     cell_r = size * (rng.uniform(0.13, 0.21) if blast else rng.uniform(0.09, 0.14))
-    cell_shape = 1.0 + sum(rng.uniform(0.0, 0.03) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-                           for k in (2, 3))
+    cell_shape = 1.0 + sum(
+        rng.uniform(0.0, 0.03) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3)
+    )
     cell_mask = _polygon_mask(size, cx, cy, cell_r * cell_shape, theta)
     # Nucleus: a blast's fills most of the cell, irregular and often cleaved; a lymphocyte's
     # is round and dense with a thin, often eccentric rim of cytoplasm.
     if blast:
         nuc_r = cell_r * rng.uniform(0.76, 0.88)
-        wobble = 1.0 + sum(rng.uniform(0.03, 0.08) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-                           for k in (2, 3, 4, 5))
+        wobble = 1.0 + sum(
+            rng.uniform(0.03, 0.08) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4, 5)
+        )
         if rng.random() < 0.75:
             phi = rng.uniform(0, 2 * np.pi)
             d = np.angle(np.exp(1j * (theta - phi)))
             wobble = wobble * (1.0 - rng.uniform(0.25, 0.45) * np.exp(-((d / rng.uniform(0.12, 0.28)) ** 2)))
     else:
         nuc_r = cell_r * rng.uniform(0.80, 0.9)
-        wobble = 1.0 + sum(rng.uniform(0.0, 0.025) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-                           for k in (2, 3))
+        wobble = 1.0 + sum(
+            rng.uniform(0.0, 0.025) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3)
+        )
     room = max(cell_r - nuc_r, 0.0) * 0.8
     off = rng.uniform(0.0, room) * np.exp(1j * rng.uniform(0, 2 * np.pi))
     ncx, ncy = cx + off.real, cy + off.imag
@@ -180,16 +194,22 @@ def render_smear(rng: np.random.Generator, label: str, size: int) -> np.ndarray:
 
     # Optics and sensor: rotation about the centre, defocus blur, noise.
     matrix = cv2.getRotationMatrix2D((size / 2, size / 2), rng.uniform(0, 360), 1.0)
-    rgb = cv2.warpAffine(rgb.astype(np.float32), matrix, (size, size), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REFLECT_101)
+    rgb = cv2.warpAffine(
+        rgb.astype(np.float32),
+        matrix,
+        (size, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT_101,
+    )
     rgb = cv2.GaussianBlur(rgb, (0, 0), rng.uniform(0.4, 1.2) * size / 128)
     rgb = rgb + rng.normal(0.0, rng.uniform(0.005, 0.02), size=rgb.shape).astype(np.float32)
     rgb8 = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(rgb8[..., ::-1])
 
 
-def generate_dataset(out_dir: str | Path, per_class: int, image_size: int = 256, seed: int = 0
-                     ) -> GeneratedDataset:
+def generate_dataset(
+    out_dir: str | Path, per_class: int, image_size: int = 256, seed: int = 0
+) -> GeneratedDataset:
     """Write ``per_class`` images of each class to ``out_dir/ALL/*.jpg`` and ``out_dir/normal/*.jpg``.
 
     Images are JPEG quality 95, ``image_size`` pixels square, named ``<label>-<index>.jpg``.
@@ -207,8 +227,9 @@ def generate_dataset(out_dir: str | Path, per_class: int, image_size: int = 256,
     for label in LABELS:
         folder = out / label
         if folder.is_dir() and any(folder.iterdir()):
-            raise ValueError(f"{folder} already holds files; generate into an empty folder "
-                             "so two data sets never mix")
+            raise ValueError(
+                f"{folder} already holds files; generate into an empty folder so two data sets never mix"
+            )
     files: dict[str, list[Path]] = {label: [] for label in LABELS}
     with Progress(per_class * len(LABELS), "generate", log, unit="img") as progress:
         for class_index, label in enumerate(LABELS):

@@ -49,20 +49,27 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, title="training run")
 
-    data_dir: Path = Field(title="import folder (`leukonet trainer import`: its split and TFRecords) or a "
-                                 "class-per-folder image set (one sub-folder per label)")
+    data_dir: Path = Field(
+        title="import folder (`leukonet trainer import`: its split and TFRecords) or a "
+        "class-per-folder image set (one sub-folder per label)"
+    )
     work_dir: Path = Field(title="folder for the split, checkpoints and results")
     network: str = Field("inception_v3", title="network family (see trainer.nets)")
-    mode: TrainMode = Field("scratch", title="training mode (default: bottleneck with a checkpoint, "
-                                             "else scratch)")
-    checkpoint: Path | None = Field(None, title="pretrained checkpoint prefix or folder "
-                                                "(finetune, bottleneck)")
+    mode: TrainMode = Field(
+        "scratch", title="training mode (default: bottleneck with a checkpoint, else scratch)"
+    )
+    checkpoint: Path | None = Field(
+        None, title="pretrained checkpoint prefix or folder (finetune, bottleneck)"
+    )
     checkpoint_exclusions: tuple[str, ...] | None = Field(
-        None, title="scopes not restored from the checkpoint (default: the network's logits heads)")
+        None, title="scopes not restored from the checkpoint (default: the network's logits heads)"
+    )
     trainable_scopes: tuple[str, ...] | None = Field(
-        None, title="finetune stage 2: scopes trained (default: every trainable variable)")
-    stage1_steps: int | None = Field(None, ge=0,
-                                     title="finetune: steps training only the heads (default steps/2)")
+        None, title="finetune stage 2: scopes trained (default: every trainable variable)"
+    )
+    stage1_steps: int | None = Field(
+        None, ge=0, title="finetune: steps training only the heads (default steps/2)"
+    )
     stage2_lr_factor: float = Field(0.1, gt=0.0, le=1.0, title="finetune stage 2 learning-rate factor")
     augmentations: int = Field(4, ge=1, le=64, title="bottleneck: augmented copies per training image")
     resume: bool = Field(False, title="continue from the latest checkpoint in work_dir/checkpoints")
@@ -76,7 +83,8 @@ class TrainConfig(BaseModel):
     batch_norm_decay: float = Field(0.9, gt=0.0, lt=1.0, title="batch-norm moving-average decay")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, title="label smoothing")
     class_weighting: Literal["none", "balanced"] = Field(
-        "balanced", title="weight each example by n / (classes * n_class) to offset imbalance")
+        "balanced", title="weight each example by n / (classes * n_class) to offset imbalance"
+    )
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0, title="share of each class for validation")
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0, title="share of each class for the test split")
     seed: int = Field(0, ge=0, title="seed of the split, initialisation and augmentation")
@@ -94,8 +102,10 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _mode_needs_checkpoint(self) -> TrainConfig:
         if self.mode in ("finetune", "bottleneck") and self.checkpoint is None:
-            raise ValueError(f"mode {self.mode} needs a pretrained checkpoint (--checkpoint, e.g. the slim "
-                             "inception_v3.ckpt); use mode scratch to train without one")
+            raise ValueError(
+                f"mode {self.mode} needs a pretrained checkpoint (--checkpoint, e.g. the slim "
+                "inception_v3.ckpt); use mode scratch to train without one"
+            )
         if self.mode == "scratch" and self.checkpoint is not None:
             raise ValueError("mode scratch ignores --checkpoint; choose finetune or bottleneck to use it")
         if self.stage1_steps is not None and self.stage1_steps > self.steps:
@@ -151,7 +161,8 @@ class TrainResult(BaseModel):
     split_path: str
     config: TrainConfig
     phases_s: dict[str, float] = Field(
-        default_factory=dict, title="seconds per phase, graph building excluded (bottleneck: compute, layer)")
+        default_factory=dict, title="seconds per phase, graph building excluded (bottleneck: compute, layer)"
+    )
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.model_dump_json(indent=2))
@@ -184,8 +195,9 @@ def class_weights(split: Split, weighting: str) -> np.ndarray:
 def session_config(threads: int) -> Any:
     import tensorflow as tf
 
-    return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads,
-                                    inter_op_parallelism_threads=min(threads, 2) if threads else 0)
+    return tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=threads, inter_op_parallelism_threads=min(threads, 2) if threads else 0
+    )
 
 
 def _optimizer(name: str, learning_rate: float) -> Any:
@@ -212,19 +224,41 @@ def prepare_split(config: TrainConfig) -> Split:
 
     if (config.data_dir / DATASET_FILE).is_file():
         imported, split = load_import(config.data_dir)
-        records = {"train": imported.shards["train"], "val": imported.shards["validation"],
-                   "test": imported.shards["test"]}
-        split = replace(split, records={part: [str(config.data_dir / name) for name in names]
-                                        for part, names in records.items()})
-        log.info(kv("split_from_import", data=config.data_dir, layout=imported.layout, seed=imported.seed,
-                    note="the import's split is used; val/test fractions and seed of this run do not apply"))
+        records = {
+            "train": imported.shards["train"],
+            "val": imported.shards["validation"],
+            "test": imported.shards["test"],
+        }
+        split = replace(
+            split,
+            records={
+                part: [str(config.data_dir / name) for name in names] for part, names in records.items()
+            },
+        )
+        log.info(
+            kv(
+                "split_from_import",
+                data=config.data_dir,
+                layout=imported.layout,
+                seed=imported.seed,
+                note="the import's split is used; val/test fractions and seed of this run do not apply",
+            )
+        )
     else:
         dataset = scan_dataset(config.data_dir)
         split = split_dataset(dataset, config.val_fraction, config.test_fraction, config.seed)
     split.save(config.work_dir / SPLIT_FILE)
-    log.info(kv("split", train=len(split.train), val=len(split.val), test=len(split.test),
-                skipped=len(split.skipped), fingerprint=split.fingerprint[:16],
-                source="tfrecords" if split.records else "files"))
+    log.info(
+        kv(
+            "split",
+            train=len(split.train),
+            val=len(split.val),
+            test=len(split.test),
+            skipped=len(split.skipped),
+            fingerprint=split.fingerprint[:16],
+            source="tfrecords" if split.records else "files",
+        )
+    )
     return split
 
 
@@ -239,8 +273,10 @@ def _scope_variables(scopes: tuple[str, ...] | None) -> list[Any]:
         return list(variables)
     chosen = [v for v in variables if in_scopes(v.op.name, scopes)]
     if not chosen:
-        raise ValueError(f"no trainable variable in scopes {list(scopes)}; scopes look like "
-                         "InceptionV3/Logits or InceptionV3/Mixed_7c")
+        raise ValueError(
+            f"no trainable variable in scopes {list(scopes)}; scopes look like "
+            "InceptionV3/Logits or InceptionV3/Mixed_7c"
+        )
     return chosen
 
 
@@ -275,24 +311,34 @@ def train(config: TrainConfig) -> TrainResult:
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.set_random_seed(config.seed)
-        train_ds = split_input(split, "train", config.image_size, config.batch_size, training=True,
-                               seed=config.seed)
+        train_ds = split_input(
+            split, "train", config.image_size, config.batch_size, training=True, seed=config.seed
+        )
         images, labels = tf.compat.v1.data.make_one_shot_iterator(train_ds).get_next()
-        logits, end_points = spec.build(images, n_classes, is_training=True,
-                                        depth_multiplier=config.depth_multiplier,
-                                        weight_decay=config.weight_decay,
-                                        batch_norm_decay=config.batch_norm_decay)
+        logits, end_points = spec.build(
+            images,
+            n_classes,
+            is_training=True,
+            depth_multiplier=config.depth_multiplier,
+            weight_decay=config.weight_decay,
+            batch_norm_decay=config.batch_norm_decay,
+        )
         onehot = tf.one_hot(labels, n_classes)
         example_weights = tf.gather(tf.constant(weights), labels)
-        tf.compat.v1.losses.softmax_cross_entropy(onehot, logits, weights=example_weights,
-                                                  label_smoothing=config.label_smoothing)
+        tf.compat.v1.losses.softmax_cross_entropy(
+            onehot, logits, weights=example_weights, label_smoothing=config.label_smoothing
+        )
         if "AuxLogits" in end_points:
-            tf.compat.v1.losses.softmax_cross_entropy(onehot, end_points["AuxLogits"],
-                                                      weights=0.4 * example_weights,
-                                                      label_smoothing=config.label_smoothing)
+            tf.compat.v1.losses.softmax_cross_entropy(
+                onehot,
+                end_points["AuxLogits"],
+                weights=0.4 * example_weights,
+                label_smoothing=config.label_smoothing,
+            )
         total_loss = tf.compat.v1.losses.get_total_loss()
-        accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), labels),
-                                          tf.float32))
+        accuracy = tf.reduce_mean(
+            tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), labels), tf.float32)
+        )
         global_step = tf.compat.v1.train.get_or_create_global_step()
         restorer = restore_saver(pretrained, config.exclusions) if pretrained else None
         update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
@@ -304,12 +350,15 @@ def train(config: TrainConfig) -> TrainResult:
                 union = head_vars + [v for v in body_vars if v not in head_vars]
                 grads = dict(zip(union, tf.gradients(total_loss, union), strict=True))
                 head_op = _optimizer(config.optimizer, config.learning_rate).apply_gradients(
-                    [(grads[v], v) for v in head_vars], global_step=global_step)
-                body_op = _optimizer(config.optimizer, config.learning_rate * config.stage2_lr_factor)\
-                    .apply_gradients([(grads[v], v) for v in body_vars], global_step=global_step)
+                    [(grads[v], v) for v in head_vars], global_step=global_step
+                )
+                body_op = _optimizer(
+                    config.optimizer, config.learning_rate * config.stage2_lr_factor
+                ).apply_gradients([(grads[v], v) for v in body_vars], global_step=global_step)
             else:
                 head_op = body_op = _optimizer(config.optimizer, config.learning_rate).minimize(
-                    total_loss, global_step=global_step)
+                    total_loss, global_step=global_step
+                )
         tf.compat.v1.summary.scalar("loss", total_loss)
         tf.compat.v1.summary.scalar("accuracy", accuracy)
         summaries = tf.compat.v1.summary.merge_all()
@@ -321,12 +370,19 @@ def train(config: TrainConfig) -> TrainResult:
             val_ds = split_input(split, "val", config.image_size, config.batch_size, training=False)
             val_iter = tf.compat.v1.data.make_initializable_iterator(val_ds)
             val_images, val_labels = val_iter.get_next()
-            val_logits, _ = spec.build(val_images, n_classes, is_training=False, inference=True,
-                                       depth_multiplier=config.depth_multiplier, reuse=True,
-                                       weight_decay=config.weight_decay,
-                                       batch_norm_decay=config.batch_norm_decay)
-            val_correct = tf.reduce_sum(tf.cast(
-                tf.equal(tf.argmax(val_logits, 1, output_type=tf.int32), val_labels), tf.int32))
+            val_logits, _ = spec.build(
+                val_images,
+                n_classes,
+                is_training=False,
+                inference=True,
+                depth_multiplier=config.depth_multiplier,
+                reuse=True,
+                weight_decay=config.weight_decay,
+                batch_norm_decay=config.batch_norm_decay,
+            )
+            val_correct = tf.reduce_sum(
+                tf.cast(tf.equal(tf.argmax(val_logits, 1, output_type=tf.int32), val_labels), tf.int32)
+            )
         saver = tf.compat.v1.train.Saver(max_to_keep=3, save_relative_paths=True)
         init = tf.compat.v1.global_variables_initializer()
     graph.finalize()
@@ -350,10 +406,22 @@ def train(config: TrainConfig) -> TrainResult:
     val_acc: float | None = None
     with graph.as_default():
         writer = tf.compat.v1.summary.FileWriter(str(config.work_dir / TENSORBOARD_DIR), graph=graph)
-    log.info(kv("train_start", network=spec.name, mode=config.mode, image_size=config.image_size,
-                depth_multiplier=config.depth_multiplier, steps=config.steps, batch=config.batch_size,
-                train=len(split.train), val=len(split.val), pretrained=pretrained or "none",
-                resume_from=latest or "none", class_weights=",".join(f"{w:.3f}" for w in weights)))
+    log.info(
+        kv(
+            "train_start",
+            network=spec.name,
+            mode=config.mode,
+            image_size=config.image_size,
+            depth_multiplier=config.depth_multiplier,
+            steps=config.steps,
+            batch=config.batch_size,
+            train=len(split.train),
+            val=len(split.val),
+            pretrained=pretrained or "none",
+            resume_from=latest or "none",
+            class_weights=",".join(f"{w:.3f}" for w in weights),
+        )
+    )
     with tf.compat.v1.Session(graph=graph, config=session_config(config.threads)) as sess:
         sess.run(init)
         if latest:
@@ -366,8 +434,9 @@ def train(config: TrainConfig) -> TrainResult:
                 op = head_op if step <= config.head_steps else body_op
                 _, loss_v, acc_v, summary = sess.run([op, total_loss, accuracy, summaries])
                 if not np.isfinite(loss_v):
-                    raise FloatingPointError(f"training diverged at step {step} (loss {loss_v}); "
-                                             "lower --learning-rate")
+                    raise FloatingPointError(
+                        f"training diverged at step {step} (loss {loss_v}); lower --learning-rate"
+                    )
                 writer.add_summary(summary, step)
                 point_val = None
                 if config.eval_every and step % config.eval_every == 0 and step != config.steps:
@@ -376,8 +445,9 @@ def train(config: TrainConfig) -> TrainResult:
                     point_val = val_acc = validate(sess)
                 if point_val is not None:
                     writer.add_summary(sess.run(val_summary, {val_summary_value: point_val}), step)
-                history.append(HistoryPoint(step=step, loss=float(loss_v), accuracy=float(acc_v),
-                                            val_accuracy=point_val))
+                history.append(
+                    HistoryPoint(step=step, loss=float(loss_v), accuracy=float(acc_v), val_accuracy=point_val)
+                )
                 shown = {"loss": f"{loss_v:.4f}", "acc": f"{acc_v:.3f}"}
                 if point_val is not None:
                     shown["val_acc"] = f"{point_val:.3f}"
@@ -386,14 +456,30 @@ def train(config: TrainConfig) -> TrainResult:
                     checkpoint_path = saver.save(sess, ckpt_prefix, global_step=step, write_meta_graph=False)
     writer.close()
     if not checkpoint_path:
-        raise ValueError(f"no checkpoint written: {config.work_dir} already holds step {first - 1} "
-                         f">= steps {config.steps}; raise --steps to resume further")
+        raise ValueError(
+            f"no checkpoint written: {config.work_dir} already holds step {first - 1} "
+            f">= steps {config.steps}; raise --steps to resume further"
+        )
     elapsed = time.monotonic() - started
-    result = TrainResult(checkpoint_path=checkpoint_path, labels=split.labels, history=history,
-                         val_accuracy=val_acc, steps=config.steps, elapsed_s=round(elapsed, 2),
-                         dataset_fingerprint=split.fingerprint,
-                         split_path=str(config.work_dir / SPLIT_FILE), config=config)
+    result = TrainResult(
+        checkpoint_path=checkpoint_path,
+        labels=split.labels,
+        history=history,
+        val_accuracy=val_acc,
+        steps=config.steps,
+        elapsed_s=round(elapsed, 2),
+        dataset_fingerprint=split.fingerprint,
+        split_path=str(config.work_dir / SPLIT_FILE),
+        config=config,
+    )
     result.save(config.work_dir / RESULT_FILE)
-    log.info(kv("train_done", steps=config.steps, elapsed_s=f"{elapsed:.1f}",
-                val_accuracy=val_acc if val_acc is not None else "n/a", checkpoint=checkpoint_path))
+    log.info(
+        kv(
+            "train_done",
+            steps=config.steps,
+            elapsed_s=f"{elapsed:.1f}",
+            val_accuracy=val_acc if val_acc is not None else "n/a",
+            checkpoint=checkpoint_path,
+        )
+    )
     return result

@@ -66,10 +66,12 @@ def _stand_in_checkpoint(out: Path) -> str:
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.set_random_seed(1)
-        get_network("inception_v3").build(tf.zeros([1, SIZE, SIZE, 3]), 1001, is_training=True,
-                                          depth_multiplier=DEPTH)
-        noise = [v.assign_add(tf.random.uniform(v.shape, -0.02, 0.02))
-                 for v in tf.compat.v1.global_variables()]
+        get_network("inception_v3").build(
+            tf.zeros([1, SIZE, SIZE, 3]), 1001, is_training=True, depth_multiplier=DEPTH
+        )
+        noise = [
+            v.assign_add(tf.random.uniform(v.shape, -0.02, 0.02)) for v in tf.compat.v1.global_variables()
+        ]
         saver = tf.compat.v1.train.Saver()
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
@@ -81,14 +83,21 @@ def test_bottleneck_vs_finetune_epoch_time(data: Path, tmp_path: Path) -> None:
     from trainer.train import TrainConfig, prepare_split, train
 
     ckpt = _stand_in_checkpoint(tmp_path)
-    common: dict[str, Any] = {"data_dir": data, "image_size": SIZE, "depth_multiplier": DEPTH,
-                              "batch_size": BATCH, "eval_every": 0, "checkpoint": ckpt}
+    common: dict[str, Any] = {
+        "data_dir": data,
+        "image_size": SIZE,
+        "depth_multiplier": DEPTH,
+        "batch_size": BATCH,
+        "eval_every": 0,
+        "checkpoint": ckpt,
+    }
     probe = TrainConfig(work_dir=tmp_path / "probe", mode="scratch", **{**common, "checkpoint": None})
     n_train = len(prepare_split(probe).train)
     steps = EPOCHS * math.ceil(n_train / BATCH)
     fine = train(TrainConfig(work_dir=tmp_path / "ft", mode="finetune", steps=steps, **common))
-    bott = train(TrainConfig(work_dir=tmp_path / "bn", mode="bottleneck", steps=steps, augmentations=EPOCHS,
-                             **common))
+    bott = train(
+        TrainConfig(work_dir=tmp_path / "bn", mode="bottleneck", steps=steps, augmentations=EPOCHS, **common)
+    )
     # Bottleneck epoch: forward passes of one augmented copy of the training set (the compute
     # phase also covers the validation images once) + one epoch of layer steps. Graph building and
     # restore are one-off costs and left out of both figures as far as each run reports them.
@@ -106,8 +115,9 @@ def _steps_per_second(images: Any, labels: Any) -> float:
     from trainer.nets import get_network
     from trainer.train import session_config
 
-    logits, _ = get_network("inception_v3").build(images, 2, is_training=True, depth_multiplier=DEPTH,
-                                                  batch_norm_decay=0.9)
+    logits, _ = get_network("inception_v3").build(
+        images, 2, is_training=True, depth_multiplier=DEPTH, batch_norm_decay=0.9
+    )
     loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits)
     with tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
         train_op = tf.compat.v1.train.AdamOptimizer(1e-3).minimize(loss)
@@ -131,7 +141,8 @@ def test_input_pipeline_efficiency(data: Path, tmp_path: Path) -> None:
     shards = [tmp_path / "records" / name for name in imported.shards["train"]]
     with tf.Graph().as_default():
         images, labels = tf.compat.v1.data.make_one_shot_iterator(
-            tfrecord_dataset(shards, SIZE, BATCH, training=True)).get_next()
+            tfrecord_dataset(shards, SIZE, BATCH, training=True)
+        ).get_next()
         records = _steps_per_second(images, labels)
     with tf.Graph().as_default():
         batch = tf.constant(np.random.default_rng(1).uniform(-1, 1, (BATCH, SIZE, SIZE, 3)), tf.float32)

@@ -15,13 +15,39 @@ pytestmark = pytest.mark.e2e
 def test_demo_loop_end_to_end(tmp_path: Path):
     work = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "demo", "--no-wait", "--work", str(work),
-         "--per-class", "50", "--heldout-per-class", "10", "--image-size", "96",
-         "--depth-multiplier", "0.35", "--steps", "300", "--hub-port", "0", "--broker-port", "0"],
-        capture_output=True, text=True, timeout=1200, check=False,
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "demo",
+            "--no-wait",
+            "--work",
+            str(work),
+            "--per-class",
+            "50",
+            "--heldout-per-class",
+            "10",
+            "--image-size",
+            "96",
+            "--depth-multiplier",
+            "0.35",
+            "--steps",
+            "300",
+            "--hub-port",
+            "0",
+            "--broker-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
     )
-    logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
-                     for p in sorted((work / "logs").glob("*")) if p.is_file())
+    logs = "\n".join(
+        f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+        for p in sorted((work / "logs").glob("*"))
+        if p.is_file()
+    )
     assert proc.returncode == 0, f"demo failed:\n{proc.stdout}\n{proc.stderr[-5000:]}\n{logs}"
     assert "leukonet demo summary" in proc.stdout
     summary = json.loads((work / "summary.json").read_text())

@@ -13,6 +13,7 @@ from tests.hub.conftest import DASHBOARD_PASSWORD, make_result, serve_app
 
 pytestmark = pytest.mark.browser
 
+
 @pytest.fixture
 def live_hub(app, db) -> Iterator[str]:
     with serve_app(app) as url:
@@ -21,10 +22,28 @@ def live_hub(app, db) -> Iterator[str]:
 
 def test_dashboard_login_tables_and_live_refresh(live_hub, page, db, tmp_path):
     writer = IngestWriter(db)
-    writer.write([AgentStatus(agent_id="scope-1", state=AgentState.ONLINE, lab="Lab A",
-                              model_name="leuko", model_version="1.0.0", device="CPU")])
-    writer.write([make_result(agent_id="scope-1", label="ALL", confidence=0.97,
-                              image_name="<img src=x onerror=alert(1)>.png")])
+    writer.write(
+        [
+            AgentStatus(
+                agent_id="scope-1",
+                state=AgentState.ONLINE,
+                lab="Lab A",
+                model_name="leuko",
+                model_version="1.0.0",
+                device="CPU",
+            )
+        ]
+    )
+    writer.write(
+        [
+            make_result(
+                agent_id="scope-1",
+                label="ALL",
+                confidence=0.97,
+                image_name="<img src=x onerror=alert(1)>.png",
+            )
+        ]
+    )
 
     page.goto(live_hub + "/")
     assert "/login" in page.url  # the dashboard needs a session
@@ -43,6 +62,5 @@ def test_dashboard_login_tables_and_live_refresh(live_hub, page, db, tmp_path):
 
     # A new result arrives while the page is open: the 5 s refresh shows it without a reload.
     writer.write([make_result(agent_id="scope-2", label="normal", confidence=0.55, image_name="late.png")])
-    page.wait_for_function("document.querySelector('#results').innerText.includes('late.png')",
-                           timeout=15000)
+    page.wait_for_function("document.querySelector('#results').innerText.includes('late.png')", timeout=15000)
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)

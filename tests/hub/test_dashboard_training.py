@@ -60,8 +60,10 @@ def test_queue_form_checks_csrf_validates_and_audits(client):
     assert jobs(client) == []
 
     assert 'id="f-int8" name="int8" type="checkbox"' in page
-    r = client.post("/training", data={**FORM, "steps": "250", "learning_rate": "0.02", "int8": "true",
-                                       "csrf_token": token})
+    r = client.post(
+        "/training",
+        data={**FORM, "steps": "250", "learning_rate": "0.02", "int8": "true", "csrf_token": token},
+    )
     assert r.status_code == 302
     page = client.get(r.headers["Location"]).data.decode()
     [job] = jobs(client)

@@ -187,12 +187,17 @@ def test_the_precision_that_ran_is_stored_and_served(tmp_path):
         w = IngestWriter(db)
         v2 = make_result(agent_id="p1", precision="BF16", execution_precision="bf16")
         v1 = make_result(agent_id="p1", schema_version=1)  # an agent not yet upgraded
-        status = AgentStatus(agent_id="p1", state=AgentState.ONLINE, precision="FP32", execution_precision="f32")
+        status = AgentStatus(
+            agent_id="p1", state=AgentState.ONLINE, precision="FP32", execution_precision="f32"
+        )
         assert w.write([v2, v1, status]).stored == 2
         with db.session() as s:
             rows = {r.result_id: classification_json(r) for r in s.scalars(select(Classification))}
             agent = agent_json(s.scalar(select(Agent).where(Agent.agent_id == "p1")))
-        assert (rows[v2.result_id]["precision"], rows[v2.result_id]["execution_precision"]) == ("BF16", "bf16")
+        assert (rows[v2.result_id]["precision"], rows[v2.result_id]["execution_precision"]) == (
+            "BF16",
+            "bf16",
+        )
         assert (rows[v1.result_id]["precision"], rows[v1.result_id]["execution_precision"]) == (None, None)
         assert (agent["precision"], agent["execution_precision"]) == ("FP32", "f32")
     finally:

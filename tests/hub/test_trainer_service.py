@@ -27,7 +27,7 @@ from tests.hub.conftest import TOKENS, BundleMaker, Keys, serve_app
 from trainer.config import TrainerConfig
 from trainer.service import TrainerService
 
-FAKE_RUN = textwrap.dedent('''
+FAKE_RUN = textwrap.dedent("""
     import hashlib, json, os, shutil, sys, time
     mode, args = sys.argv[1], sys.argv[3:]
     work = args[args.index("--work") + 1]
@@ -53,7 +53,7 @@ FAKE_RUN = textwrap.dedent('''
     sha = hashlib.sha256(open(bundle, "rb").read()).hexdigest()
     print(json.dumps({"bundle": bundle, "sha256": sha, "metrics": {"accuracy": 0.9},
                       "parity": {"max_abs_diff_fp32": 1e-6}}))
-''')
+""")
 
 JOBS = "/api/v1/training-jobs"
 
@@ -63,12 +63,23 @@ class Hub:
         self.url = url
 
     def call(self, method: str, path: str, role: str = "admin", **kw: Any) -> requests.Response:
-        return requests.request(method, self.url + path, headers={"Authorization": f"Bearer {TOKENS[role]}"},
-                                timeout=10, **kw)
+        return requests.request(
+            method, self.url + path, headers={"Authorization": f"Bearer {TOKENS[role]}"}, timeout=10, **kw
+        )
 
     def queue(self, dataset: str = "set", version: str = "1.1.0") -> str:
-        r = self.call("POST", JOBS, json={"name": "leuko", "version": version, "dataset": dataset,
-                                          "steps": 30, "image_size": 96, "depth_multiplier": 0.35})
+        r = self.call(
+            "POST",
+            JOBS,
+            json={
+                "name": "leuko",
+                "version": version,
+                "dataset": dataset,
+                "steps": 30,
+                "image_size": 96,
+                "depth_multiplier": 0.35,
+            },
+        )
         assert r.status_code == 201, r.text
         job_id: str = r.json()["job_id"]
         return job_id
@@ -100,18 +111,32 @@ def roots(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def service(hub: Hub, keys: Keys, roots: tuple[Path, Path], tmp_path: Path, make_bundle: BundleMaker,
-            monkeypatch: pytest.MonkeyPatch) -> Callable[[str], TrainerService]:
+def service(
+    hub: Hub,
+    keys: Keys,
+    roots: tuple[Path, Path],
+    tmp_path: Path,
+    make_bundle: BundleMaker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[[str], TrainerService]:
     script = tmp_path / "fake_run.py"
     script.write_text(FAKE_RUN)
     monkeypatch.setenv("FAKE_BUNDLE", str(make_bundle(version="1.1.0")))
     monkeypatch.setenv("LEUKONET_TRAINER_TOKEN", "must-not-reach-the-child")
 
     def make(mode: str) -> TrainerService:
-        config = TrainerConfig.model_validate({
-            "hub_url": hub.url, "token": TOKENS["trainer"], "signing_key": keys.private,
-            "data_root": roots[0], "work_root": roots[1], "worker": "box-1",
-            "poll_interval_s": 0.1, "progress_interval_s": 0.2})
+        config = TrainerConfig.model_validate(
+            {
+                "hub_url": hub.url,
+                "token": TOKENS["trainer"],
+                "signing_key": keys.private,
+                "data_root": roots[0],
+                "work_root": roots[1],
+                "worker": "box-1",
+                "poll_interval_s": 0.1,
+                "progress_interval_s": 0.2,
+            }
+        )
         return TrainerService(config, child_command=lambda args: [sys.executable, str(script), mode, *args])
 
     return make
@@ -122,8 +147,9 @@ def _child(roots: tuple[Path, Path], job_id: str) -> dict[str, Any]:
     return info
 
 
-def test_a_queued_job_is_trained_published_and_finished(hub: Hub, service: Callable[[str], TrainerService],
-                                                        roots: tuple[Path, Path]) -> None:
+def test_a_queued_job_is_trained_published_and_finished(
+    hub: Hub, service: Callable[[str], TrainerService], roots: tuple[Path, Path]
+) -> None:
     job_id = hub.queue()
     assert service("ok").serve(max_jobs=1) == 1
     job = hub.job(job_id)
@@ -143,8 +169,9 @@ def test_a_queued_job_is_trained_published_and_finished(hub: Hub, service: Calla
     assert not any(TOKENS["trainer"] in a for a in child["args"])
 
 
-def test_progress_reaches_the_hub_while_the_child_runs(hub: Hub, service: Callable[[str], TrainerService]
-                                                       ) -> None:
+def test_progress_reaches_the_hub_while_the_child_runs(
+    hub: Hub, service: Callable[[str], TrainerService]
+) -> None:
     job_id = hub.queue()
     svc = service("hang")
     thread = threading.Thread(target=svc.serve, kwargs={"max_jobs": 1}, daemon=True)
@@ -161,8 +188,9 @@ def test_progress_reaches_the_hub_while_the_child_runs(hub: Hub, service: Callab
     assert hub.model("1.1.0").status_code == 404
 
 
-def test_a_failing_run_marks_the_job_failed_with_its_error(hub: Hub, service: Callable[[str], TrainerService]
-                                                           ) -> None:
+def test_a_failing_run_marks_the_job_failed_with_its_error(
+    hub: Hub, service: Callable[[str], TrainerService]
+) -> None:
     job_id = hub.queue()
     service("fail").serve(max_jobs=1)
     job = hub.job(job_id)
@@ -171,8 +199,9 @@ def test_a_failing_run_marks_the_job_failed_with_its_error(hub: Hub, service: Ca
     assert hub.model("1.1.0").status_code == 404  # nothing half-published
 
 
-def test_cancel_stops_the_child_and_publishes_nothing(hub: Hub, service: Callable[[str], TrainerService],
-                                                      roots: tuple[Path, Path]) -> None:
+def test_cancel_stops_the_child_and_publishes_nothing(
+    hub: Hub, service: Callable[[str], TrainerService], roots: tuple[Path, Path]
+) -> None:
     job_id = hub.queue()
     svc = service("hang")
     thread = threading.Thread(target=svc.serve, kwargs={"max_jobs": 1}, daemon=True)
@@ -189,8 +218,9 @@ def test_cancel_stops_the_child_and_publishes_nothing(hub: Hub, service: Callabl
         os.kill(pid, 0)
 
 
-def test_a_dataset_outside_the_data_root_is_refused(hub: Hub, service: Callable[[str], TrainerService],
-                                                    roots: tuple[Path, Path]) -> None:
+def test_a_dataset_outside_the_data_root_is_refused(
+    hub: Hub, service: Callable[[str], TrainerService], roots: tuple[Path, Path]
+) -> None:
     escape, missing = hub.queue("escape", "1.1.0"), hub.queue("nope", "1.2.0")
     svc = service("ok")
     assert svc.serve(max_jobs=2) == 2
@@ -212,30 +242,44 @@ def test_serve_waits_while_the_queue_is_empty(hub: Hub, service: Callable[[str],
 
 
 def test_serve_stops_with_a_clear_error_when_the_hub_refuses_its_token(
-        hub: Hub, tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub: Hub, tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from click.testing import CliRunner
 
     from trainer import cli as trainer_cli
 
     # CliRunner's streams close after the call: leave logging to pytest.
     monkeypatch.setattr(trainer_cli, "setup_logging", lambda level="INFO": None)
-    result = CliRunner().invoke(trainer_cli.cli, ["serve", "--max-jobs", "1"], env={
-        "LEUKONET_TRAINER_HUB_URL": hub.url, "LEUKONET_TRAINER_TOKEN": "not-a-token-of-this-hub",
-        "LEUKONET_TRAINER_SIGNING_KEY": str(keys.private), "LEUKONET_TRAINER_WORK_ROOT": str(tmp_path / "w")})
+    result = CliRunner().invoke(
+        trainer_cli.cli,
+        ["serve", "--max-jobs", "1"],
+        env={
+            "LEUKONET_TRAINER_HUB_URL": hub.url,
+            "LEUKONET_TRAINER_TOKEN": "not-a-token-of-this-hub",
+            "LEUKONET_TRAINER_SIGNING_KEY": str(keys.private),
+            "LEUKONET_TRAINER_WORK_ROOT": str(tmp_path / "w"),
+        },
+    )
     assert result.exit_code == 1
     assert "the hub refused the claim: HTTP 401" in result.output
 
 
-def test_a_job_that_ends_elsewhere_stops_its_child(hub: Hub, service: Callable[[str], TrainerService],
-                                                   roots: tuple[Path, Path]) -> None:
+def test_a_job_that_ends_elsewhere_stops_its_child(
+    hub: Hub, service: Callable[[str], TrainerService], roots: tuple[Path, Path]
+) -> None:
     job_id = hub.queue()
     svc = service("hang")
     thread = threading.Thread(target=svc.serve, kwargs={"max_jobs": 1}, daemon=True)
     thread.start()
     wait_until(lambda: hub.job(job_id)["progress"] is not None, 20)
     # The hub ends the job behind the service's back (as a heartbeat timeout would).
-    r = hub.call("POST", f"{JOBS}/{job_id}/fail", "trainer", params={"worker": "box-1"},
-                 json={"error": "ended by the hub"})
+    r = hub.call(
+        "POST",
+        f"{JOBS}/{job_id}/fail",
+        "trainer",
+        params={"worker": "box-1"},
+        json={"error": "ended by the hub"},
+    )
     assert r.status_code == 200, r.text
     thread.join(timeout=30)
     assert not thread.is_alive()

@@ -33,10 +33,14 @@ def _bundle(tmp_path: Path, priv) -> tuple[Path, str]:
     (src / "ir" / "model.xml").write_text("<xml/>")
     files = digest_files(src, ["model.pb", "ir/model.xml"])
     m = Manifest(
-        name="leuko", version="1.0.0", labels=["ALL", "normal"],
+        name="leuko",
+        version="1.0.0",
+        labels=["ALL", "normal"],
         input=TensorSpec(name="input", shape=[1, 75, 75, 3], dtype="uint8", layout="NHWC"),
         output=TensorSpec(name="probabilities", shape=[1, 2], dtype="float32"),
-        preprocessing=PreprocessingSpec(image_size=75), artifacts={"ir_fp32": "ir/model.xml"}, files=files,
+        preprocessing=PreprocessingSpec(image_size=75),
+        artifacts={"ir_fp32": "ir/model.xml"},
+        files=files,
     )
     out = tmp_path / "b.zip"
     return out, build_bundle(src, m, priv, out)

@@ -18,8 +18,14 @@ from shared.topics import Kind
 
 def make_result(**kw) -> ClassificationResult:
     base = {
-        "agent_id": "a1", "image_name": "x.jpg", "image_sha256": "0" * 64, "label": "ALL", "confidence": 0.9,
-        "probabilities": {"ALL": 0.9, "normal": 0.1}, "model_name": "m", "model_version": "1.0.0",
+        "agent_id": "a1",
+        "image_name": "x.jpg",
+        "image_sha256": "0" * 64,
+        "label": "ALL",
+        "confidence": 0.9,
+        "probabilities": {"ALL": 0.9, "normal": 0.1},
+        "model_name": "m",
+        "model_version": "1.0.0",
         "timings": Timings(decode_ms=1, preprocess_ms=1, inference_ms=2, total_ms=4),
     }
     base.update(kw)
@@ -91,8 +97,13 @@ def test_extra_fields_are_refused():
 def test_status_and_desired():
     s = AgentStatus(agent_id="a1", state=AgentState.OFFLINE)
     assert parse_payload(Kind.STATUS, s.to_json()) == s
-    d = DesiredModel(agent_id="a1", model_name="m", model_version="1.2.3",
-                     bundle_url="http://hub/api/v1/models/m/1.2.3/bundle", bundle_sha256="a" * 64)
+    d = DesiredModel(
+        agent_id="a1",
+        model_name="m",
+        model_version="1.2.3",
+        bundle_url="http://hub/api/v1/models/m/1.2.3/bundle",
+        bundle_sha256="a" * 64,
+    )
     assert parse_payload(Kind.DESIRED, d.to_json()) == d
     with pytest.raises(PayloadError, match="bundle_sha256"):
         parse_payload(Kind.DESIRED, json.dumps({**json.loads(d.to_json()), "bundle_sha256": "nothex"}))

@@ -21,13 +21,16 @@ def test_train_config_defaults_and_manifest_view(tmp_path: Path) -> None:
     assert "data_dir" not in view and "work_dir" not in view and view["steps"] == cfg.steps
 
 
-@pytest.mark.parametrize(("field", "value", "match"), [
-    ("mode", "finetune", "mode"),
-    ("network", "resnet_50", "unknown network 'resnet_50'"),
-    ("image_size", 64, "image_size"),
-    ("depth_multiplier", 0, "depth_multiplier"),
-    ("bogus", 1, "bogus"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("mode", "finetune", "mode"),
+        ("network", "resnet_50", "unknown network 'resnet_50'"),
+        ("image_size", 64, "image_size"),
+        ("depth_multiplier", 0, "depth_multiplier"),
+        ("bogus", 1, "bogus"),
+    ],
+)
 def test_train_config_rejects_bad_values(tmp_path: Path, field: str, value: object, match: str) -> None:
     with pytest.raises(ValidationError, match=match):
         TrainConfig(data_dir=tmp_path, work_dir=tmp_path, **{field: value})

@@ -85,8 +85,9 @@ def test_fingerprint_depends_on_content_and_labels_not_names(tmp_path: Path, sme
         f.rename(f.with_name("x" + f.name))
     assert scan_dataset(renamed).fingerprint == base.fingerprint
     relabelled = list(base.samples)
-    relabelled[0] = type(relabelled[0])(path=relabelled[0].path, label="normal", label_index=1,
-                                        sha256=relabelled[0].sha256)
+    relabelled[0] = type(relabelled[0])(
+        path=relabelled[0].path, label="normal", label_index=1, sha256=relabelled[0].sha256
+    )
     assert dataset_fingerprint(relabelled) != base.fingerprint
 
 
@@ -105,8 +106,9 @@ def test_folder_errors_name_the_folder(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
 @pytest.mark.parametrize("size", [75, 128])
-def test_tf_pipeline_matches_opencv_path(ml_stack: None, tmp_path: Path, smears: Path, suffix: str,
-                                         size: int) -> None:
+def test_tf_pipeline_matches_opencv_path(
+    ml_stack: None, tmp_path: Path, smears: Path, suffix: str, size: int
+) -> None:
     # Same file through the trainer's TF pipeline and the agent's OpenCV crop + the IR's scaling:
     # they may differ only by the uint8 rounding of the resized pixels.
     src = sorted((smears / "ALL").glob("*.jpg"))[3]

@@ -97,8 +97,10 @@ def test_wilson_intervals_and_auc_match_hand_computation() -> None:
 def test_plots_are_written_as_png(tmp_path: Path) -> None:
     from trainer.plots import plot_confusion, plot_roc, plot_training
 
-    paths = [plot_roc(np.array([0, 0.5, 1]), np.array([0, 0.9, 1]), 0.9, "ALL", tmp_path / "roc.png"),
-             plot_confusion([[8, 2], [1, 5]], LABELS, tmp_path / "cm.png"),
-             plot_training([1, 2, 3], [0.9, 0.5, 0.3], [0.5, 0.7, 0.9], [3], [0.8], tmp_path / "t.png")]
+    paths = [
+        plot_roc(np.array([0, 0.5, 1]), np.array([0, 0.9, 1]), 0.9, "ALL", tmp_path / "roc.png"),
+        plot_confusion([[8, 2], [1, 5]], LABELS, tmp_path / "cm.png"),
+        plot_training([1, 2, 3], [0.9, 0.5, 0.3], [0.5, 0.7, 0.9], [3], [0.8], tmp_path / "t.png"),
+    ]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

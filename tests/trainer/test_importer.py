@@ -59,8 +59,10 @@ def test_idb2_labels_from_names_and_every_skip_has_a_reason(idb2: Path) -> None:
     assert all(s.label == ("ALL" if Path(s.path).stem.endswith("_1") else "normal") for s in ds.samples)
     reasons = {Path(s.path).name: s.reason for s in ds.skipped}
     assert set(reasons) == {"Im021_1.tif", "Im022_0.tif", "cell.tif", "Im023_7.tif", "readme.txt"}
-    assert reasons["Im021_1.tif"].startswith("duplicate by content hash of ") and "Im001_1.tif" in reasons[
-        "Im021_1.tif"]
+    assert (
+        reasons["Im021_1.tif"].startswith("duplicate by content hash of ")
+        and "Im001_1.tif" in reasons["Im021_1.tif"]
+    )
     assert reasons["Im022_0.tif"].startswith("unreadable")
     assert reasons["cell.tif"].startswith("no label") and "ImNNN_L" in reasons["cell.tif"]
     assert reasons["Im023_7.tif"].startswith("no label") and "1 (ALL) or 0 (normal)" in reasons["Im023_7.tif"]
@@ -91,14 +93,18 @@ def test_mixing_idb1_and_idb2_is_refused_with_the_reason(tmp_path: Path) -> None
         scan_sources(tmp_path / "mix", layout="all-idb2")
 
 
-def test_import_writes_isolated_splits_shards_and_fingerprint(ml_stack: None, idb2: Path,
-                                                              tmp_path: Path) -> None:
+def test_import_writes_isolated_splits_shards_and_fingerprint(
+    ml_stack: None, idb2: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "imported"
     result = import_dataset(idb2, out, val_fraction=0.2, test_fraction=0.2, seed=3, shards=2)
     imported, split = load_import(out)
     assert imported == result and result.layout == "all-idb2"
-    assert result.counts == {"train": {"ALL": 6, "normal": 6}, "validation": {"ALL": 2, "normal": 2},
-                             "test": {"ALL": 2, "normal": 2}}
+    assert result.counts == {
+        "train": {"ALL": 6, "normal": 6},
+        "validation": {"ALL": 2, "normal": 2},
+        "test": {"ALL": 2, "normal": 2},
+    }
     parts = [{s.sha256 for s in p} for p in (split.train, split.val, split.test)]
     assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
     assert len(result.skipped) == 5 and result.fingerprint == split.fingerprint
@@ -116,17 +122,22 @@ def test_import_writes_isolated_splits_shards_and_fingerprint(ml_stack: None, id
         import_dataset(idb2, out)
 
 
-def test_import_cli_prints_json_last_and_fails_cleanly(ml_stack: None, idb2: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_import_cli_prints_json_last_and_fails_cleanly(
+    ml_stack: None, idb2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(trainer_cli, "setup_logging", lambda level="INFO": None)
     runner = CliRunner()
-    ok = runner.invoke(trainer_cli.cli, ["import", "--data", str(idb2), "--out", str(tmp_path / "o"),
-                                         "--shards", "1"], catch_exceptions=False)
+    ok = runner.invoke(
+        trainer_cli.cli,
+        ["import", "--data", str(idb2), "--out", str(tmp_path / "o"), "--shards", "1"],
+        catch_exceptions=False,
+    )
     assert ok.exit_code == 0, ok.output
     summary = json.loads(ok.stdout.strip().splitlines()[-1])
     assert summary["layout"] == "all-idb2" and len(summary["fingerprint"]) == 64
     _write(tmp_path / "mix" / "Im001_1.jpg", _image(1))
     _write(tmp_path / "mix" / "Im002_0.tif", _image(2))
-    bad = runner.invoke(trainer_cli.cli, ["import", "--data", str(tmp_path / "mix"), "--out",
-                                          str(tmp_path / "o2")])
+    bad = runner.invoke(
+        trainer_cli.cli, ["import", "--data", str(tmp_path / "mix"), "--out", str(tmp_path / "o2")]
+    )
     assert bad.exit_code == 1 and "cropped from ALL-IDB1" in bad.output

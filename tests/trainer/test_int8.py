@@ -56,14 +56,21 @@ def quantized(ml_stack: None, tmp_path_factory: pytest.TempPathFactory) -> Quant
     with graph.as_default():
         tf.compat.v1.set_random_seed(3)
         images = tf.compat.v1.placeholder(tf.float32, [1, IMAGE_SIZE, IMAGE_SIZE, 3], name=INPUT_NAME)
-        get_network("inception_v3").build(images, len(LABELS), is_training=False, inference=True,
-                                          depth_multiplier=DEPTH_MULTIPLIER)
+        get_network("inception_v3").build(
+            images, len(LABELS), is_training=False, inference=True, depth_multiplier=DEPTH_MULTIPLIER
+        )
         saver = tf.compat.v1.train.Saver()
         with tf.compat.v1.Session(graph=graph) as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
             checkpoint = saver.save(sess, str(root / "ckpt" / "model.ckpt"))
-    frozen = freeze(checkpoint, root / "model.pb", network="inception_v3", num_classes=len(LABELS),
-                    image_size=IMAGE_SIZE, depth_multiplier=DEPTH_MULTIPLIER)
+    frozen = freeze(
+        checkpoint,
+        root / "model.pb",
+        network="inception_v3",
+        num_classes=len(LABELS),
+        image_size=IMAGE_SIZE,
+        depth_multiplier=DEPTH_MULTIPLIER,
+    )
     fp32, _ = save_irs(convert_to_ir(frozen.path, IMAGE_SIZE), root)
     calibration, _ = _crops(seed=1, per_class=MIN_CALIBRATION_IMAGES // 2)
     test_crops, test_labels = _crops(seed=2, per_class=6)
@@ -126,7 +133,10 @@ def test_report_figures_on_labels_with_known_fp32_accuracy(quantized: Quantized)
     assert r.accuracy_delta == pytest.approx(r.accuracy_int8 - r.accuracy_fp32)
     assert 0.0 <= r.mean_abs_diff <= r.max_abs_diff < 1.0
     assert (r.calibration_images, r.preset, r.nncf_version) == (
-        MIN_CALIBRATION_IMAGES, "performance", nncf.__version__)
+        MIN_CALIBRATION_IMAGES,
+        "performance",
+        nncf.__version__,
+    )
 
     # Flip the label of 3 images: FP32 accuracy drops to exactly (n - 3) / n.
     flipped = [1 - t if i < 3 else t for i, t in enumerate(top1)]
@@ -136,8 +146,18 @@ def test_report_figures_on_labels_with_known_fp32_accuracy(quantized: Quantized)
     assert r2.top1_agreement == r.top1_agreement  # agreement ignores labels
 
     manifest = r2.as_manifest()
-    assert set(manifest) == {"n", "accuracy_fp32", "accuracy_int8", "accuracy_delta", "top1_agreement",
-                             "max_abs_diff", "mean_abs_diff", "calibration_images", "preset", "nncf_version"}
+    assert set(manifest) == {
+        "n",
+        "accuracy_fp32",
+        "accuracy_int8",
+        "accuracy_delta",
+        "top1_agreement",
+        "max_abs_diff",
+        "mean_abs_diff",
+        "calibration_images",
+        "preset",
+        "nncf_version",
+    }
     assert all(isinstance(v, int | float | str) for v in manifest.values())
     assert manifest["accuracy_delta"] == r2.accuracy_delta
 
@@ -151,8 +171,8 @@ def test_an_ir_compared_with_itself_has_no_delta(quantized: Quantized) -> None:
 
 
 def test_quantization_keeps_nncf_off_stdout_and_logs_progress(
-        quantized: Quantized, tmp_path: Path, capfd: pytest.CaptureFixture[str],
-        caplog: pytest.LogCaptureFixture) -> None:
+    quantized: Quantized, tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     from nncf.common.logging.logger import nncf_logger
 
     from trainer.int8 import quantize_int8
@@ -198,8 +218,9 @@ def test_bad_inputs_get_clear_errors(quantized: Quantized, tmp_path: Path) -> No
         compare_int8(quantized.fp32, quantized.fp32, quantized.test_crops, quantized.test_labels)
 
 
-def test_renamed_tensors_after_quantization_are_an_error(quantized: Quantized, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_renamed_tensors_after_quantization_are_an_error(
+    quantized: Quantized, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import nncf
     import openvino as ov
 

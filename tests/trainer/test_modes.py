@@ -38,11 +38,15 @@ def pretrained(ml_stack: None, tmp_path_factory: pytest.TempPathFactory) -> str:
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.set_random_seed(1)
-        get_network("inception_v3").build(tf.zeros([1, SIZE, SIZE, 3]), 5, is_training=True,
-                                          depth_multiplier=DEPTH)
+        get_network("inception_v3").build(
+            tf.zeros([1, SIZE, SIZE, 3]), 5, is_training=True, depth_multiplier=DEPTH
+        )
         tf.compat.v1.train.get_or_create_global_step()
-        randomise = [v.assign_add(tf.random.uniform(v.shape, -0.02, 0.02, dtype=v.dtype.base_dtype))
-                     for v in tf.compat.v1.global_variables() if v.dtype.base_dtype == tf.float32]
+        randomise = [
+            v.assign_add(tf.random.uniform(v.shape, -0.02, 0.02, dtype=v.dtype.base_dtype))
+            for v in tf.compat.v1.global_variables()
+            if v.dtype.base_dtype == tf.float32
+        ]
         saver = tf.compat.v1.train.Saver()
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
@@ -58,9 +62,17 @@ def smears(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(smears: Path, work: Path, **kw: Any) -> TrainConfig:
-    base: dict[str, Any] = {"data_dir": smears, "work_dir": work, "image_size": SIZE,
-                            "depth_multiplier": DEPTH, "batch_size": 4, "eval_every": 0,
-                            "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0}
+    base: dict[str, Any] = {
+        "data_dir": smears,
+        "work_dir": work,
+        "image_size": SIZE,
+        "depth_multiplier": DEPTH,
+        "batch_size": 4,
+        "eval_every": 0,
+        "val_fraction": 0.2,
+        "test_fraction": 0.2,
+        "seed": 0,
+    }
     return TrainConfig(**{**base, **kw})
 
 
@@ -111,8 +123,9 @@ def test_restore_refuses_a_checkpoint_of_another_width(pretrained: str) -> None:
     from trainer.restore import CheckpointError, resolve_checkpoint, restore_saver
 
     with tf.Graph().as_default():
-        get_network("inception_v3").build(tf.zeros([1, SIZE, SIZE, 3]), 2, is_training=False,
-                                          depth_multiplier=0.5)
+        get_network("inception_v3").build(
+            tf.zeros([1, SIZE, SIZE, 3]), 2, is_training=False, depth_multiplier=0.5
+        )
         with pytest.raises(CheckpointError, match="depth-multiplier"):
             restore_saver(pretrained, HEADS)
     with pytest.raises(CheckpointError, match="inception_v3.ckpt"):
@@ -143,15 +156,19 @@ def test_finetune_two_stages_then_resume(smears: Path, tmp_path: Path, pretraine
     assert stage1[head].shape[-1] == 2 and first.checkpoint_path.endswith("model.ckpt-2")
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     # Resume to step 3: stage 2 trains the body too, from where stage 1 stopped.
-    second = train(_config(smears, tmp_path, mode="finetune", checkpoint=pretrained, steps=3, stage1_steps=2,
-                           resume=True))
+    second = train(
+        _config(
+            smears, tmp_path, mode="finetune", checkpoint=pretrained, steps=3, stage1_steps=2, resume=True
+        )
+    )
     assert [h.step for h in second.history] == [3] and second.checkpoint_path.endswith("model.ckpt-3")
     assert not np.array_equal(_checkpoint_values(second.checkpoint_path)[body], saved[body])
     assert second.val_accuracy is not None
 
 
-def test_bottleneck_caches_prelogits_and_writes_a_full_checkpoint(smears: Path, tmp_path: Path,
-                                                                  pretrained: str) -> None:
+def test_bottleneck_caches_prelogits_and_writes_a_full_checkpoint(
+    smears: Path, tmp_path: Path, pretrained: str
+) -> None:
     from trainer.bottleneck import BottleneckCache, cache_tag, compute_bottlenecks
     from trainer.data import Split
     from trainer.evaluate import predict_checkpoint
@@ -163,15 +180,21 @@ def test_bottleneck_caches_prelogits_and_writes_a_full_checkpoint(smears: Path, 
     cached = list((tmp_path / "bottlenecks").rglob("*.npy"))
     assert len(cached) == 2 * len(split.train) + len(split.val)
     dims = {np.load(f).shape for f in cached}
-    assert len(dims) == 1 and next(iter(dims))[0] == _checkpoint_values(pretrained)[
-        "InceptionV3/Logits/Conv2d_1c_1x1/weights"].shape[2]
+    assert (
+        len(dims) == 1
+        and next(iter(dims))[0]
+        == _checkpoint_values(pretrained)["InceptionV3/Logits/Conv2d_1c_1x1/weights"].shape[2]
+    )
     # The full checkpoint = pretrained body + trained layer; it reproduces the layer's val accuracy.
     values = _checkpoint_values(result.checkpoint_path)
     saved = _checkpoint_values(pretrained)
-    np.testing.assert_array_equal(values["InceptionV3/Mixed_7c/Branch_0/Conv2d_0a_1x1/weights"],
-                                  saved["InceptionV3/Mixed_7c/Branch_0/Conv2d_0a_1x1/weights"])
-    probs = predict_checkpoint(result.checkpoint_path, split, "val", network="inception_v3", image_size=SIZE,
-                               depth_multiplier=DEPTH)
+    np.testing.assert_array_equal(
+        values["InceptionV3/Mixed_7c/Branch_0/Conv2d_0a_1x1/weights"],
+        saved["InceptionV3/Mixed_7c/Branch_0/Conv2d_0a_1x1/weights"],
+    )
+    probs = predict_checkpoint(
+        result.checkpoint_path, split, "val", network="inception_v3", image_size=SIZE, depth_multiplier=DEPTH
+    )
     acc = float(np.mean(probs.argmax(1) == [s.label_index for s in split.val]))
     assert result.val_accuracy == pytest.approx(acc)
     # Another run reuses every cached vector: nothing left to compute, no file touched.
@@ -226,17 +249,32 @@ def test_scratch_trains_and_evaluates_from_imported_tiff_records(idb2_import: Pa
     for f in files:
         assert Path(f).suffix == ".png"
         np.testing.assert_array_equal(cv2.imread(f), cv2.imread(originals[Path(f).stem]))
-    from_records = predict_checkpoint(result.checkpoint_path, split, "val", network="inception_v3",
-                                      image_size=SIZE, depth_multiplier=DEPTH)
-    as_files = Split(labels=split.labels, train=[], test=[], skipped=[], fingerprint="", seed=0,
-                     val=[replace(s, path=f) for s, f in zip(split.val, files, strict=False)])
-    from_files = predict_checkpoint(result.checkpoint_path, as_files, "val", network="inception_v3",
-                                    image_size=SIZE, depth_multiplier=DEPTH)
+    from_records = predict_checkpoint(
+        result.checkpoint_path, split, "val", network="inception_v3", image_size=SIZE, depth_multiplier=DEPTH
+    )
+    as_files = Split(
+        labels=split.labels,
+        train=[],
+        test=[],
+        skipped=[],
+        fingerprint="",
+        seed=0,
+        val=[replace(s, path=f) for s, f in zip(split.val, files, strict=False)],
+    )
+    from_files = predict_checkpoint(
+        result.checkpoint_path,
+        as_files,
+        "val",
+        network="inception_v3",
+        image_size=SIZE,
+        depth_multiplier=DEPTH,
+    )
     np.testing.assert_allclose(from_records, from_files, atol=1e-6)
 
 
-def test_bottleneck_reads_imported_records_once_per_copy(idb2_import: Path, tmp_path: Path,
-                                                         pretrained: str) -> None:
+def test_bottleneck_reads_imported_records_once_per_copy(
+    idb2_import: Path, tmp_path: Path, pretrained: str
+) -> None:
     from trainer.data import Split
     from trainer.train import train
 
@@ -244,5 +282,6 @@ def test_bottleneck_reads_imported_records_once_per_copy(idb2_import: Path, tmp_
     split = Split.load(result.split_path)
     assert split.records and result.config.mode == "bottleneck"
     cached = {f.name for f in (tmp_path / "bottlenecks").rglob("*.npy")}
-    assert cached == {f"{s.sha256}-{c}.npy" for s in split.train for c in range(2)} | \
-        {f"{s.sha256}-0.npy" for s in split.val}
+    assert cached == {f"{s.sha256}-{c}.npy" for s in split.train for c in range(2)} | {
+        f"{s.sha256}-0.npy" for s in split.val
+    }

@@ -59,16 +59,38 @@ def quiet_cli() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def trained(ml_stack: None, quiet_cli: None, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     root = tmp_path_factory.mktemp("trainer")
-    gen = _invoke(["generate", "--out", str(root / "data"), "--per-class", "60", "--image-size", "112",
-                   "--seed", "11"])
+    gen = _invoke(
+        ["generate", "--out", str(root / "data"), "--per-class", "60", "--image-size", "112", "--seed", "11"]
+    )
     assert gen.exit_code == 0, gen.output
     keys = _invoke(["keygen", "--out", str(root / "keys")])
     assert keys.exit_code == 0, keys.output
-    result = _invoke(["run", "--data", str(root / "data"), "--work", str(root / "work"),
-                      "--name", "leukonet-test", "--version", "0.1.0",
-                      "--signing-key", str(root / "keys" / "signing.pem"),
-                      "--image-size", str(IMAGE_SIZE), "--depth-multiplier", "0.35",
-                      "--steps", str(STEPS), "--batch-size", "8", "--seed", "3", "--int8"])
+    result = _invoke(
+        [
+            "run",
+            "--data",
+            str(root / "data"),
+            "--work",
+            str(root / "work"),
+            "--name",
+            "leukonet-test",
+            "--version",
+            "0.1.0",
+            "--signing-key",
+            str(root / "keys" / "signing.pem"),
+            "--image-size",
+            str(IMAGE_SIZE),
+            "--depth-multiplier",
+            "0.35",
+            "--steps",
+            str(STEPS),
+            "--batch-size",
+            "8",
+            "--seed",
+            "3",
+            "--int8",
+        ]
+    )
     assert result.exit_code == 0, result.output
     last = [ln for ln in result.stdout.splitlines() if ln.strip()][-1]
     return Trained(work=root / "work", keys=root / "keys", summary=json.loads(last), stdout=result.stdout)
@@ -117,8 +139,15 @@ def test_evaluation_writes_report_and_per_image_csv(trained: Trained) -> None:
     assert report["split"] == "test" and report["metrics"]["n"] == len(split.test)
     assert sum(map(sum, report["metrics"]["confusion_matrix"])) == len(split.test)
     rows = (trained.work / "eval" / "predictions.csv").read_text().splitlines()
-    assert rows[0].split(",") == ["path", "sha256", "true_label", "predicted_label", "correct",
-                                  "p_ALL", "p_normal"]
+    assert rows[0].split(",") == [
+        "path",
+        "sha256",
+        "true_label",
+        "predicted_label",
+        "correct",
+        "p_ALL",
+        "p_normal",
+    ]
     assert len(rows) == 1 + len(split.test)
 
 
@@ -135,8 +164,11 @@ def _ir_and_frozen(trained: Trained) -> tuple[Any, Any, Any]:
     from trainer.freeze import FrozenModel
 
     export = trained.work / "export"
-    return FrozenModel(export / "model.pb"), IrRunner(export / "ir/fp32/model.xml"), \
-        IrRunner(export / "ir/fp16/model.xml")
+    return (
+        FrozenModel(export / "model.pb"),
+        IrRunner(export / "ir/fp32/model.xml"),
+        IrRunner(export / "ir/fp16/model.xml"),
+    )
 
 
 def test_ir_matches_frozen_graph_on_the_same_image(trained: Trained) -> None:
@@ -176,25 +208,40 @@ def test_parity_violation_raises(trained: Trained) -> None:
     crops = load_crops([s.path for s in split.val[:8]], IMAGE_SIZE)
     export = trained.work / "export"
     with pytest.raises(ParityError, match="FP16 max"):
-        parity_check(export / "model.pb", export / "ir/fp32/model.xml", export / "ir/fp16/model.xml", crops,
-                     fp16_tolerance=1e-12)
+        parity_check(
+            export / "model.pb",
+            export / "ir/fp32/model.xml",
+            export / "ir/fp16/model.xml",
+            crops,
+            fp16_tolerance=1e-12,
+        )
     with pytest.raises(ValueError, match="at least 8"):
-        parity_check(export / "model.pb", export / "ir/fp32/model.xml", export / "ir/fp16/model.xml",
-                     crops[:3])
+        parity_check(
+            export / "model.pb", export / "ir/fp32/model.xml", export / "ir/fp16/model.xml", crops[:3]
+        )
 
 
 def test_bundle_verifies_and_matches_the_contract(trained: Trained, tmp_path: Path) -> None:
     from trainer.export import IrRunner
 
     key = load_public_key(trained.keys / "signing.pub.pem")
-    manifest = verify_bundle(trained.summary["bundle"], key, dest_dir=tmp_path / "x",
-                             expected_sha256=trained.summary["sha256"])
-    assert manifest.artifacts == {"frozen_graph": "model.pb", "ir_fp32": "ir/fp32/model.xml",
-                                  "ir_fp16": "ir/fp16/model.xml", "ir_int8": "ir/int8/model.xml",
-                                  "reference_image": "reference.png"}
+    manifest = verify_bundle(
+        trained.summary["bundle"], key, dest_dir=tmp_path / "x", expected_sha256=trained.summary["sha256"]
+    )
+    assert manifest.artifacts == {
+        "frozen_graph": "model.pb",
+        "ir_fp32": "ir/fp32/model.xml",
+        "ir_fp16": "ir/fp16/model.xml",
+        "ir_int8": "ir/int8/model.xml",
+        "reference_image": "reference.png",
+    }
     assert {"ir/fp32/model.bin", "ir/fp16/model.bin", "ir/int8/model.bin"} <= set(manifest.files)
-    assert manifest.input.model_dump() == {"name": "input", "shape": [1, IMAGE_SIZE, IMAGE_SIZE, 3],
-                                           "dtype": "uint8", "layout": "NHWC"}
+    assert manifest.input.model_dump() == {
+        "name": "input",
+        "shape": [1, IMAGE_SIZE, IMAGE_SIZE, 3],
+        "dtype": "uint8",
+        "layout": "NHWC",
+    }
     assert manifest.output.name == "probabilities" and manifest.output.shape == [1, 2]
     assert manifest.preprocessing.image_size == IMAGE_SIZE
     assert manifest.labels == ["ALL", "normal"]
@@ -254,8 +301,14 @@ class _FakeHub(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).calls.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                 "content_type": self.headers.get("Content-Type"), "body": body})
+        type(self).calls.append(
+            {
+                "path": self.path,
+                "auth": self.headers.get("Authorization"),
+                "content_type": self.headers.get("Content-Type"),
+                "body": body,
+            }
+        )
         if type(self).status == 201:
             payload: dict[str, Any] = {"name": "leukonet-test", "version": "0.1.0", "sha256": "ab" * 32}
         else:
@@ -295,9 +348,9 @@ def test_publish_uploads_multipart_with_bearer_token(trained: Trained, fake_hub:
         publish(trained.summary["bundle"], url, "s3cret")
 
 
-def test_publish_command_takes_the_token_from_the_environment(trained: Trained, fake_hub: Any,
-                                                              quiet_cli: None,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_publish_command_takes_the_token_from_the_environment(
+    trained: Trained, fake_hub: Any, quiet_cli: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url, hub = fake_hub
     monkeypatch.setenv("LEUKONET_TRAINER_TOKEN", "from-env")
     result = _invoke(["publish", "--bundle", trained.summary["bundle"], "--hub", url])
@@ -306,8 +359,9 @@ def test_publish_command_takes_the_token_from_the_environment(trained: Trained, 
     assert json.loads(result.stdout.splitlines()[-1])["name"] == "leukonet-test"
     monkeypatch.delenv("LEUKONET_TRAINER_TOKEN")
     hub.status = 409
-    failed = CliRunner().invoke(trainer_cli.cli, ["publish", "--bundle", trained.summary["bundle"],
-                                                  "--hub", url, "--token", "t"])
+    failed = CliRunner().invoke(
+        trainer_cli.cli, ["publish", "--bundle", trained.summary["bundle"], "--hub", url, "--token", "t"]
+    )
     assert failed.exit_code == 1 and "already exists" in failed.output
 
 
@@ -322,8 +376,9 @@ def test_keygen_refuses_to_overwrite(trained: Trained, quiet_cli: None) -> None:
 def test_commands_explain_missing_inputs(quiet_cli: None, tmp_path: Path) -> None:
     result = CliRunner().invoke(trainer_cli.cli, ["evaluate", "--work", str(tmp_path)])
     assert result.exit_code == 1 and "run `leukonet trainer train` first" in result.output
-    result = CliRunner().invoke(trainer_cli.cli, ["bundle", "--work", str(tmp_path), "--name", "m",
-                                                  "--version", "1.0.0"])
+    result = CliRunner().invoke(
+        trainer_cli.cli, ["bundle", "--work", str(tmp_path), "--name", "m", "--version", "1.0.0"]
+    )
     assert result.exit_code == 2 and "no signing key" in result.output
 
 

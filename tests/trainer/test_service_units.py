@@ -13,8 +13,17 @@ from trainer.service import JobError, inside, progress_from_line, run_args
 
 def test_progress_lines_become_job_progress() -> None:
     line = "2026-11-23 23:08:40,904 INFO trainer.train " + kv(
-        "progress", task="train", done=270, total=300, pct=90, elapsed_s=46.2, eta_s=5.1, loss="0.2377",
-        acc="1.000", note="two words")
+        "progress",
+        task="train",
+        done=270,
+        total=300,
+        pct=90,
+        elapsed_s=46.2,
+        eta_s=5.1,
+        loss="0.2377",
+        acc="1.000",
+        note="two words",
+    )
     p = progress_from_line(line)
     assert p is not None
     assert (p.phase, p.done, p.total, p.eta_s) == ("train", 270, 300, 5.1)
@@ -43,10 +52,23 @@ def test_spec_refuses_paths_that_leave_the_root() -> None:
 
 
 def test_run_arguments_carry_the_spec_and_no_secret(tmp_path: Path) -> None:
-    spec = TrainingJobSpec(name="leuko", version="1.2.0", dataset="idb2", mode="finetune",
-                           checkpoint="inception_v3.ckpt", steps=50, batch_size=8, learning_rate=0.01,
-                           image_size=149, depth_multiplier=0.5, seed=7, trainable_scopes=["A", "B/C"],
-                           stage1_steps=10, positive_label="ALL", int8=True)
+    spec = TrainingJobSpec(
+        name="leuko",
+        version="1.2.0",
+        dataset="idb2",
+        mode="finetune",
+        checkpoint="inception_v3.ckpt",
+        steps=50,
+        batch_size=8,
+        learning_rate=0.01,
+        image_size=149,
+        depth_multiplier=0.5,
+        seed=7,
+        trainable_scopes=["A", "B/C"],
+        stage1_steps=10,
+        positive_label="ALL",
+        int8=True,
+    )
     args = run_args(spec, tmp_path / "idb2", tmp_path / "work", tmp_path / "ckpt" / "inception_v3.ckpt")
     pairs = dict(zip(args[1::2], args[2::2], strict=False))
     assert args[0] == "run" and "--hub" not in args and "--token" not in args and args[-1] == "--int8"

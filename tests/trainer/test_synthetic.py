@@ -58,10 +58,13 @@ def test_refuses_to_mix_into_a_non_empty_folder(tmp_path: Path) -> None:
         generate_dataset(tmp_path, per_class=1, image_size=64, seed=1)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"per_class": 0, "image_size": 64}, "per_class"),
-    ({"per_class": 1, "image_size": 32}, "too small"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"per_class": 0, "image_size": 64}, "per_class"),
+        ({"per_class": 1, "image_size": 32}, "too small"),
+    ],
+)
 def test_bad_arguments_are_named(tmp_path: Path, kwargs: dict[str, int], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         generate_dataset(tmp_path, seed=0, **kwargs)
