@@ -23,6 +23,7 @@ from pydantic_settings import SettingsConfigDict
 
 from agents.backends.base import IrPrecision
 from shared.config import StrictConfig
+from shared.preprocessing import DEFAULT_MAX_PIXELS
 from shared.topics import validate_agent_id
 
 #: ``auto`` resolves per device (:func:`effective_precision`); INT8 and BF16 are only ever run when asked.
@@ -75,6 +76,12 @@ class PipelineConfig(BaseModel):
     infer_requests: int = Field(0, ge=0, le=64, title="OpenVINO infer requests (0: the device's optimum)")
     queue_size: int = Field(0, ge=0, le=4096, title="images waiting for a decode thread (0: automatic)")
     commit_batch: int = Field(32, ge=1, le=1024, title="most results committed per outbox transaction")
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        ge=1,
+        le=2_000_000_000,
+        title="largest image (width x height, read from its header) decoded; larger ones go to failed/",
+    )
 
 
 class OutboxConfig(BaseModel):

@@ -59,6 +59,8 @@ class Link:
     ) -> None:
         self.agent_id = agent_id
         self._cfg = mqtt_config
+        #: desired messages refused (bad topic, bad payload, or an error while handling one)
+        self.rejected_messages = 0
         self._outbox = outbox
         self._status_fn = status_fn
         self._on_desired = on_desired
@@ -155,13 +157,22 @@ class Link:
         self._wake.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        """paho network thread: a bad or poison ``desired`` is logged and dropped; the loop goes on."""
+        try:
+            self._receive(message)
+        except Exception as exc:  # noqa: BLE001 - one message must never kill paho's network thread
+            self.rejected_messages += 1
+            log.exception(kv("desired_failed", topic=str(message.topic)[:200], error=repr(exc)[:300]))
+
+    def _receive(self, message: mqtt.MQTTMessage) -> None:
         if not message.payload:
             return  # a cleared retained desired state: nothing to do
         try:
             topic = parse(message.topic)
             desired = parse_payload(Kind.DESIRED, bytes(message.payload))
         except (TopicError, PayloadError) as exc:
-            log.error(kv("desired_rejected", topic=message.topic, error=exc))
+            self.rejected_messages += 1
+            log.error(kv("desired_rejected", topic=message.topic[:200], error=str(exc)[:500]))
             return
         if topic.kind is not Kind.DESIRED or not isinstance(desired, DesiredModel):
             log.error(kv("unexpected_message", topic=message.topic))

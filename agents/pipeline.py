@@ -289,7 +289,22 @@ class Pipeline:
             self._room.set()
             if job is None:
                 return
-            self._start(job)
+            try:
+                self._start(job)
+            except Exception as exc:  # noqa: BLE001 - one file must never stop a decode thread
+                self._unexpected(job, exc)
+
+    def _unexpected(self, job: Job, exc: BaseException) -> None:
+        """An error nothing else handled: counted, logged once, the file moved aside with the reason."""
+        self.stats.count_error("decode_unexpected")
+        reason = f"{job.name}: unexpected error while preparing the image: {exc!r}"[:1000]
+        log.exception(kv("decode_failed", image=job.name, error=repr(exc)[:300]))
+        try:
+            if job.path is not None and job.path.exists():
+                self.folder.mark_failed(job.path, reason)
+        except Exception as move_exc:  # noqa: BLE001 - keep the thread; the next poll retries the file
+            log.error(kv("mark_failed_failed", image=job.name, error=move_exc))
+        self._finish(job, Outcome(OutcomeKind.BAD_IMAGE, error=reason))
 
     def _start(self, job: Job) -> None:
         active = self.models.acquire()
@@ -324,7 +339,7 @@ class Pipeline:
                 self._finish(job, Outcome(OutcomeKind.ALREADY_DONE))
                 return False
             try:
-                image = decode_image(data, job.name)
+                image = decode_image(data, job.name, self.config.max_pixels)
             except ImageDecodeError as exc:
                 if job.path is not None:
                     self.folder.mark_failed(job.path, str(exc))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +26,12 @@ class InferenceStats:
         self._clock = clock
         self._lock = threading.Lock()
         self.total = 0
+        #: errors a loop survived, by reason (``decode_unexpected``...)
+        self.errors: Counter[str] = Counter()
+
+    def count_error(self, reason: str) -> None:
+        with self._lock:
+            self.errors[reason] += 1
 
     def record(self, inference_ms: float) -> None:
         """One image classified, with its share of the inference time."""

@@ -11,7 +11,10 @@ Resizing is bilinear with half-pixel centres and no anti-aliasing: ``cv2.INTER_L
 
 from __future__ import annotations
 
+import io
+import warnings
 from dataclasses import dataclass
+from struct import error as struct_error
 
 import cv2
 import numpy as np
@@ -26,6 +29,8 @@ COLOR_ORDER = "RGB"  # what the network was trained on
 DECODED_ORDER = "BGR"  # what OpenCV decodes, and what agents feed the IR
 
 SUPPORTED_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+#: Largest image (width x height) decoded by default: above the largest microscope cameras (~100 MP).
+DEFAULT_MAX_PIXELS = 100_000_000
 
 
 class ImageDecodeError(ValueError):
@@ -73,17 +78,55 @@ def _looks_complete(data: bytes) -> bool:
     return True
 
 
-def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode image bytes to a uint8 BGR array ``[H, W, 3]``.
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image header without decoding pixels; None when Pillow cannot tell.
 
     Raises:
-        ImageDecodeError: empty, truncated or undecodable bytes; the message names ``name``.
+        ImageDecodeError: the header declares more pixels than Pillow's own bomb limit.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            # Bomb warnings are judged against our own limit below; corrupt-header warnings mean
+            # "size unknown", and OpenCV then decides whether the bytes are an image at all.
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                return int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"declares too many pixels ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct_error):
+        return None
+
+
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes to a uint8 BGR array ``[H, W, 3]``.
+
+    The header's declared size is checked against ``max_pixels`` before any pixel is decoded, so a
+    small file that declares a huge image (a pixel bomb) costs nothing. Gray, 16-bit and RGBA images
+    come out as 8-bit BGR.
+
+    Raises:
+        ImageDecodeError: empty, truncated, oversized or undecodable bytes; the message names
+            ``name`` and what to do.
     """
     if not data:
         raise ImageDecodeError(f"{name}: file is empty")
     if not _looks_complete(data):
         raise ImageDecodeError(f"{name}: image is truncated (no end marker); was it still being written?")
-    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    try:
+        size = declared_size(data)
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(f"{name}: {exc}; the limit is {max_pixels} pixels") from None
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ImageDecodeError(
+            f"{name}: image declares {size[0]}x{size[1]} = {size[0] * size[1]} pixels, over the limit of "
+            f"{max_pixels} (raise max_pixels in the agent's pipeline config if such images are real)"
+        )
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise ImageDecodeError(f"{name}: OpenCV cannot decode it: {str(exc).strip()[-200:]}") from None
     if arr is None or arr.size == 0:
         raise ImageDecodeError(
             f"{name}: not a decodable image; supported formats: {', '.join(SUPPORTED_SUFFIXES)}"

@@ -1,14 +1,27 @@
-"""Every MQTT payload, defined once (pydantic v2), each with a ``schema_version``."""
+"""Every MQTT payload, defined once (pydantic v2), each with a ``schema_version``.
+
+Payloads are hostile input: :func:`parse_payload` refuses one over its kind's byte limit
+(:data:`MAX_PAYLOAD_BYTES`) before parsing, then validates the bytes in one pass with pydantic's
+JSON parser, which stops at a nesting depth of 200 with an error instead of recursing. JSON
+``NaN`` / ``Infinity`` are refused, and every string and collection has a bound.
+"""
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from shared.topics import AGENT_ID_PATTERN, Kind
 
@@ -18,18 +31,40 @@ SCHEMA_VERSION = 2
 
 AgentId = Annotated[str, Field(pattern=f"^{AGENT_ID_PATTERN}$", title="agent id")]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", title="sha256 hex digest")]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+#: Most labels a model may have: ``probabilities`` holds one entry per label.
+MAX_LABELS = 64
+#: Largest payload accepted per topic kind, checked before parsing (a result with 64 labels is ~3 KiB).
+MAX_PAYLOAD_BYTES: dict[Kind, int] = {
+    Kind.RESULTS: 16 * 1024,
+    Kind.STATUS: 8 * 1024,
+    Kind.EVENTS: 16 * 1024,
+    Kind.DESIRED: 8 * 1024,
+}
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class PayloadReason(str, Enum):
+    """Why a payload was refused: the counter an ingest loop increments."""
+
+    TOO_LARGE = "too_large"
+    BAD_JSON = "bad_json"
+    SCHEMA = "schema"
+
+
 class PayloadError(ValueError):
-    """A payload that is not JSON or does not match its schema."""
+    """A payload that is too large, not JSON, or does not match its schema; ``reason`` says which."""
+
+    def __init__(self, message: str, reason: PayloadReason) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     schema_version: Literal[1] = 1  # bump with SCHEMA_VERSION when a payload changes shape
 
@@ -69,7 +104,7 @@ class _PrecisionReport(_Message):
 
 
 class Timings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     decode_ms: float = Field(ge=0, title="image decode time")
     preprocess_ms: float = Field(ge=0, title="crop + resize time")
@@ -85,9 +120,11 @@ class ClassificationResult(_PrecisionReport):
     lab: str = Field("", max_length=128, title="lab name")
     image_name: str = Field(min_length=1, max_length=512, title="image file name")
     image_sha256: Sha256
-    label: str = Field(min_length=1, max_length=64, title="predicted label")
+    label: Label = Field(title="predicted label")
     confidence: float = Field(ge=0.0, le=1.0, title="probability of the predicted label")
-    probabilities: dict[str, float] = Field(title="probability per label")
+    probabilities: dict[Label, float] = Field(
+        min_length=1, max_length=MAX_LABELS, title="probability per label"
+    )
     low_confidence: bool = Field(False, title="confidence below the agent's threshold")
     model_name: str = Field(min_length=1, max_length=128, title="model name")
     model_version: str = Field(min_length=1, max_length=64, title="model version")
@@ -111,13 +148,13 @@ class AgentState(str, Enum):
 
 
 class Vitals(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     cpu_percent: float | None = None
     memory_percent: float | None = None
     disk_free_mb: float | None = None
     temperature_c: float | None = None
-    outbox_depth: int = 0
+    outbox_depth: int = Field(0, ge=0, le=2**53)
     images_per_s: float = 0.0
     p50_inference_ms: float | None = None
     p95_inference_ms: float | None = None
@@ -129,9 +166,9 @@ class AgentStatus(_PrecisionReport):
     agent_id: AgentId
     state: AgentState
     lab: str = Field("", max_length=128)
-    model_name: str | None = None
-    model_version: str | None = None
-    device: str | None = None
+    model_name: str | None = Field(None, max_length=128)
+    model_version: str | None = Field(None, max_length=64)
+    device: str | None = Field(None, max_length=64)
     vitals: Vitals = Field(default_factory=Vitals)
     sent_at: datetime = Field(default_factory=utcnow)
 
@@ -144,7 +181,7 @@ class DesiredModel(_Message):
     model_version: str = Field(min_length=1, max_length=64)
     bundle_url: str = Field(min_length=1, max_length=2048, title="where to download the bundle")
     bundle_sha256: Sha256
-    rollout_id: str | None = None
+    rollout_id: str | None = Field(None, max_length=64)
     set_at: datetime = Field(default_factory=utcnow)
 
 
@@ -162,9 +199,9 @@ class ModelEvent(_Message):
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     agent_id: AgentId
     event: ModelEventKind
-    model_name: str
-    model_version: str
-    rollout_id: str | None = None
+    model_name: str = Field(max_length=128)
+    model_version: str = Field(max_length=64)
+    rollout_id: str | None = Field(None, max_length=64)
     detail: str = Field("", max_length=4096, title="reason or progress")
     sent_at: datetime = Field(default_factory=utcnow)
 
@@ -178,20 +215,32 @@ PAYLOAD_FOR_KIND: dict[Kind, type[_Message]] = {
 
 
 def parse_payload(kind: Kind, payload: bytes | str) -> _Message:
-    """Decode and validate the JSON ``payload`` of a message on a topic of ``kind``.
+    """Validate the JSON ``payload`` of a message on a topic of ``kind``, in one pass from bytes.
 
     Raises:
-        PayloadError: not JSON, or not valid for the schema (the message says which field).
+        PayloadError: over :data:`MAX_PAYLOAD_BYTES`, not JSON (or nested deeper than 200), not an
+            object, or not valid for the schema; the message says which field, ``reason`` the kind.
     """
     model = PAYLOAD_FOR_KIND[kind]
+    data = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
+    limit = MAX_PAYLOAD_BYTES[kind]
+    if len(data) > limit:
+        raise PayloadError(
+            f"{kind.value} payload is {len(data)} bytes, over the {limit}-byte limit for that kind",
+            PayloadReason.TOO_LARGE,
+        )
     try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(f"{kind.value} payload is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PayloadError(f"{kind.value} payload must be a JSON object, got {type(data).__name__}")
-    try:
-        return model.model_validate(data)
+        return model.model_validate_json(data)
     except ValidationError as exc:
-        errs = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
-        raise PayloadError(f"{kind.value} payload invalid: {errs}") from exc
+        errors = exc.errors(include_url=False, include_input=False)
+        if any(e["type"] == "json_invalid" for e in errors):
+            raise PayloadError(
+                f"{kind.value} payload is not JSON: {errors[0]['msg']}", PayloadReason.BAD_JSON
+            ) from None
+        if any(e["type"] == "model_type" and not e["loc"] for e in errors):
+            raise PayloadError(
+                f"{kind.value} payload must be a JSON object", PayloadReason.BAD_JSON
+            ) from None
+        shown = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in errors[:10])
+        more = f" (+{len(errors) - 10} more)" if len(errors) > 10 else ""
+        raise PayloadError(f"{kind.value} payload invalid: {shown}{more}", PayloadReason.SCHEMA) from None

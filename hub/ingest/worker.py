@@ -15,7 +15,6 @@ rollout engine's reconciliation).
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -47,14 +46,6 @@ class Incoming:
     mid: int
     qos: int
     generation: int
-
-
-def classify_payload_error(exc: PayloadError) -> str:
-    """The invalid-counter reason for a payload error: ``bad_json`` or ``schema``."""
-    cause = exc.__cause__
-    if isinstance(cause, (json.JSONDecodeError, UnicodeDecodeError)) or "must be a JSON object" in str(exc):
-        return "bad_json"
-    return "schema"
 
 
 class IngestWorker:
@@ -191,6 +182,22 @@ class IngestWorker:
             log.warning(kv("ingest_disconnected", reason=reason_code))
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        """paho network thread: whatever one message does, it is counted, acknowledged and the loop goes on.
+
+        An unacknowledged poison message would come back after every restart, so even a bug in
+        validation acknowledges it (counted as ``internal_error``, logged once with its topic).
+        """
+        try:
+            self._receive(client, msg)
+        except Exception as exc:  # noqa: BLE001 - one message must never kill paho's network thread
+            self.stats.add_invalid("internal_error")
+            log.exception(kv("ingest_message_failed", topic=str(msg.topic)[:200], error=repr(exc)[:300]))
+            try:
+                client.ack(msg.mid, msg.qos)
+            except Exception as ack_exc:  # noqa: BLE001 - the session is gone: the broker redelivers
+                log.error(kv("ingest_ack_failed", topic=str(msg.topic)[:200], error=ack_exc))
+
+    def _receive(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
         self.stats.add(received=1)
         if not msg.payload and msg.retain:
             # someone cleared a retained status (an agent decommissioned): nothing to store
@@ -216,7 +223,7 @@ class IngestWorker:
         try:
             message = parse_payload(topic.kind, bytes(msg.payload))
         except PayloadError as exc:
-            return classify_payload_error(exc), str(exc), None
+            return exc.reason.value, str(exc), None
         if not isinstance(message, (ClassificationResult, AgentStatus, ModelEvent)):
             return "unexpected_kind", f"payload type {type(message).__name__}", None
         if message.agent_id != topic.agent_id:

@@ -202,3 +202,51 @@ def test_the_precision_that_ran_is_stored_and_served(tmp_path):
         assert (agent["precision"], agent["execution_precision"]) == ("FP32", "f32")
     finally:
         db.dispose()
+
+
+def test_poison_messages_are_counted_acked_and_never_stop_ingest(ingest_env, monkeypatch):
+    """Against a real Mosquitto: nesting bombs on every agent topic kind, NaN, oversized payloads and a
+    bug in validation itself are counted by reason and acknowledged; the valid result after them is
+    stored, and after a restart on the same persistent session nothing is redelivered."""
+    import hub.ingest.worker as worker_module
+
+    real_parse = worker_module.parse_payload
+
+    def parse_with_a_bug(kind, payload):
+        if payload == b'{"trigger": "bug"}':
+            raise RuntimeError("a bug in validation")
+        return real_parse(kind, payload)
+
+    monkeypatch.setattr(worker_module, "parse_payload", parse_with_a_bug)
+    cfg, db, start, broker = ingest_env
+    worker = start()
+    agent = f"scope-{uuid.uuid4().hex[:6]}"
+    results = topics.build(agent, topics.Kind.RESULTS)
+    nan = as_json(make_result(agent_id=agent)).replace(b'"confidence":0.9', b'"confidence":NaN')
+    huge = raw(
+        make_result(agent_id=agent).model_dump(mode="json")
+        | {"probabilities": {f"k{i}": 0.0 for i in range(100_000)}}
+    )
+    poison = [
+        *[(topics.build(agent, kind), b"[" * 10_000, False) for kind in topics.AGENT_KINDS],
+        (results, b'{"a": ' + b"[" * 1_000 + b"]" * 1_000 + b"}", False),
+        (results, nan, False),
+        (results, huge, False),
+        (results, b'{"trigger": "bug"}', False),
+    ]
+    valid = make_result(agent_id=agent)
+    publish_all(broker.port, [*poison, (results, as_json(valid), False)])
+    wait_until(lambda: worker.stats.snapshot()["stored"] == 1)
+    snap = worker.stats.snapshot()
+    assert snap["received"] == len(poison) + 1
+    # 10,000 brackets fit the 16 KiB result/event limits (refused by the nesting limit: bad_json) but
+    # not the 8 KiB status limit (too_large).
+    assert snap["invalid"] == {"too_large": 2, "bad_json": 3, "schema": 1, "internal_error": 1}
+    assert count(db, Classification) == 1
+    worker.stop()
+    again = start()  # the same persistent session: poison messages were acknowledged, so none comes back
+    after = make_result(agent_id=agent)
+    publish_all(broker.port, [(results, as_json(after), False)])
+    wait_until(lambda: again.stats.snapshot()["stored"] == 1)
+    assert again.stats.snapshot()["received"] == 1 and again.stats.snapshot()["invalid_total"] == 0
+    assert count(db, Classification) == 2
