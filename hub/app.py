@@ -70,7 +70,9 @@ def create_app(
     db = database or Database(config.db_url)
     store = FilesystemBundleStore(config.data_dir / "bundles")
     pub = publisher or MqttPublisher(config.mqtt)
-    registry = ModelRegistry(db, store, keys, max_bytes=config.max_upload_mb * MIB)
+    registry = ModelRegistry(
+        db, store, keys, max_bytes=config.max_upload_mb * MIB, limits=config.bundle_limits()
+    )
     services = Services(
         config=config,
         db=db,

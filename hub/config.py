@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.bundle import BundleLimits
 from shared.config import ConfigError, StrictConfig
 
 
@@ -90,6 +91,14 @@ class IngestSection(_Section):
     batch_ms: int = Field(200, ge=1, le=60_000, title="longest wait for a batch to fill, in ms")
 
 
+class BundleSection(_Section):
+    """Caps on uploaded bundles, checked before and while they are read (zip bombs are refused)."""
+
+    max_manifest_kb: int = Field(1024, ge=1, le=65536, title="largest manifest.json, in KiB")
+    max_unpacked_mb: int = Field(2048, ge=1, le=65536, title="largest total unpacked size, in MiB")
+    max_files: int = Field(64, ge=3, le=10000, title="most files in one bundle")
+
+
 class RolloutSection(_Section):
     """Defaults of new rollouts and how often the engine checks timeouts."""
 
@@ -157,12 +166,21 @@ class HubConfig(StrictConfig):
         default_factory=list, title="Ed25519 public key PEMs accepted on bundle upload"
     )
     max_upload_mb: int = Field(512, ge=1, le=8192, title="largest accepted request body, in MiB")
+    bundles: BundleSection = Field(default_factory=BundleSection, title="bundle upload caps")
     mqtt: MqttSection = Field(default_factory=MqttSection, title="MQTT connection")
     broker: BrokerSection = Field(default_factory=BrokerSection, title="embedded broker")
     ingest: IngestSection = Field(default_factory=IngestSection, title="ingest batching")
     rollouts: RolloutSection = Field(default_factory=RolloutSection, title="staged rollouts")
     training: TrainingSection = Field(default_factory=TrainingSection, title="training job queue")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", title="log level")
+
+    def bundle_limits(self) -> BundleLimits:
+        """The caps uploads are verified against (:class:`shared.bundle.BundleLimits`)."""
+        return BundleLimits(
+            max_manifest_bytes=self.bundles.max_manifest_kb * 1024,
+            max_unpacked_bytes=self.bundles.max_unpacked_mb * 1024 * 1024,
+            max_files=self.bundles.max_files,
+        )
 
     @field_validator("public_url")
     @classmethod

@@ -1,9 +1,12 @@
 """Model bundles: a zip of ``manifest.json``, ``manifest.sig`` and the model files.
 
 ``manifest.json`` lists the sha256 of every other file and is signed (Ed25519) by the trainer.
-Verification checks, in order: the zip's own sha256 (when the caller knows it), that the zip
-holds only safe relative paths, the signature over the exact manifest bytes, and every file's
-sha256. Nothing from a bundle is used before :func:`verify_bundle` returns.
+Verification checks, in order: the zip's own sha256 (when the caller knows it), the manifest's
+size against :class:`BundleLimits` before it is read, the signature over the exact manifest bytes,
+the file count and total unpacked size (declared, then counted again while streaming), that the zip
+holds only safe relative paths, and every file's sha256. A corrupt zip (bad CRC, broken deflate
+stream) is a :class:`BundleError` like any other refusal. Nothing from a bundle is used before
+:func:`verify_bundle` returns.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import re
 import shutil
 import tempfile
 import zipfile
+import zlib
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -31,11 +36,28 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 FORMAT_VERSION = 1
 SEMVER_RE = r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$"
-MAX_UNCOMPRESSED_BYTES = 4 * 1024**3
 
 
 class BundleError(ValueError):
     """A bundle that must not be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class BundleLimits:
+    """Caps checked before and while a bundle is read; a bundle over any of them is refused.
+
+    The defaults leave ample room for an Inception V3 bundle (about 250 MB unpacked with every IR,
+    8-12 files). Weights barely compress (about 1.1:1) and the XML about 10:1, so a member larger than
+    1 MiB that claims more than ``max_ratio``:1 is a zip bomb.
+    """
+
+    max_manifest_bytes: int = 1024 * 1024
+    max_unpacked_bytes: int = 2 * 1024**3
+    max_files: int = 64
+    max_ratio: int = 200
+
+
+DEFAULT_LIMITS = BundleLimits()
 
 
 class TensorSpec(BaseModel):
@@ -168,18 +190,35 @@ def _safe_name(name: str) -> bool:
     return not p.is_absolute() and ".." not in p.parts and bool(re.match(r"^[A-Za-z0-9_./-]+$", name))
 
 
-def read_manifest(bundle: str | Path | bytes) -> tuple[Manifest, bytes, bytes]:
-    """Return (manifest, manifest bytes, signature) without checking the signature."""
+def _read_member(zf: zipfile.ZipFile, name: str, cap: int) -> bytes:
+    """``name``'s bytes, refusing it when its declared or actual size is over ``cap``."""
+    info = zf.getinfo(name)
+    if info.file_size > cap:
+        raise BundleError(f"{name} is {info.file_size} bytes, over the {cap}-byte limit; refusing the bundle")
+    with zf.open(info) as src:
+        data = src.read(cap + 1)
+    if len(data) > cap:
+        raise BundleError(f"{name} inflates past the {cap}-byte limit; refusing the bundle")
+    return data
+
+
+def read_manifest(
+    bundle: str | Path | bytes, limits: BundleLimits = DEFAULT_LIMITS
+) -> tuple[Manifest, bytes, bytes]:
+    """Return (manifest, manifest bytes, signature) without checking the signature.
+
+    The manifest and the signature are read only up to ``limits.max_manifest_bytes``.
+    """
     src: Any = io.BytesIO(bundle) if isinstance(bundle, bytes) else bundle
     try:
         with zipfile.ZipFile(src) as zf:
             names = set(zf.namelist())
             if MANIFEST not in names or SIGNATURE not in names:
                 raise BundleError(f"bundle lacks {MANIFEST} or {SIGNATURE}")
-            manifest_bytes = zf.read(MANIFEST)
-            signature = zf.read(SIGNATURE)
-    except zipfile.BadZipFile as exc:
-        raise BundleError(f"bundle is not a zip file: {exc}") from exc
+            manifest_bytes = _read_member(zf, MANIFEST, limits.max_manifest_bytes)
+            signature = _read_member(zf, SIGNATURE, 1024)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        raise BundleError(f"bundle is not a readable zip file: {exc}") from exc
     try:
         manifest = Manifest.model_validate_json(manifest_bytes)
     except ValidationError as exc:
@@ -193,19 +232,20 @@ def verify_bundle(
     public_key: Ed25519PublicKey,
     dest_dir: str | Path | None = None,
     expected_sha256: str | None = None,
+    limits: BundleLimits = DEFAULT_LIMITS,
 ) -> Manifest:
     """Verify a bundle and, when ``dest_dir`` is given, extract it there (atomically).
 
     Raises:
-        BundleError: wrong sha256, bad signature, unsafe or unlisted files, or a file's digest
-            differs from the manifest. ``dest_dir`` is left untouched on error.
+        BundleError: wrong sha256, bad signature, over a limit, a corrupt zip, unsafe or unlisted
+            files, or a file's digest differs from the manifest. ``dest_dir`` is left untouched on error.
     """
     bundle_path = Path(bundle_path)
     if expected_sha256 is not None:
         actual = sha256_file(bundle_path)
         if actual != expected_sha256:
             raise BundleError(f"bundle sha256 {actual} differs from the expected {expected_sha256}")
-    manifest, manifest_bytes, signature = read_manifest(bundle_path)
+    manifest, manifest_bytes, signature = read_manifest(bundle_path, limits)
     try:
         public_key.verify(signature, manifest_bytes)
     except InvalidSignature:
@@ -213,15 +253,42 @@ def verify_bundle(
             "manifest signature does not verify with the pinned public key "
             "(bundle tampered with, or signed by another trainer key)"
         ) from None
+    try:
+        _check_and_extract(bundle_path, manifest, manifest_bytes, signature, dest_dir, limits)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        raise BundleError(f"bundle is corrupt ({exc}); download or build it again") from exc
+    return manifest
+
+
+def _check_and_extract(
+    bundle_path: Path,
+    manifest: Manifest,
+    manifest_bytes: bytes,
+    signature: bytes,
+    dest_dir: str | Path | None,
+    limits: BundleLimits,
+) -> None:
     with zipfile.ZipFile(bundle_path) as zf:
         infos = {i.filename: i for i in zf.infolist() if not i.is_dir()}
+        if len(infos) > limits.max_files:
+            raise BundleError(f"bundle holds {len(infos)} files, over the limit of {limits.max_files}")
         content = set(infos) - {MANIFEST, SIGNATURE}
         if content != set(manifest.files):
             extra = sorted(content - set(manifest.files))
             missing = sorted(set(manifest.files) - content)
             raise BundleError(f"bundle files differ from the manifest: extra {extra}, missing {missing}")
-        if sum(i.file_size for i in infos.values()) > MAX_UNCOMPRESSED_BYTES:
-            raise BundleError("bundle expands beyond 4 GiB; refusing it")
+        declared = sum(i.file_size for i in infos.values())
+        if declared > limits.max_unpacked_bytes:
+            raise BundleError(
+                f"bundle unpacks to {declared} bytes, over the limit of {limits.max_unpacked_bytes}"
+            )
+        for name, info in infos.items():
+            ratio = info.file_size / max(info.compress_size, 1)
+            if info.file_size > 1024 * 1024 and ratio > limits.max_ratio:
+                raise BundleError(
+                    f"{name} inflates {ratio:.0f}:1 ({info.file_size} bytes), over the {limits.max_ratio}:1 "
+                    "limit: a zip bomb, not a model"
+                )
         for name in content:
             if not _safe_name(name):
                 raise BundleError(f"bundle holds an unsafe path {name!r}")
@@ -230,12 +297,18 @@ def verify_bundle(
                 raise BundleError(f"artifact {role} -> {rel} is not among the bundle's files")
         staging = Path(tempfile.mkdtemp(prefix=".verify-", dir=Path(dest_dir).parent if dest_dir else None))
         try:
+            unpacked = 0
             for name in sorted(content):
                 target = staging / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 h = hashlib.sha256()
                 with zf.open(name) as src, open(target, "wb") as out:
                     while block := src.read(1 << 20):
+                        unpacked += len(block)
+                        if unpacked > limits.max_unpacked_bytes:  # never trust the declared sizes alone
+                            raise BundleError(
+                                f"bundle inflates past the limit of {limits.max_unpacked_bytes} bytes"
+                            )
                         h.update(block)
                         out.write(block)
                 if h.hexdigest() != manifest.files[name]:
@@ -250,7 +323,6 @@ def verify_bundle(
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
-    return manifest
 
 
 def manifest_summary(manifest: Manifest) -> dict[str, Any]:

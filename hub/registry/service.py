@@ -29,9 +29,11 @@ from hub.errors import HubError
 from hub.registry.store import BundleStore
 from hub.rollouts.spec import ACTIVE_ROLLOUT_STATES, TargetState
 from shared.bundle import (
+    DEFAULT_LIMITS,
     MANIFEST,
     SIGNATURE,
     BundleError,
+    BundleLimits,
     Manifest,
     load_public_key,
     read_manifest,
@@ -95,11 +97,13 @@ class ModelRegistry:
         store: BundleStore,
         trusted_keys: list[tuple[Path, Ed25519PublicKey]],
         max_bytes: int,
+        limits: BundleLimits = DEFAULT_LIMITS,
     ) -> None:
         self.db = db
         self.store = store
         self.trusted_keys = trusted_keys
         self.max_bytes = max_bytes
+        self.limits = limits
 
     # --- upload -----------------------------------------------------------------------------
     def upload(self, stream: IO[bytes], uploaded_by: str) -> ModelVersion:
@@ -107,7 +111,8 @@ class ModelRegistry:
 
         Raises:
             RegistryError: 503 no trusted keys configured; 413 too large; 400 not a bundle;
-                422 unsigned, bad signature, tampered files or contract mismatch; 409 the
+                422 unsigned, bad signature, tampered or corrupt files, over a bundle cap
+                (:class:`shared.bundle.BundleLimits`) or contract mismatch; 409 the
                 name + version already exists.
         """
         if not self.trusted_keys:
@@ -214,9 +219,9 @@ class ModelRegistry:
                 f"the bundle has no {SIGNATURE}; only bundles signed with a trusted trainer key are accepted",
             )
         try:
-            manifest, manifest_bytes, signature = read_manifest(path)
-        except BundleError as exc:
-            raise RegistryError(400, "invalid_bundle", str(exc)) from exc
+            manifest, manifest_bytes, signature = read_manifest(path, self.limits)
+        except BundleError as exc:  # a readable zip whose manifest is refused (invalid, over a cap, corrupt)
+            raise RegistryError(422, "bundle_rejected", str(exc)) from exc
         key = self._signing_key(manifest_bytes, signature)
         if key is None:
             raise RegistryError(
@@ -226,7 +231,7 @@ class ModelRegistry:
                 "signed by a key missing from trusted_keys)",
             )
         try:
-            verified = verify_bundle(path, key, dest_dir=None)
+            verified = verify_bundle(path, key, dest_dir=None, limits=self.limits)
         except BundleError as exc:
             raise RegistryError(422, "bundle_rejected", str(exc)) from exc
         check_contract(verified)

@@ -211,3 +211,36 @@ def test_registry_stream_limit_is_enforced_without_http(app, make_bundle, config
         registry.upload(fh, uploaded_by="test")
     assert err.value.status == 413
     assert not any((config.data_dir / "bundles" / ".incoming").iterdir())
+
+
+def test_corrupt_and_bomb_uploads_answer_422_and_store_nothing(client, make_bundle, config, tmp_path):
+    path = make_bundle(pb_bytes=40_000)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("model.pb")
+    data[info.header_offset + 30 + len(info.filename) + len(info.extra) + 10] ^= 0xFF  # bad CRC
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(bytes(data))
+    r = upload_bundle(client, corrupt)
+    assert r.status_code == 422 and r.json["error"]["code"] == "bundle_rejected", r.json
+    bomb = make_bundle(version="2.0.0")
+    with zipfile.ZipFile(bomb) as zf:
+        items = {n: zf.read(n) for n in zf.namelist()}
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        for n, d in items.items():
+            zf.writestr(n, bytes(32 * 1024 * 1024) if n == "model.pb" else d)  # 32 MiB of zeros: ~1000:1
+    r = upload_bundle(client, bomb)
+    assert r.status_code == 422 and r.json["error"]["code"] == "bundle_rejected"
+    assert "zip bomb" in r.json["error"]["message"]
+    assert client.get("/api/v1/models", headers=auth("admin")).json["items"] == []
+    assert not list((config.data_dir / "bundles").glob("??/*.zip"))
+
+
+def test_the_bundle_caps_come_from_the_hub_config(tmp_path, keys, make_bundle):
+    cfg = hub_config(tmp_path, keys, bundles={"max_manifest_kb": 1})
+    app = migrated_app(cfg)
+    try:
+        r = upload_bundle(app.test_client(), make_bundle())
+        assert r.status_code == 422 and "over the 1024-byte limit" in r.json["error"]["message"]
+    finally:
+        close_app(app)
