@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -172,9 +173,37 @@ def check(config_path: Path | None) -> None:
             report(False, "broker", str(exc))
         finally:
             publisher.close()
+    _check_running_hub(config, report)
     log.debug(kv("check_done", failures=failures))
     if failures:
         raise click.exceptions.Exit(1)
+
+
+def _check_running_hub(config: HubConfig, report: Callable[[bool, str, str], None]) -> None:
+    """When a hub answers at ``public_url``: its health and each loop's liveness (``/healthz``).
+
+    A hub that is not running yet is not a failure (``check`` runs before ``serve`` too); a running
+    one that reports itself degraded, or a dead loop, is.
+    """
+    import requests
+
+    url = f"{config.public_url}/healthz"
+    try:
+        resp = requests.get(url, timeout=3)
+        body = resp.json()
+    except (requests.RequestException, ValueError):
+        click.echo(f"info  {'running hub':<14} none answers at {url} (checked the configuration only)")
+        return
+    ok = resp.status_code == 200
+    problems = "; ".join(body.get("problems", []))
+    report(ok, "running hub", f"{url} -> {body.get('status')}" + ("" if ok else f": {problems}"))
+    for name, state in sorted((body.get("ingest", {}).get("loops") or {}).items()):
+        age = state.get("last_activity_age_s")
+        detail = (
+            f"{'alive' if state.get('alive') else 'NOT RUNNING'}, restarts {state.get('restarts', 0)}, "
+            + ("no activity yet" if age is None else f"last activity {age:.1f} s ago")
+        )
+        report(bool(state.get("alive")), f"loop {name}", detail)
 
 
 def _safe_url(config: HubConfig) -> str:

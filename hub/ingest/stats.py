@@ -7,6 +7,8 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
+from shared.loops import Loops
+
 
 class IngestStats:
     """Counters of one ingest worker: received, stored, duplicates, invalid per reason, ..."""
@@ -24,6 +26,9 @@ class IngestStats:
         self.connected = False
         self.running = False
         self.last_commit_at: datetime | None = None
+        self.reconcile_errors = 0
+        #: liveness of the worker's loops: ``ingest-mqtt`` (paho's network thread), ``ingest-writer``
+        self.loops = Loops()
 
     def add(self, **increments: int) -> None:
         """Add to named counters, e.g. ``add(stored=3, duplicates=1)``."""
@@ -67,4 +72,6 @@ class IngestStats:
                 "invalid": dict(self.invalid),
                 "invalid_total": sum(self.invalid.values()),
                 "last_commit_at": self.last_commit_at.isoformat() if self.last_commit_at else None,
+                "reconcile_errors": self.reconcile_errors,
+                "loops": self.loops.snapshot(),
             }

@@ -95,8 +95,9 @@ class IngestWorker:
         client.connect_async(m.host, m.port, keepalive=m.keepalive)
         client.loop_start()
         self._client = client
-        self._thread = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
-        self._thread.start()
+        # paho owns its network thread; the loop is alive while that thread runs
+        self.stats.loops.watch("ingest-mqtt", lambda: _paho_thread_alive(client))
+        self._thread = self.stats.loops.spawn("ingest-writer", self._write_loop, self._stop)
         self.stats.set_flags(running=True)
         log.info(
             kv(
@@ -199,6 +200,7 @@ class IngestWorker:
 
     def _receive(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
         self.stats.add(received=1)
+        self.stats.loops.beat("ingest-mqtt")
         if not msg.payload and msg.retain:
             # someone cleared a retained status (an agent decommissioned): nothing to store
             log.debug(kv("retained_cleared", topic=msg.topic[:200]))
@@ -306,15 +308,25 @@ class IngestWorker:
                     self._flush([item])
                 return
             self.stats.committed(outcome.stored, outcome.duplicates, outcome.statuses, outcome.events)
+            self.stats.loops.beat("ingest-writer")
             self._ack(items)
             if self.on_commit is not None:
                 reports = [i.message for i in items if isinstance(i.message, (AgentStatus, ModelEvent))]
                 if reports:
-                    self.on_commit(reports)
+                    self._reconcile(reports)
             log.debug(
                 kv("ingest_batch", size=len(items), stored=outcome.stored, duplicates=outcome.duplicates)
             )
             return
+
+    def _reconcile(self, reports: Sequence[Message]) -> None:
+        """Hand committed reports to the rollout engine; its errors are counted, never the writer's end."""
+        assert self.on_commit is not None
+        try:
+            self.on_commit(reports)
+        except Exception as exc:  # noqa: BLE001 - reconciliation retries on its next tick
+            self.stats.add(reconcile_errors=1)
+            log.exception(kv("reconcile_failed", reports=len(reports), error=repr(exc)[:300]))
 
     def _ack(self, items: list[Incoming]) -> None:
         client = self._client
@@ -325,3 +337,9 @@ class IngestWorker:
             # packet id on the new connection could acknowledge a different message
             if item.generation == self._generation and self._connected.is_set():
                 client.ack(item.mid, item.qos)
+
+
+def _paho_thread_alive(client: mqtt.Client) -> bool:
+    """Whether paho's ``loop_start`` thread still runs (paho keeps it as ``_thread``)."""
+    thread = getattr(client, "_thread", None)
+    return thread is not None and thread.is_alive()

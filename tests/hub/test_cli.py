@@ -14,6 +14,7 @@ import requests
 import yaml
 
 from hub.cli import cli as hub_cli
+from hub.db.migrate import head_revision
 from hub.operator_cli import agents as agents_cli
 from hub.operator_cli import models as models_cli
 from tests.conftest import free_port, wait_port, wait_until
@@ -58,10 +59,11 @@ def test_migrate_then_check(runner, tmp_path, private_broker):
     r = runner.invoke(hub_cli, ["check", "--config", str(path)])
     assert r.exit_code == 0, r.output
     assert "revision none" in r.output and "run `leukonet hub migrate`" in r.output
+    head = head_revision()
     r = runner.invoke(hub_cli, ["migrate", "--config", str(path)])
-    assert r.exit_code == 0 and "revision 0003" in r.output
+    assert r.exit_code == 0 and f"revision {head}" in r.output
     r = runner.invoke(hub_cli, ["check", "--config", str(path)])
-    assert r.exit_code == 0 and "revision 0003 (head 0003)" in r.output
+    assert r.exit_code == 0 and f"revision {head} (head {head})" in r.output
     private_broker.stop()
     r = runner.invoke(hub_cli, ["check", "--config", str(path)])
     assert r.exit_code == 1 and "FAIL  broker" in r.output
@@ -98,6 +100,17 @@ def test_serve_runs_embedded_broker_ingest_and_web_then_stops_on_sigterm(tmp_pat
             timeout=5,
         ).json()
         assert stats["running"] is True
+        check = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "hub", "check", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        # the running hub's loops, read from its /healthz
+        assert "ok    running hub" in check.stdout, check.stdout
+        assert "ok    loop ingest-writer alive, restarts 0" in check.stdout, check.stdout
+        assert "ok    loop ingest-mqtt alive" in check.stdout, check.stdout
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

@@ -250,3 +250,27 @@ def test_poison_messages_are_counted_acked_and_never_stop_ingest(ingest_env, mon
     wait_until(lambda: again.stats.snapshot()["stored"] == 1)
     assert again.stats.snapshot()["received"] == 1 and again.stats.snapshot()["invalid_total"] == 0
     assert count(db, Classification) == 2
+
+
+def test_a_failing_reconciliation_hook_is_counted_and_ingest_goes_on(ingest_env):
+    cfg, db, start, broker = ingest_env
+    calls = []
+
+    def broken_hook(reports):
+        calls.append(len(reports))
+        raise RuntimeError("rollout engine bug")
+
+    worker = start(on_commit=broken_hook)
+    agent = f"scope-{uuid.uuid4().hex[:6]}"
+    status = AgentStatus(agent_id=agent, state=AgentState.ONLINE)
+    publish_all(broker.port, [(topics.build(agent, topics.Kind.STATUS), as_json(status), True)])
+    wait_until(lambda: worker.stats.snapshot()["reconcile_errors"] == 1)
+    publish_all(
+        broker.port, [(topics.build(agent, topics.Kind.RESULTS), as_json(make_result(agent_id=agent)), False)]
+    )
+    wait_until(lambda: worker.stats.snapshot()["stored"] == 1)
+    loops = worker.stats.snapshot()["loops"]
+    assert loops["ingest-writer"]["alive"] and loops["ingest-writer"]["restarts"] == 0
+    assert loops["ingest-mqtt"]["alive"] and loops["ingest-mqtt"]["last_activity_age_s"] is not None
+    worker.stop()
+    assert worker.stats.loops.dead() == ["ingest-mqtt", "ingest-writer"]
