@@ -30,7 +30,8 @@ from agents.sources.folder import FolderSource
 from agents.sources.http import HttpSource
 from agents.vitals import InferenceStats, collect_vitals
 from shared.logs import kv
-from shared.schemas import AgentState, AgentStatus, ModelEvent
+from shared.loops import Loops
+from shared.schemas import AgentState, AgentStatus, LoopState, ModelEvent
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class Agent:
             precision=active.backend.precision if active else None,
             execution_precision=active.backend.execution_precision if active else None,
             vitals=vitals,
+            loops={name: LoopState.model_validate(s) for name, s in self.pipeline.loops.snapshot().items()},
         )
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -229,6 +231,7 @@ def build_agent(config: AgentConfig, connect: bool = True) -> Agent:
     outbox = Outbox(state_dir / "outbox.sqlite3")
     source = FolderSource(config.watch_dir, config.done_path, config.failed_path, config.settle_s)
     stats = InferenceStats()
+    loops = Loops()
     link_box: list[Link] = []
 
     def publish_event(event: ModelEvent) -> None:
@@ -251,6 +254,7 @@ def build_agent(config: AgentConfig, connect: bool = True) -> Agent:
         http_timeout_s=config.hub.timeout_s,
         download_attempts=config.hub.download_attempts,
         retry_backoff_s=config.hub.retry_backoff_s,
+        loops=loops,
     )
 
     def notify() -> None:
@@ -269,6 +273,7 @@ def build_agent(config: AgentConfig, connect: bool = True) -> Agent:
         limits=config.outbox,
         state_dir=state_dir,
         notify=notify,
+        loops=loops,
     )
     http = HttpSource(config.http, pipeline, models, config.agent_id) if config.http.enabled else None
     camera = CameraSource(config.camera, pipeline, models) if config.camera.enabled else None
@@ -281,6 +286,7 @@ def build_agent(config: AgentConfig, connect: bool = True) -> Agent:
             agent.status,
             models.submit,
             status_interval_s=config.status_interval_s,
+            loops=loops,
         )
         link_box.append(link)
         agent.attach_link(link)

@@ -26,6 +26,7 @@ import paho.mqtt.client as mqtt
 from agents.config import MqttConfig
 from agents.outbox import Outbox, OutboxError
 from shared.logs import kv
+from shared.loops import Loops, paho_network_alive
 from shared.schemas import AgentState, AgentStatus, DesiredModel, ModelEvent, PayloadError, parse_payload
 from shared.topics import Kind, TopicError, build, parse
 
@@ -56,11 +57,13 @@ class Link:
         on_desired: DesiredFn,
         status_interval_s: float = 30.0,
         window: int = 100,
+        loops: Loops | None = None,
     ) -> None:
         self.agent_id = agent_id
         self._cfg = mqtt_config
         #: desired messages refused (bad topic, bad payload, or an error while handling one)
         self.rejected_messages = 0
+        self.loops = loops or Loops()
         self._outbox = outbox
         self._status_fn = status_fn
         self._on_desired = on_desired
@@ -103,10 +106,10 @@ class Link:
         log.info(kv("mqtt_connecting", host=self._cfg.host, port=self._cfg.port, client_id=self.agent_id))
         self.client.connect_async(self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive)
         self.client.loop_start()
+        client = self.client
+        self.loops.watch("mqtt", lambda: paho_network_alive(client))
         for target, name in ((self._pump, "outbox-pump"), (self._status_loop, "status")):
-            t = threading.Thread(target=target, name=f"{name}-{self.agent_id}", daemon=True)
-            t.start()
-            self._threads.append(t)
+            self._threads.append(self.loops.spawn(name, target, self._stop))
 
     @property
     def connected(self) -> bool:
@@ -165,6 +168,7 @@ class Link:
             log.exception(kv("desired_failed", topic=str(message.topic)[:200], error=repr(exc)[:300]))
 
     def _receive(self, message: mqtt.MQTTMessage) -> None:
+        self.loops.beat("mqtt")
         if not message.payload:
             return  # a cleared retained desired state: nothing to do
         try:
@@ -215,11 +219,13 @@ class Link:
     def _status_loop(self) -> None:
         while not self._stop.wait(self._status_interval_s):
             self.publish_status()
+            self.loops.beat("status")
 
     def _pump(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(0.5)
             self._wake.clear()
+            self.loops.beat("outbox-pump")
             self._drain_acks()
             if self.connected:
                 self._fill_window()

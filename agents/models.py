@@ -55,6 +55,7 @@ from shared.bundle import (
     verify_bundle,
 )
 from shared.logs import Progress, kv
+from shared.loops import Loops
 from shared.preprocessing import ImageDecodeError, crop_and_resize, decode_image
 from shared.schemas import DesiredModel, ModelEvent, ModelEventKind
 
@@ -145,8 +146,10 @@ class ModelManager:
         download_attempts: int = 6,
         retry_backoff_s: float = 2.0,
         redownload_after_s: float = 60.0,
+        loops: Loops | None = None,
     ) -> None:
         self.agent_id = agent_id
+        self.loops = loops or Loops()
         self.state_dir = Path(state_dir)
         self.models_dir = self.state_dir / "models"
         self.downloads_dir = self.state_dir / "downloads"
@@ -652,11 +655,11 @@ class ModelManager:
 
     def start(self) -> None:
         """Start the worker thread that applies submitted desired states."""
-        self._worker = threading.Thread(target=self._work, name=f"models-{self.agent_id}", daemon=True)
-        self._worker.start()
+        self._worker = self.loops.spawn("models", self._work, self._stop)
 
     def _work(self) -> None:
         while not self._stop.is_set():
+            self.loops.beat("models")
             with self._cond:
                 self._cond.wait_for(lambda: self._pending is not None or self._stop.is_set(), timeout=1.0)
                 desired, self._pending = self._pending, None

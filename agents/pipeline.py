@@ -49,6 +49,7 @@ from agents.outbox import Outbox, OutboxError
 from agents.sources.folder import FolderSource
 from agents.vitals import InferenceStats
 from shared.logs import kv
+from shared.loops import Loops
 from shared.preprocessing import ImageDecodeError, crop_and_resize, decode_image
 from shared.schemas import ClassificationResult, Timings, utcnow
 
@@ -131,6 +132,7 @@ class Pipeline:
         limits: OutboxConfig,
         state_dir: Path,
         notify: Callable[[], None] | None = None,
+        loops: Loops | None = None,
     ) -> None:
         self.agent_id, self.lab = agent_id, lab
         self.threshold = low_confidence_threshold
@@ -138,6 +140,7 @@ class Pipeline:
         self.config, self.limits = config, limits
         self.state_dir = state_dir
         self._notify = notify or (lambda: None)
+        self.loops = loops or Loops()
         size = config.queue_size or max(4 * config.decode_threads, 2 * max(1, config.infer_requests) + 4, 16)
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=size)
         self._finished: queue.SimpleQueue[_Finished | None] = queue.SimpleQueue()
@@ -162,12 +165,9 @@ class Pipeline:
     def start(self) -> None:
         """Start the decode threads and the writer thread."""
         for i in range(self.config.decode_threads):
-            t = threading.Thread(target=self._decode_loop, name=f"decode-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
-        writer = threading.Thread(target=self._write_loop, name="outbox-writer", daemon=True)
-        writer.start()
-        self._writer = writer
+            name = f"decode-{i}"
+            self._threads.append(self.loops.spawn(name, partial(self._decode_loop, name), self._closing))
+        self._writer = self.loops.spawn("outbox-writer", self._write_loop, self._closing)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop taking jobs, finish the images already in inference, stop the threads.
@@ -283,7 +283,7 @@ class Pipeline:
 
     # --- decode stage -------------------------------------------------------------------------
 
-    def _decode_loop(self) -> None:
+    def _decode_loop(self, name: str) -> None:
         while True:
             job = self._queue.get()
             self._room.set()
@@ -293,6 +293,7 @@ class Pipeline:
                 self._start(job)
             except Exception as exc:  # noqa: BLE001 - one file must never stop a decode thread
                 self._unexpected(job, exc)
+            self.loops.beat(name)
 
     def _unexpected(self, job: Job, exc: BaseException) -> None:
         """An error nothing else handled: counted, logged once, the file moved aside with the reason."""
@@ -408,6 +409,7 @@ class Pipeline:
                 batch.append(more)
             try:
                 self._commit(batch)
+                self.loops.beat("outbox-writer")
             except Exception as exc:  # noqa: BLE001 - the writer must outlive a bug in one batch
                 log.exception(kv("commit_failed", images=len(batch), error=exc))
                 self._pause(f"internal error while storing results: {exc}")

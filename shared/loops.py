@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from shared.logs import kv
 
@@ -105,3 +106,9 @@ class Loops:
     def dead(self) -> list[str]:
         """Names of the loops that are not running now."""
         return sorted(name for name, state in self.snapshot().items() if not state["alive"])
+
+
+def paho_network_alive(client: Any) -> bool:
+    """Whether a paho client's ``loop_start`` network thread still runs (paho keeps it as ``_thread``)."""
+    thread = getattr(client, "_thread", None)
+    return thread is not None and bool(thread.is_alive())

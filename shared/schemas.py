@@ -100,6 +100,8 @@ class _PrecisionReport(_Message):
     def _v1_has_no_precision(self) -> _PrecisionReport:
         if self.schema_version == 1 and (self.precision is not None or self.execution_precision is not None):
             raise ValueError("precision fields need schema_version 2")
+        if self.schema_version == 1 and getattr(self, "loops", None):
+            raise ValueError("loops need schema_version 2")
         return self
 
 
@@ -160,6 +162,16 @@ class Vitals(BaseModel):
     p95_inference_ms: float | None = None
 
 
+class LoopState(BaseModel):
+    """Liveness of one of the agent's loops (:class:`shared.loops.Loops`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    alive: bool = Field(title="the loop's thread is running")
+    restarts: int = Field(0, ge=0, le=2**53, title="times it crashed and was restarted")
+    last_activity_age_s: float | None = Field(None, ge=0, title="seconds since it last did work")
+
+
 class AgentStatus(_PrecisionReport):
     """Retained on ``.../status``; the last will sets ``state=offline``."""
 
@@ -170,6 +182,9 @@ class AgentStatus(_PrecisionReport):
     model_version: str | None = Field(None, max_length=64)
     device: str | None = Field(None, max_length=64)
     vitals: Vitals = Field(default_factory=Vitals)
+    loops: dict[Annotated[str, StringConstraints(max_length=64)], LoopState] = Field(
+        default_factory=dict, max_length=32, title="each loop's liveness (schema_version 2)"
+    )
     sent_at: datetime = Field(default_factory=utcnow)
 
 

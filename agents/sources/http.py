@@ -26,6 +26,7 @@ with ``Retry-After``), 504 (no result within ``http.result_timeout_s``).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -125,6 +126,8 @@ class HttpSource:
         self.agent_id = agent_id
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        #: requests that hit an unexpected error (answered 500 JSON, logged)
+        self.errors = 0
 
     @property
     def host(self) -> str:
@@ -249,6 +252,19 @@ def _make_handler(source: HttpSource) -> type[BaseHTTPRequestHandler]:
                 self._error(HTTPStatus.NOT_FOUND, "not_found", f"no endpoint {path}; see POST /classify")
 
         def do_POST(self) -> None:  # noqa: N802 - stdlib name
+            try:
+                self._post()
+            except Exception as exc:  # noqa: BLE001 - one request must never cost the client its answer
+                source.errors += 1
+                log.exception(kv("http_request_failed", path=self.path[:200], error=repr(exc)[:300]))
+                with contextlib.suppress(OSError):  # the client may be gone already
+                    self._error(
+                        HTTPStatus.INTERNAL_SERVER_ERROR,
+                        "internal_error",
+                        "the agent hit an unexpected error with this request; see its log",
+                    )
+
+        def _post(self) -> None:
             url = urlsplit(self.path)
             seed = url.path == "/Inference"
             if url.path not in ("/classify", "/Inference"):

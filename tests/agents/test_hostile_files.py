@@ -16,7 +16,13 @@ from PIL import Image
 
 from shared.topics import Kind, build
 from tests.agents.helpers import BLUE, RED, Recorder, wait_until, write_png
-from tests.agents.test_daemon import Running, config, keys_and_bundles, results  # noqa: F401 (fixture)
+from tests.agents.test_daemon import (  # noqa: F401 (keys_and_bundles is a fixture)
+    Running,
+    config,
+    keys_and_bundles,
+    results,
+    statuses,
+)
 from tests.hub.conftest import publish_all
 from tests.shared.test_hostile_input import png_declaring
 
@@ -87,6 +93,14 @@ def test_hostile_files_and_a_poison_desired_do_not_stop_the_agent(tmp_path, priv
         write_png(cfg.watch_dir / "after.png", RED)
         assert rec.wait_for(lambda m: any(b'"after.png"' in p for t, p, _ in m if t.endswith("/results")))
         assert wait_until(lambda: link.rejected_messages >= 2)
+        # The status the hub sees lists every loop alive, none restarted.
+        loops_seen = {"decode-0", "decode-1", "outbox-writer", "models", "mqtt", "outbox-pump", "status"}
+        assert wait_until(
+            lambda: any(
+                set(s.loops) == loops_seen and all(v.alive and v.restarts == 0 for v in s.loops.values())
+                for s in statuses(rec)
+            )
+        ), statuses(rec)[-1].loops
     finally:
         running.stop()
         rec.stop()

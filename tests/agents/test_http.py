@@ -11,6 +11,7 @@ import requests
 from agents.config import AgentConfig
 from agents.daemon import build_agent
 from tests.agents.helpers import BLUE, RED, image, make_bundle, make_keys, wait_until
+from tests.shared.test_hostile_input import png_declaring
 
 TOKEN = "scope-token"
 
@@ -150,3 +151,36 @@ def test_no_model_is_503_json(tmp_path, keys_and_bundle):
     finally:
         stop.set()
         thread.join(30)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (png_declaring(60_000, 60_000), "too many pixels"),
+        (png_declaring(12_000, 9_000), "over the limit of 100000000"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 200 + b"\xff\xd9", "not a decodable image"),
+    ],
+)
+def test_pixel_bombs_and_broken_images_are_422_json(served, data, match):
+    agent, url = served
+    resp = requests.post(f"{url}/classify", data=data, headers=AUTH, timeout=10)
+    assert resp.status_code == 422 and resp.json()["error"]["code"] == "bad_image"
+    assert match in resp.json()["error"]["message"]
+    ok = requests.post(f"{url}/classify", data=png(BLUE), headers=AUTH, timeout=10)
+    assert ok.status_code == 200  # and the next image is classified
+
+
+def test_an_unexpected_error_in_a_request_is_500_json_and_the_server_goes_on(served, monkeypatch):
+    agent, url = served
+    calls = []
+
+    def broken(name, data):
+        calls.append(name)
+        raise RuntimeError("a bug in classify")
+
+    monkeypatch.setattr(agent.http, "classify", broken)
+    resp = requests.post(f"{url}/classify", data=png(BLUE), headers=AUTH, timeout=10)
+    assert resp.status_code == 500 and resp.json()["error"]["code"] == "internal_error"
+    assert agent.http.errors == 1 and calls
+    monkeypatch.undo()
+    assert requests.post(f"{url}/classify", data=png(BLUE), headers=AUTH, timeout=10).status_code == 200
