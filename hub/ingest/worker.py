@@ -32,6 +32,7 @@ from hub.ingest.writer import IngestWriter, Message
 from hub.mqtt.client import make_client, reason_ok
 from shared import topics
 from shared.logs import kv
+from shared.loops import paho_network_alive
 from shared.schemas import AgentStatus, ClassificationResult, ModelEvent, PayloadError, parse_payload
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class IngestWorker:
         client.loop_start()
         self._client = client
         # paho owns its network thread; the loop is alive while that thread runs
-        self.stats.loops.watch("ingest-mqtt", lambda: _paho_thread_alive(client))
+        self.stats.loops.watch("ingest-mqtt", lambda: paho_network_alive(client))
         self._thread = self.stats.loops.spawn("ingest-writer", self._write_loop, self._stop)
         self.stats.set_flags(running=True)
         log.info(
@@ -337,9 +338,3 @@ class IngestWorker:
             # packet id on the new connection could acknowledge a different message
             if item.generation == self._generation and self._connected.is_set():
                 client.ack(item.mid, item.qos)
-
-
-def _paho_thread_alive(client: mqtt.Client) -> bool:
-    """Whether paho's ``loop_start`` thread still runs (paho keeps it as ``_thread``)."""
-    thread = getattr(client, "_thread", None)
-    return thread is not None and thread.is_alive()
