@@ -1,4 +1,4 @@
-"""``leukonet hub ...``: serve, migrate, ingest, check. Each command is a composition root.
+"""``leukonet hub ...``: serve, migrate, ingest, check, agents. Each command is a composition root.
 
 A bad config exits with status 1 and the :class:`~shared.config.ConfigError` text.
 """
@@ -15,35 +15,22 @@ import click
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from hub.cli_agents import agents_cli
+from hub.cli_common import config_option, load_config
 from hub.config import HubConfig
 from hub.ports import port_free
 from shared.config import ConfigError
-from shared.logs import kv, setup_logging
+from shared.logs import kv
 
 log = logging.getLogger(__name__)
-
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="LEUKONET_HUB_CONFIG",
-    help="Hub config YAML (env LEUKONET_HUB_CONFIG); LEUKONET_HUB_* variables override it.",
-)
-
-
-def load_config(path: Path | None) -> HubConfig:
-    """Load and validate the config, turning a ConfigError into a clean CLI error (exit 1)."""
-    try:
-        config: HubConfig = HubConfig.load(path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-    setup_logging(config.log_level)
-    return config
 
 
 @click.group("hub")
 def cli() -> None:
     """Run the hub: REST API + dashboard, MQTT ingest, database migrations."""
+
+
+cli.add_command(agents_cli)
 
 
 @cli.command()

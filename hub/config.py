@@ -89,6 +89,13 @@ class IngestSection(_Section):
 
     batch_size: int = Field(200, ge=1, le=10_000, title="results per transaction at most")
     batch_ms: int = Field(200, ge=1, le=60_000, title="longest wait for a batch to fill, in ms")
+    auto_register_agents: bool = Field(
+        False,
+        title=(
+            "take messages from agent ids the hub has never seen, registering them (demo and tests); "
+            "off: such messages are refused and counted, register agents with `leukonet hub agents add`"
+        ),
+    )
 
 
 class BundleSection(_Section):
@@ -159,6 +166,9 @@ class HubConfig(StrictConfig):
     )
     host: str = Field("127.0.0.1", title="web server bind address")
     port: int = Field(8080, ge=1, le=65535, title="web server port")
+    web_timeout_s: float = Field(
+        30.0, gt=0, le=600, title="`serve` drops a client whose next read or write takes longer (slowloris)"
+    )
     secret_key: SecretStr | None = Field(None, title="key signing dashboard sessions (required by serve)")
     tokens: list[ApiToken] = Field(default_factory=list, title="API bearer tokens with their roles")
     dashboard_password: SecretStr | None = Field(None, title="dashboard login password (no login if unset)")

@@ -247,7 +247,13 @@ class Demo:
         return result
 
     def start_agents(self) -> None:
+        hub_config = str(self.work / "hub" / "hub.yaml")
         for agent_id in AGENTS:
+            # The hub takes messages only from registered agents, as in production.
+            self.run_step(
+                f"register-{agent_id}",
+                self.cli("hub", "agents", "add", agent_id, "--lab", LABS[agent_id], "--config", hub_config),
+            )
             watch = self.work / "scopes" / agent_id
             watch.mkdir(parents=True, exist_ok=True)
             cfg = {

@@ -14,7 +14,8 @@ import signal
 import threading
 from types import FrameType
 
-from werkzeug.serving import make_server
+from flask import Flask
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from hub.app import close_app, create_app
 from hub.broker.embedded import EmbeddedBroker, start_embedded_broker
@@ -42,6 +43,20 @@ def install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, _handler)
 
 
+def make_web_server(host: str, port: int, app: Flask, timeout_s: float) -> BaseWSGIServer:
+    """werkzeug's threaded server with a socket timeout per connection.
+
+    A client that sends its headers or body slower than one read per ``timeout_s`` (slowloris) is
+    disconnected instead of holding a thread forever. For more than a lab's worth of clients, run the
+    web app under gunicorn with ``--timeout`` (see the README).
+    """
+
+    class TimeoutHandler(WSGIRequestHandler):
+        timeout = timeout_s  # socketserver applies it to every read and write on the connection
+
+    return make_server(host, port, app, threaded=True, request_handler=TimeoutHandler)
+
+
 def serve(config: HubConfig, stop: threading.Event | None = None) -> None:
     """Run broker (optional) + ingest + web until ``stop`` is set or a signal arrives."""
     config.require_secret_key()
@@ -65,7 +80,7 @@ def serve(config: HubConfig, stop: threading.Event | None = None) -> None:
         ticker = RolloutTicker(engine, config.rollouts.tick_s)
         ticker.start()
         app = create_app(config, database=db, publisher=publisher, ingest_stats=stats, rollouts=engine)
-        server = make_server(config.host, config.port, app, threaded=True)
+        server = make_web_server(config.host, config.port, app, config.web_timeout_s)
         thread = threading.Thread(target=server.serve_forever, name="web", daemon=True)
         thread.start()
         log.info(

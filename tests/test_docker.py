@@ -42,6 +42,18 @@ def test_compose_parses_and_has_the_services():
     assert expected <= set(services)
 
 
+def test_compose_registers_every_agent_it_runs():
+    services = compose()["services"]
+    script = services["register-agents"]["command"][2]
+    agent_ids = {
+        svc["environment"]["LEUKONET_AGENT_AGENT_ID"]
+        for svc in services.values()
+        if "agent" in svc.get("build", {}).get("dockerfile", "")
+    }
+    assert agent_ids and all(f"agents add {a} " in script for a in agent_ids)
+    assert services["hub"]["depends_on"]["register-agents"] == {"condition": "service_completed_successfully"}
+
+
 def test_compose_paths_exist():
     for name, svc in compose()["services"].items():
         build = svc.get("build")
@@ -84,6 +96,11 @@ def test_compose_commands_are_real_entry_points():
             cmd = shlex.split(cmd)
         if cmd and cmd[0] == "leukonet":
             resolve_command(cmd)
+        elif cmd and cmd[:2] == ["sh", "-c"]:
+            steps = [shlex.split(step) for step in cmd[2].split("&&")]
+            assert steps and all(step[0] == "leukonet" for step in steps), cmd
+            for step in steps:
+                resolve_command(step)
         elif name == "trainer":
             resolve_command(["leukonet", "trainer", "run"])
         elif name == "trainer-service":

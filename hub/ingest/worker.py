@@ -27,6 +27,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from hub.config import HubConfig
 from hub.db.session import Database
+from hub.ingest.admission import Admission
 from hub.ingest.stats import IngestStats
 from hub.ingest.writer import IngestWriter, Message
 from hub.mqtt.client import make_client, reason_ok
@@ -72,7 +73,7 @@ class IngestWorker:
     ) -> None:
         self.config = config
         self.on_commit = on_commit
-        self.writer = IngestWriter(db)
+        self.writer = IngestWriter(db, Admission(config.ingest.auto_register_agents))
         self.stats = stats or IngestStats()
         self.client_id = client_id or config.mqtt.client_id
         self._queue: queue.Queue[Incoming] = queue.Queue()
@@ -309,6 +310,8 @@ class IngestWorker:
                     self._flush([item])
                 return
             self.stats.committed(outcome.stored, outcome.duplicates, outcome.statuses, outcome.events)
+            for reason, n in outcome.refused.items():
+                self.stats.add_invalid(reason, n)
             self.stats.loops.beat("ingest-writer")
             self._ack(items)
             if self.on_commit is not None:

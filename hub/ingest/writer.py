@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from hub.db.models import Agent, Classification, ModelEventRecord
 from hub.db.session import Database
+from hub.ingest.admission import Admission, Message
 from shared.schemas import (
     AgentState,
     AgentStatus,
@@ -31,7 +33,6 @@ from shared.schemas import (
 )
 
 log = logging.getLogger(__name__)
-Message = ClassificationResult | AgentStatus | ModelEvent
 
 
 @dataclass
@@ -42,6 +43,8 @@ class BatchOutcome:
     duplicates: int = 0
     statuses: int = 0
     events: int = 0
+    #: messages refused by :class:`hub.ingest.admission.Admission`, by reason
+    refused: Counter[str] = field(default_factory=Counter)
 
 
 def _result_row(r: ClassificationResult, now: datetime) -> dict[str, Any]:
@@ -67,10 +70,16 @@ def _result_row(r: ClassificationResult, now: datetime) -> dict[str, Any]:
 
 
 class IngestWriter:
-    """Applies lists of validated messages to ``db``; each :meth:`write` is one transaction."""
+    """Applies lists of validated messages to ``db``; each :meth:`write` is one transaction.
 
-    def __init__(self, db: Database) -> None:
+    Args:
+        admission: which messages are taken; the ingest worker passes the configured one. The
+            default takes every agent (tools and tests that write trusted messages).
+    """
+
+    def __init__(self, db: Database, admission: Admission | None = None) -> None:
         self.db = db
+        self.admission = admission or Admission(auto_register=True)
 
     def write(self, messages: list[Message]) -> BatchOutcome:
         """Store ``messages`` (in order) in one transaction.
@@ -81,6 +90,7 @@ class IngestWriter:
         now = datetime.now(timezone.utc)
         outcome = BatchOutcome()
         with self.db.transaction() as s:
+            messages, outcome.refused = self.admission.admit(s, messages)
             agents: dict[str, Agent] = {}
             results = [m for m in messages if isinstance(m, ClassificationResult)]
             if results:

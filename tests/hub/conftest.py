@@ -90,8 +90,11 @@ def hub_config(tmp_path: Path, keys: Keys | None, **overrides: Any) -> HubConfig
             "publish_timeout_s": 2.0,
             "client_id": f"hub-test-{uuid.uuid4().hex[:8]}",
         },
-        "ingest": {"batch_size": 50, "batch_ms": 50},
     }
+    # Tests publish from many made-up agent ids: registration on first sight, unless a test says not.
+    values["ingest"] = {"batch_size": 50, "batch_ms": 50, "auto_register_agents": True} | overrides.pop(
+        "ingest", {}
+    )
     values.update(overrides)
     config: HubConfig = HubConfig.load(None, **values)
     return config

@@ -1,0 +1,74 @@
+"""Which validated agent messages the hub takes, decided per batch inside the writer's transaction.
+
+* A message from an agent id the hub has never registered is refused (``unknown_agent``) unless
+  ``ingest.auto_register_agents`` is on (the demo and tests). Agents are registered with
+  ``leukonet hub agents add``; enrollment will replace that.
+* A result whose ``probabilities`` keys differ from the labels the registry holds for its model
+  version is refused (``labels_mismatch``). A model the registry does not hold is not checked.
+
+Refused messages are counted by reason and acknowledged with their batch, so they never return.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from hub.db.models import Agent, ModelVersion
+from shared.schemas import AgentStatus, ClassificationResult, ModelEvent
+
+Message = ClassificationResult | AgentStatus | ModelEvent
+
+
+class Admission:
+    """Filters batches; caches the registry's labels (model versions are immutable).
+
+    Args:
+        auto_register: take messages from unknown agents (registering them on first sight).
+    """
+
+    def __init__(self, auto_register: bool) -> None:
+        self.auto_register = auto_register
+        self._labels: dict[tuple[str, str], frozenset[str]] = {}
+
+    def admit(self, s: Session, messages: Sequence[Message]) -> tuple[list[Message], Counter[str]]:
+        """The messages to store, in order, and the refused ones counted by reason."""
+        refused: Counter[str] = Counter()
+        known = self._known_agents(s, {m.agent_id for m in messages})
+        labels = self._model_labels(
+            s, {(m.model_name, m.model_version) for m in messages if isinstance(m, ClassificationResult)}
+        )
+        kept: list[Message] = []
+        for m in messages:
+            if known is not None and m.agent_id not in known:
+                refused["unknown_agent"] += 1
+            elif isinstance(m, ClassificationResult) and not _labels_fit(m, labels):
+                refused["labels_mismatch"] += 1
+            else:
+                kept.append(m)
+        return kept, refused
+
+    def _known_agents(self, s: Session, ids: set[str]) -> set[str] | None:
+        if self.auto_register or not ids:
+            return None
+        return set(s.scalars(select(Agent.agent_id).where(Agent.agent_id.in_(ids))))
+
+    def _model_labels(self, s: Session, refs: set[tuple[str, str]]) -> dict[tuple[str, str], frozenset[str]]:
+        missing = refs - set(self._labels)
+        if missing:
+            rows = s.execute(
+                select(ModelVersion.name, ModelVersion.version, ModelVersion.manifest).where(
+                    tuple_(ModelVersion.name, ModelVersion.version).in_(list(missing))
+                )
+            )
+            for name, version, manifest in rows:
+                self._labels[(name, version)] = frozenset(manifest.get("labels", []))
+        return {ref: self._labels[ref] for ref in refs if ref in self._labels}
+
+
+def _labels_fit(r: ClassificationResult, labels: dict[tuple[str, str], frozenset[str]]) -> bool:
+    expected = labels.get((r.model_name, r.model_version))
+    return expected is None or set(r.probabilities) == expected
