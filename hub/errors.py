@@ -6,6 +6,7 @@ Every API error body is ``{"error": {"code": "...", "message": "..."}}`` with a 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -46,6 +47,12 @@ def _wants_json() -> bool:
     return request.path.startswith("/api/") or request.path == "/healthz"
 
 
+def request_errors(app: Flask) -> Counter[str]:
+    """Unexpected errors answered 500, counted by ``METHOD /route`` (shown by ``/healthz``)."""
+    counter: Counter[str] = app.extensions.setdefault("leukonet.request_errors", Counter())
+    return counter
+
+
 def register_error_handlers(app: Flask) -> None:
     """JSON errors for the API (and for 413 everywhere); HTML pages keep Flask's defaults."""
 
@@ -69,7 +76,11 @@ def register_error_handlers(app: Flask) -> None:
         code = (exc.name or "error").lower().replace(" ", "_")
         return error_response(status, code, exc.description or exc.name or "error")
 
+    errors = request_errors(app)
+
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.exception(kv("unhandled_error", path=request.path, method=request.method))
+        rule = request.url_rule.rule if request.url_rule is not None else "<no route>"
+        errors[f"{request.method} {rule}"] += 1
+        log.exception(kv("unhandled_error", path=request.path[:200], method=request.method))
         return error_response(500, "internal_error", "the hub hit an unexpected error; see its log")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from hub.errors import request_errors
 from hub.extensions import hub_ext
 from shared.logs import kv
 
@@ -42,5 +43,11 @@ def healthz() -> tuple[Response, int]:
         if stats["running"] and dead:
             problems.append(f"ingest loop(s) not running: {', '.join(dead)}")
     status = "degraded" if problems else "ok"
-    body = {"status": status, "database": database, "ingest": stats, "problems": problems}
+    body = {
+        "status": status,
+        "database": database,
+        "ingest": stats,
+        "request_errors": dict(request_errors(current_app)),
+        "problems": problems,
+    }
     return jsonify(body), 503 if problems else 200

@@ -50,3 +50,16 @@ def test_in_process_ingest_that_is_not_running_or_has_a_dead_loop_is_503(tmp_pat
         assert body["ingest"]["loops"]["ingest-mqtt"]["alive"] is True
     finally:
         close_app(app)
+
+
+def test_an_unexpected_error_is_500_json_counted_by_route(tmp_path):
+    app = app_with(tmp_path, None)
+    app.add_url_rule("/api/v1/boom/<x>", "boom", lambda x: 1 / 0)
+    try:
+        client = app.test_client()
+        for _ in range(2):
+            r = client.get("/api/v1/boom/1")
+            assert r.status_code == 500 and r.json["error"]["code"] == "internal_error"
+        assert client.get("/healthz").json["request_errors"] == {"GET /api/v1/boom/<x>": 2}
+    finally:
+        close_app(app)
