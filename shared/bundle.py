@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.preprocessing import PreprocessingSpec
+from shared.preprocessing_spec import PreprocessingSpec
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"

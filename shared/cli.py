@@ -17,10 +17,10 @@ _LAZY: dict[str, tuple[str, str]] = {
     "hub": ("hub.cli", "Run the hub (REST API, dashboard, MQTT ingest)."),
     "agent": ("agents.cli", "Run or check an edge agent."),
     "trainer": ("trainer.cli", "Train, evaluate, export and publish models."),
-    "models": ("hub.operator_cli:models", "Model registry operations (talks to the hub API)."),
-    "agents": ("hub.operator_cli:agents", "Inspect agents (talks to the hub API)."),
-    "rollout": ("hub.operator_cli:rollout", "Staged model rollouts (talks to the hub API)."),
-    "training": ("hub.operator_cli:training", "Training jobs for `trainer serve` (talks to the hub API)."),
+    "models": ("hub.operator.models:models", "Model registry operations (talks to the hub API)."),
+    "agents": ("hub.operator.agents:agents", "Inspect agents (talks to the hub API)."),
+    "rollout": ("hub.operator.rollout:rollout", "Staged model rollouts (talks to the hub API)."),
+    "training": ("hub.operator.training:training", "Training jobs for `trainer serve` (hub API)."),
     "demo": ("hub.demo", "Run the whole loop on one machine with embedded defaults."),
 }
 

@@ -7,66 +7,38 @@ and the scaling (``x / 127.5 - 1``), so training and serving share one definitio
 
 Resizing is bilinear with half-pixel centres and no anti-aliasing: ``cv2.INTER_LINEAR`` here and
 ``tf.image.resize(..., antialias=False)`` in the trainer compute the same thing.
+
+The contract itself (constants, :class:`PreprocessingSpec`, the crop box) lives in
+:mod:`shared.preprocessing_spec`, which imports no OpenCV; it is re-exported here for the code that
+runs it.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
 from struct import error as struct_error
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_IMAGE_SIZE = 299
-CENTRAL_FRACTION = 0.875
-# uint8 -> [-1, 1]: x / 127.5 - 1 == (x / 255 - 0.5) * 2
-INPUT_MEAN = 127.5
-INPUT_SCALE = 127.5
-COLOR_ORDER = "RGB"  # what the network was trained on
-DECODED_ORDER = "BGR"  # what OpenCV decodes, and what agents feed the IR
-
-SUPPORTED_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-#: Largest image (width x height) decoded by default: above the largest microscope cameras (~100 MP).
-DEFAULT_MAX_PIXELS = 100_000_000
+from shared.preprocessing_spec import (
+    CENTRAL_FRACTION,
+    COLOR_ORDER,
+    DECODED_ORDER,
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_MAX_PIXELS,
+    INPUT_MEAN,
+    INPUT_SCALE,
+    SUPPORTED_SUFFIXES,
+    CropBox,
+    PreprocessingSpec,
+    central_crop_box,
+)
 
 
 class ImageDecodeError(ValueError):
     """The bytes are not a complete image OpenCV can decode."""
-
-
-class PreprocessingSpec(BaseModel):
-    """What a bundle's manifest records about its preprocessing."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=32, le=1024, title="square model input size")
-    central_fraction: float = Field(CENTRAL_FRACTION, gt=0, le=1, title="central crop fraction")
-    resize: str = Field("bilinear_half_pixel", title="resize method")
-    input_color_order: str = Field(DECODED_ORDER, title="channel order the IR expects")
-    input_dtype: str = Field("uint8", title="element type the IR expects")
-    model_color_order: str = Field(COLOR_ORDER, title="channel order the network was trained on")
-    mean: float = INPUT_MEAN
-    scale: float = INPUT_SCALE
-
-
-@dataclass(frozen=True)
-class CropBox:
-    top: int
-    left: int
-    height: int
-    width: int
-
-
-def central_crop_box(height: int, width: int, fraction: float = CENTRAL_FRACTION) -> CropBox:
-    """The box ``tf.image.central_crop`` keeps, computed the same way."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"central fraction must be in (0, 1], got {fraction}")
-    top = int((height - height * fraction) / 2)
-    left = int((width - width * fraction) / 2)
-    return CropBox(top=top, left=left, height=height - 2 * top, width=width - 2 * left)
 
 
 def _looks_complete(data: bytes) -> bool:
@@ -149,3 +121,23 @@ def to_network_input(crop_bgr: np.ndarray) -> np.ndarray:
     """What the IR does inside: BGR uint8 -> RGB float32 in [-1, 1]. Reference for tests."""
     rgb = crop_bgr[..., ::-1].astype(np.float32)
     return rgb / np.float32(INPUT_SCALE) - np.float32(INPUT_MEAN / INPUT_SCALE)
+
+
+__all__ = [
+    "CENTRAL_FRACTION",
+    "COLOR_ORDER",
+    "DECODED_ORDER",
+    "DEFAULT_IMAGE_SIZE",
+    "DEFAULT_MAX_PIXELS",
+    "INPUT_MEAN",
+    "INPUT_SCALE",
+    "SUPPORTED_SUFFIXES",
+    "CropBox",
+    "ImageDecodeError",
+    "PreprocessingSpec",
+    "central_crop_box",
+    "crop_and_resize",
+    "declared_size",
+    "decode_image",
+    "to_network_input",
+]

@@ -34,7 +34,7 @@ from shared.bundle import (
     generate_keypair,
     load_private_key,
 )
-from shared.preprocessing import PreprocessingSpec
+from shared.preprocessing_spec import PreprocessingSpec
 from shared.schemas import (
     AgentState,
     AgentStatus,

@@ -15,8 +15,8 @@ import yaml
 
 from hub.cli import cli as hub_cli
 from hub.db.migrate import head_revision
-from hub.operator_cli import agents as agents_cli
-from hub.operator_cli import models as models_cli
+from hub.operator.agents import agents as agents_cli
+from hub.operator.models import models as models_cli
 from tests.conftest import free_port, wait_port, wait_until
 from tests.hub.conftest import TOKENS, serve_app
 

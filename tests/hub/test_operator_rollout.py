@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 from click.testing import CliRunner
 
-from hub.operator_cli import agents as agents_cli
-from hub.operator_cli import models as models_cli
-from hub.operator_cli import rollout as rollout_cli
+from hub.operator.agents import agents as agents_cli
+from hub.operator.models import models as models_cli
+from hub.operator.rollout import rollout as rollout_cli
 from shared.schemas import ModelEventKind
 from tests.hub.conftest import TOKENS, serve_app
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from hub.operator_cli import training as training_cli
+from hub.operator.training import training as training_cli
 from tests.hub.conftest import TOKENS, auth, serve_app, upload_bundle
 from tests.hub.test_training_jobs import claim, report
 

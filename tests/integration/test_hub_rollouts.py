@@ -24,9 +24,9 @@ from hub.db.migrate import upgrade
 from hub.db.session import Database
 from hub.extensions import hub_ext
 from hub.ingest import IngestStats, IngestWorker
-from hub.operator_cli import agents as agents_cli
-from hub.operator_cli import models as models_cli
-from hub.operator_cli import rollout as rollout_cli
+from hub.operator.agents import agents as agents_cli
+from hub.operator.models import models as models_cli
+from hub.operator.rollout import rollout as rollout_cli
 from hub.rollouts.ticker import RolloutTicker
 from tests.conftest import free_port, wait_until
 from tests.hub.conftest import TOKENS, build_test_bundle, hub_config, make_keys
