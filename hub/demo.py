@@ -29,6 +29,7 @@ import yaml
 
 from hub.ports import pick_port
 from shared.bundle import generate_keypair
+from shared.hubclient import HubClient, HubError
 
 AGENTS = ("lab-a-scope-1", "lab-b-scope-1")
 LABS = {"lab-a-scope-1": "Lab A", "lab-b-scope-1": "Lab B"}
@@ -57,6 +58,7 @@ class Demo:
     timeout_s: float
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     secrets_: dict[str, str] = field(default_factory=dict)
+    _client: HubClient | None = None
 
     # --- processes --------------------------------------------------------------------------
     def cli(self, *args: str) -> list[str]:
@@ -117,11 +119,13 @@ class Demo:
         return f"http://127.0.0.1:{self.hub_port}"
 
     def api(self, method: str, path: str, **kw: Any) -> Any:
-        headers = {"Authorization": f"Bearer {self.secrets_['admin_token']}"}
-        r = requests.request(method, self.hub_url + path, headers=headers, timeout=30, **kw)
-        if r.status_code >= 400:
-            raise DemoError(f"hub {method} {path} -> {r.status_code}: {r.text[:500]}")
-        return r.json()
+        """``method /api/v1{path}`` as the demo's admin; a refusal stops the demo with the hub's message."""
+        if self._client is None:
+            self._client = HubClient(self.hub_url, self.secrets_["admin_token"])
+        try:
+            return self._client.json(method, path, **kw)
+        except HubError as exc:
+            raise DemoError(f"hub {method} {path}: {exc}") from exc
 
     def wait_for(self, what: str, cond: Any, timeout: float, interval: float = 0.5) -> Any:
         deadline = time.monotonic() + timeout
@@ -211,7 +215,7 @@ class Demo:
         # The operator's way: queue a training job on the hub, let a trainer service take it.
         job = self.api(
             "POST",
-            "/api/v1/training-jobs",
+            "/training-jobs",
             json={
                 "name": MODEL_NAME,
                 "version": MODEL_VERSION,
@@ -237,7 +241,7 @@ class Demo:
                 "LEUKONET_TRAINER_PROGRESS_INTERVAL_S": "2",
             },
         )
-        done = self.api("GET", f"/api/v1/training-jobs/{job['job_id']}")
+        done = self.api("GET", f"/training-jobs/{job['job_id']}")
         if done["state"] != "succeeded":
             raise DemoError(
                 f"training job {job['job_id']} ended {done['state']}: {done.get('error')}; "
@@ -279,13 +283,13 @@ class Demo:
         for agent_id in AGENTS:
             self.api(
                 "PUT",
-                f"/api/v1/agents/{agent_id}/desired",
+                f"/agents/{agent_id}/desired",
                 json={"model_name": MODEL_NAME, "model_version": MODEL_VERSION},
             )
         _say(f"desired model {MODEL_NAME} {MODEL_VERSION} set for both agents; waiting for them to report it")
 
         def all_active() -> bool:
-            items = self.api("GET", "/api/v1/agents")["items"]
+            items = self.api("GET", "/agents")["items"]
             active = {
                 a["agent_id"]
                 for a in items
@@ -315,7 +319,7 @@ class Demo:
             items: list[dict[str, Any]] = []
             page = 1
             while True:
-                body = self.api("GET", "/api/v1/classifications", params={"page": page, "per_page": 500})
+                body = self.api("GET", "/classifications", params={"page": page, "per_page": 500})
                 items += body["items"]
                 if len(items) >= body["total"] or not body["items"]:
                     return items
