@@ -9,7 +9,7 @@ JSON parser, which stops at a nesting depth of 200 with an error instead of recu
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from shared.clock import utcnow
 from shared.topics import AGENT_ID_PATTERN, Kind
 
 #: Newest payload version. Version 2 added ``precision`` and ``execution_precision`` to results and
@@ -41,10 +42,6 @@ MAX_PAYLOAD_BYTES: dict[Kind, int] = {
     Kind.EVENTS: 16 * 1024,
     Kind.DESIRED: 8 * 1024,
 }
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class PayloadReason(str, Enum):

@@ -9,17 +9,14 @@ QoS 1 message is stored once. Change a model here together with a new Alembic re
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Float, Index, Integer, String, Text, UniqueConstraint, Uuid, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from hub.db.types import UTCDateTime
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+from shared.clock import utcnow
 
 
 class Base(DeclarativeBase):

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from hub.db.models import AuditEntry, Rollout, RolloutHistory, RolloutTarget
 from hub.db.types import iso
-from hub.rollouts.engine import stage_sizes
+from hub.rollouts.policy import stage_sizes
 from hub.rollouts.spec import FAILURES, IN_PROGRESS, TargetSpec, TargetState
 
 MAX_FAILURES_LISTED = 100

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Update, case, select, update
@@ -39,20 +38,16 @@ from hub.db.models import TrainingJob
 from hub.db.session import Database
 from hub.errors import HubError
 from hub.registry.service import ModelRegistry, RegistryError
+from shared.clock import Clock, utcnow
 from shared.logs import kv
 from shared.training import JobFailure, JobFinish, JobProgress, TrainingJobSpec
 
 log = logging.getLogger(__name__)
-Clock = Callable[[], datetime]
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 ACTIVE_JOB_STATES = (QUEUED, RUNNING)
 CLAIM_CANDIDATES = 8  # oldest queued jobs tried per round; another claimer may win any of them
 CLAIM_ROUNDS = 20
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def subject(job_id: str) -> str:

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select
 
 from hub.db.models import Agent, RolloutTarget
-from hub.rollouts.engine import stage_sizes
+from hub.rollouts.policy import stage_sizes
 from shared import topics
 from shared.schemas import DesiredModel, ModelEventKind, parse_payload
 from tests.hub.conftest import auth
