@@ -25,6 +25,7 @@ from hub.mqtt.publisher import MqttPublisher
 from hub.registry.service import ModelRegistry, load_trusted_keys
 from hub.registry.store import FilesystemBundleStore
 from hub.rollouts.engine import RolloutEngine
+from hub.rollouts.store import model_users
 from hub.training.service import TrainingJobs
 from hub.web import bp as web_bp
 
@@ -71,7 +72,12 @@ def create_app(
     store = FilesystemBundleStore(config.data_dir / "bundles")
     pub = publisher or MqttPublisher(config.mqtt)
     registry = ModelRegistry(
-        db, store, keys, max_bytes=config.max_upload_mb * MIB, limits=config.bundle_limits()
+        db,
+        store,
+        keys,
+        max_bytes=config.max_upload_mb * MIB,
+        limits=config.bundle_limits(),
+        usage_checks=[model_users],
     )
     services = Services(
         config=config,

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import tempfile
 import zipfile
-from datetime import datetime, timezone
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -21,13 +21,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from hub.audit import record
-from hub.db.models import Agent, ModelVersion, Rollout, RolloutTarget
+from hub.db.models import Agent, ModelVersion
 from hub.db.session import Database
 from hub.errors import HubError
 from hub.registry.store import BundleStore
-from hub.rollouts.spec import ACTIVE_ROLLOUT_STATES, TargetState
 from shared.bundle import (
     DEFAULT_LIMITS,
     MANIFEST,
@@ -39,6 +39,7 @@ from shared.bundle import (
     read_manifest,
     verify_bundle,
 )
+from shared.clock import utcnow
 from shared.config import ConfigError
 from shared.logs import kv
 
@@ -88,8 +89,19 @@ def check_contract(manifest: Manifest) -> None:
         )
 
 
+#: ``check(session, name, version, limit)`` -> descriptions of who else still needs that model
+#: (e.g. :func:`hub.rollouts.store.model_users`); the composition root passes them in, so the
+#: registry knows nothing of the features that use models.
+UsageCheck = Callable[[Session, str, str, int], list[str]]
+
+
 class ModelRegistry:
-    """Verified bundles: upload, list, find, and where to read a bundle's bytes."""
+    """Verified bundles: upload, list, find, and where to read a bundle's bytes.
+
+    Args:
+        usage_checks: besides agents running or desiring a model, what else keeps it from being
+            deleted (active rollouts, ...).
+    """
 
     def __init__(
         self,
@@ -98,12 +110,14 @@ class ModelRegistry:
         trusted_keys: list[tuple[Path, Ed25519PublicKey]],
         max_bytes: int,
         limits: BundleLimits = DEFAULT_LIMITS,
+        usage_checks: Sequence[UsageCheck] = (),
     ) -> None:
         self.db = db
         self.store = store
         self.trusted_keys = trusted_keys
         self.max_bytes = max_bytes
         self.limits = limits
+        self.usage_checks = list(usage_checks)
 
     # --- upload -----------------------------------------------------------------------------
     def upload(self, stream: IO[bytes], uploaded_by: str) -> ModelVersion:
@@ -159,7 +173,7 @@ class ModelRegistry:
                         uploaded_by,
                         "model.upload",
                         f"model/{row.name}/{row.version}",
-                        datetime.now(timezone.utc),
+                        utcnow(),
                         sha256=sha256,
                         size_bytes=size,
                     )
@@ -272,8 +286,8 @@ class ModelRegistry:
         return row
 
     def users(self, name: str, version: str, limit: int = 5) -> builtins.list[str]:
-        """Who still needs ``name`` ``version``: agents running or desiring it, active rollouts of it,
-        and agents being rolled back to it (up to ``limit`` of each, described for an error)."""
+        """Who still needs ``name`` ``version``: agents running or desiring it, and what the
+        :data:`UsageCheck` s report (up to ``limit`` of each, described for an error)."""
         found: list[str] = []
         with self.db.session() as s:
             running = s.scalars(
@@ -288,26 +302,8 @@ class ModelRegistry:
                 .limit(limit)
             ).all()
             found += [f"agent {a} is told to run it" for a in desiring]
-            rollouts = s.scalars(
-                select(Rollout.rollout_id)
-                .where(
-                    Rollout.model_name == name,
-                    Rollout.model_version == version,
-                    Rollout.state.in_(ACTIVE_ROLLOUT_STATES),
-                )
-                .limit(limit)
-            ).all()
-            found += [f"rollout {r} is rolling it out" for r in rollouts]
-            back = s.scalars(
-                select(RolloutTarget.agent_id)
-                .where(
-                    RolloutTarget.previous_model_name == name,
-                    RolloutTarget.previous_model_version == version,
-                    RolloutTarget.state == TargetState.ROLLING_BACK.value,
-                )
-                .limit(limit)
-            ).all()
-            found += [f"agent {a} is rolling back to it" for a in back]
+            for check in self.usage_checks:
+                found += check(s, name, version, limit)
         return found
 
     def delete(self, name: str, version: str, actor: str) -> ModelVersion:
@@ -333,7 +329,7 @@ class ModelRegistry:
                 actor,
                 "model.delete",
                 f"model/{name}/{version}",
-                datetime.now(timezone.utc),
+                utcnow(),
                 sha256=row.sha256,
             )
         if shared is None:

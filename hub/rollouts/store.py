@@ -184,3 +184,29 @@ def running_model(agent: Agent | None) -> tuple[str | None, str | None]:
     if agent is None or not agent.model_name or not agent.model_version:
         return None, None
     return agent.model_name, agent.model_version
+
+
+def model_users(s: Session, name: str, version: str, limit: int = 5) -> list[str]:
+    """Rollouts still needing ``name`` ``version`` (a :data:`hub.registry.service.UsageCheck`): active
+    rollouts of it and agents being rolled back to it."""
+    rollouts = s.scalars(
+        select(Rollout.rollout_id)
+        .where(
+            Rollout.model_name == name,
+            Rollout.model_version == version,
+            Rollout.state.in_(ACTIVE_ROLLOUT_STATES),
+        )
+        .limit(limit)
+    ).all()
+    back = s.scalars(
+        select(RolloutTarget.agent_id)
+        .where(
+            RolloutTarget.previous_model_name == name,
+            RolloutTarget.previous_model_version == version,
+            RolloutTarget.state == TargetState.ROLLING_BACK.value,
+        )
+        .limit(limit)
+    ).all()
+    return [f"rollout {r} is rolling it out" for r in rollouts] + [
+        f"agent {a} is rolling back to it" for a in back
+    ]
