@@ -19,15 +19,30 @@ when the trainer stops it. Paths in a spec are paths **on the trainer**, relativ
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.bundle import SEMVER_RE
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
-FINAL_STATES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+
+class JobState(str, Enum):
+    """A training job's state, the one definition the hub, its API and the operator CLI share."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:  # f"training.{state}" -> "training.failed", as the audit log expects
+        return self.value
+
+
+JOB_STATES: tuple[str, ...] = tuple(s.value for s in JobState)
+ACTIVE_STATES: tuple[str, ...] = (JobState.QUEUED.value, JobState.RUNNING.value)
+FINAL_STATES: tuple[str, ...] = (JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value)
 MODEL_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 MAX_ERROR_CHARS = 4000
 

@@ -40,12 +40,10 @@ from hub.errors import HubError
 from hub.registry.service import ModelRegistry, RegistryError
 from shared.clock import Clock, utcnow
 from shared.logs import kv
-from shared.training import JobFailure, JobFinish, JobProgress, TrainingJobSpec
+from shared.training import ACTIVE_STATES, JobFailure, JobFinish, JobProgress, JobState, TrainingJobSpec
 
 log = logging.getLogger(__name__)
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
-ACTIVE_JOB_STATES = (QUEUED, RUNNING)
 CLAIM_CANDIDATES = 8  # oldest queued jobs tried per round; another claimer may win any of them
 CLAIM_ROUNDS = 20
 
@@ -95,7 +93,7 @@ class TrainingJobs:
         now = self.clock()
         job = TrainingJob(
             job_id=str(uuid.uuid4()),
-            state=QUEUED,
+            state=JobState.QUEUED,
             model_name=spec.name,
             model_version=spec.version,
             spec=spec.model_dump(mode="json"),
@@ -109,7 +107,7 @@ class TrainingJobs:
                     select(TrainingJob).where(
                         TrainingJob.model_name == spec.name,
                         TrainingJob.model_version == spec.version,
-                        TrainingJob.state.in_(ACTIVE_JOB_STATES),
+                        TrainingJob.state.in_(ACTIVE_STATES),
                     )
                 )
                 if active is not None:
@@ -163,9 +161,9 @@ class TrainingJobs:
             cancelled = _apply(
                 s,
                 update(TrainingJob)
-                .where(TrainingJob.job_id == job_id, TrainingJob.state == QUEUED)
+                .where(TrainingJob.job_id == job_id, TrainingJob.state == JobState.QUEUED)
                 .values(
-                    state=CANCELLED,
+                    state=JobState.CANCELLED,
                     finished_at=now,
                     error=f"cancelled by {actor} before a trainer claimed it",
                 ),
@@ -174,7 +172,7 @@ class TrainingJobs:
                 requested = _apply(
                     s,
                     update(TrainingJob)
-                    .where(TrainingJob.job_id == job_id, TrainingJob.state == RUNNING)
+                    .where(TrainingJob.job_id == job_id, TrainingJob.state == JobState.RUNNING)
                     .values(cancel_requested=True),
                 )
                 if not requested:
@@ -223,7 +221,7 @@ class TrainingJobs:
             with self.db.transaction() as s:
                 candidates = s.scalars(
                     select(TrainingJob.id)
-                    .where(TrainingJob.state == QUEUED)
+                    .where(TrainingJob.state == JobState.QUEUED)
                     .order_by(TrainingJob.id)
                     .limit(CLAIM_CANDIDATES)
                 ).all()
@@ -233,8 +231,8 @@ class TrainingJobs:
                     won = _apply(
                         s,
                         update(TrainingJob)
-                        .where(TrainingJob.id == pk, TrainingJob.state == QUEUED)
-                        .values(state=RUNNING, worker=worker, started_at=now, heartbeat_at=now),
+                        .where(TrainingJob.id == pk, TrainingJob.state == JobState.QUEUED)
+                        .values(state=JobState.RUNNING, worker=worker, started_at=now, heartbeat_at=now),
                     )
                     if won == 1:
                         claimed = s.scalars(
@@ -303,7 +301,7 @@ class TrainingJobs:
                 s,
                 job_id,
                 worker,
-                state=SUCCEEDED,
+                state=JobState.SUCCEEDED,
                 result=report.model_dump(mode="json"),
                 error=None,
                 finished_at=now,
@@ -327,7 +325,7 @@ class TrainingJobs:
         Raises:
             TrainingError: 404 unknown job; 409 ``not_running`` or ``not_holder``.
         """
-        state = CANCELLED if report.cancelled else FAILED
+        state = JobState.CANCELLED if report.cancelled else JobState.FAILED
         now = self.clock()
         with self.db.transaction() as s:
             job = self._held_update(
@@ -349,7 +347,9 @@ class TrainingJobs:
         with self.db.session() as s:
             stale = list(
                 s.scalars(
-                    select(TrainingJob).where(TrainingJob.state == RUNNING, TrainingJob.heartbeat_at < cutoff)
+                    select(TrainingJob).where(
+                        TrainingJob.state == JobState.RUNNING, TrainingJob.heartbeat_at < cutoff
+                    )
                 )
             )
         if not stale:
@@ -372,7 +372,9 @@ class TrainingJobs:
         with self.db.transaction() as s:
             held = list(
                 s.scalars(
-                    select(TrainingJob).where(TrainingJob.state == RUNNING, TrainingJob.worker == worker)
+                    select(TrainingJob).where(
+                        TrainingJob.state == JobState.RUNNING, TrainingJob.worker == worker
+                    )
                 )
             )
             for job in held:
@@ -383,10 +385,13 @@ class TrainingJobs:
         done = _apply(
             s,
             update(TrainingJob)
-            .where(TrainingJob.id == job.id, TrainingJob.state == RUNNING, *conditions)
+            .where(TrainingJob.id == job.id, TrainingJob.state == JobState.RUNNING, *conditions)
             .values(
                 # decided in the statement, so a cancel requested a moment ago still counts
-                state=case((TrainingJob.cancel_requested.is_(True), CANCELLED), else_=FAILED),
+                state=case(
+                    (TrainingJob.cancel_requested.is_(True), JobState.CANCELLED),
+                    else_=JobState.FAILED,
+                ),
                 error=error,
                 finished_at=now,
             ),
@@ -422,7 +427,7 @@ class TrainingJobs:
     def _held(self, s: Session, job_id: str, worker: str) -> TrainingJob:
         """The job, if it is running and held by ``worker``; else the 404 / 409 that says why not."""
         job = self._find(s, job_id)
-        if job.state != RUNNING:
+        if job.state != JobState.RUNNING:
             raise TrainingError(
                 409,
                 "not_running",
@@ -441,7 +446,11 @@ class TrainingJobs:
         done = _apply(
             s,
             update(TrainingJob)
-            .where(TrainingJob.job_id == job_id, TrainingJob.state == RUNNING, TrainingJob.worker == worker)
+            .where(
+                TrainingJob.job_id == job_id,
+                TrainingJob.state == JobState.RUNNING,
+                TrainingJob.worker == worker,
+            )
             .values(**values),
         )
         if done != 1:
