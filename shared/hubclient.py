@@ -33,12 +33,18 @@ class HubError(RuntimeError):
         self.message = message
 
     @property
+    def detail(self) -> str:
+        """``HTTP <status> <code>: <message>``, for callers that prefix their own context."""
+        return self.message if self.status == 0 else f"HTTP {self.status} {self.code}: {self.message}"
+
+    @property
     def unreachable(self) -> bool:
         """True for a network error or a 5xx: worth retrying later, not a refusal."""
         return self.status == 0 or self.status >= 500
 
     @classmethod
     def from_response(cls, resp: requests.Response, what: str) -> HubError:
+        """The hub's error envelope of ``resp``; for a body without one, its status and text."""
         try:
             err = resp.json()["error"]
             return cls(resp.status_code, str(err["code"]), str(err["message"]))
@@ -103,9 +109,8 @@ class HubClient:
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                resp = self.session.request(
-                    method, self.url(path), timeout=timeout_s or self.timeout_s, **kwargs
-                )
+                timeout = self.timeout_s if timeout_s is None else timeout_s
+                resp = self.session.request(method, self.url(path), timeout=timeout, **kwargs)
             except requests.RequestException as exc:
                 last = HubError(0, "unreachable", f"cannot reach the hub at {self.base_url}: {exc}")
                 continue

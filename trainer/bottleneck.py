@@ -27,19 +27,11 @@ from typing import Any
 import numpy as np
 
 from shared.logs import Progress, kv
-from trainer.data import Sample, Split, decode_tf, encoded_images, preprocess_for_eval
+from trainer.data import decode_tf, encoded_images, preprocess_for_eval
+from trainer.dataset import Sample, Split
 from trainer.nets import get_network
-from trainer.train import (
-    CHECKPOINT_DIR,
-    RESULT_FILE,
-    SPLIT_FILE,
-    HistoryPoint,
-    TrainConfig,
-    TrainResult,
-    class_weights,
-    prepare_split,
-    session_config,
-)
+from trainer.train_common import class_weights, make_optimizer, prepare_split, session_config, write_result
+from trainer.train_config import CHECKPOINT_DIR, HistoryPoint, TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +190,6 @@ def _fit_layer(
     """Train ``logits = x @ W + b``: ``(W [D, N], b [N], history, final val accuracy, seconds)``."""
     import tensorflow as tf
 
-    from trainer.train import _optimizer
-
     dim = x_train.shape[1]
     graph = tf.Graph()
     with graph.as_default():
@@ -217,7 +207,7 @@ def _fit_layer(
         )
         loss = loss + config.weight_decay * tf.nn.l2_loss(w)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), y), tf.int32))
-        train_op = _optimizer(config.optimizer, config.learning_rate).minimize(loss)
+        train_op = make_optimizer(config.optimizer, config.learning_rate).minimize(loss)
         init = tf.compat.v1.global_variables_initializer()
     graph.finalize()
     rng = np.random.default_rng(config.seed)
@@ -340,28 +330,12 @@ def train_bottleneck(config: TrainConfig) -> TrainResult:
     checkpoint_path = _write_full_checkpoint(
         config, checkpoint, n_classes, w, b, str(ckpt_dir / "model.ckpt")
     )
-    elapsed = time.monotonic() - started
-    result = TrainResult(
+    return write_result(
+        config,
+        split,
         checkpoint_path=checkpoint_path,
-        labels=split.labels,
         history=history,
         val_accuracy=val_acc,
-        steps=config.steps,
-        elapsed_s=round(elapsed, 2),
-        dataset_fingerprint=split.fingerprint,
-        split_path=str(config.work_dir / SPLIT_FILE),
-        config=config,
+        elapsed_s=time.monotonic() - started,
         phases_s={"bottleneck_compute": round(compute_s, 3), "layer_training": round(layer_s, 3)},
     )
-    result.save(config.work_dir / RESULT_FILE)
-    log.info(
-        kv(
-            "train_done",
-            mode="bottleneck",
-            steps=config.steps,
-            elapsed_s=f"{elapsed:.1f}",
-            val_accuracy=val_acc if val_acc is not None else "n/a",
-            checkpoint=checkpoint_path,
-        )
-    )
-    return result

@@ -2,7 +2,7 @@
 
 Loaded once by the CLI (``TrainerConfig.load``): YAML file (``--config``), then environment
 variables ``LEUKONET_TRAINER_<FIELD>`` (e.g. ``LEUKONET_TRAINER_TOKEN``), then command-line
-options, which win. Per-run training settings live in :class:`trainer.train.TrainConfig`.
+options, which win. Per-run training settings live in :class:`trainer.train_config.TrainConfig`.
 """
 
 from __future__ import annotations

@@ -25,10 +25,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.logs import Progress, kv
-from trainer.data import DatasetError, Sample, Split, split_input
+from trainer.data import split_input
+from trainer.dataset import DatasetError, Sample, Split
 from trainer.nets import get_network
 from trainer.stats import auc_interval, roc_auc, roc_curve, wilson_interval
-from trainer.train import TrainResult, session_config
+from trainer.train_common import session_config
+from trainer.train_config import TrainResult
 
 log = logging.getLogger(__name__)
 

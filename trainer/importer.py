@@ -13,14 +13,14 @@ is refused outright (:class:`MixedAllIdbError`).
 
 Every file left out is listed with its reason: unsupported format, unreadable, no label (name or
 folder gives none), duplicate by content hash (naming the first copy). The split is
-:func:`trainer.data.split_dataset` (stratified, seeded, disjoint by content hash).
+:func:`trainer.dataset.split_dataset` (stratified, seeded, disjoint by content hash).
 
 Output (TF-Slim's ``download_and_convert_*`` habit)::
 
     out_dir/
       <split>-NNNNN-of-MMMMM.tfrecord   tf.train.Example per image (see FEATURE_KEYS)
       labels.txt                        "<index>:<label>" lines, as TF-Slim's dataset_utils writes
-      split.json                        the split (:class:`trainer.data.Split`), original paths
+      split.json                        the split (:class:`trainer.dataset.Split`), original paths
       dataset.json                      layout, labels, counts, fingerprint(s), shards, skipped files
 
 Images are stored with their original bytes when TensorFlow can decode them (JPEG, PNG, BMP);
@@ -41,7 +41,7 @@ import cv2
 
 from shared.logs import Progress, kv
 from shared.preprocessing import SUPPORTED_SUFFIXES, decode_image
-from trainer.data import (
+from trainer.dataset import (
     Dataset,
     DatasetError,
     Sample,

@@ -23,13 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from shared.logs import kv
-from trainer.data import Sample, Split, write_images
+from trainer.data import write_images
+from trainer.dataset import Sample, Split
 from trainer.evaluate import REPORT_FILE, EvaluationReport, evaluate
 from trainer.export import IR_FP32, MIN_PARITY_IMAGES, PARITY_FILE, REFERENCE_IMAGE, export, load_crops
 from trainer.freeze import freeze
 from trainer.int8 import IR_INT8
 from trainer.publish import FROZEN_GRAPH, BundleInfo, build_manifest, make_bundle, publish, source_commit
-from trainer.train import RESULT_FILE, TrainConfig, TrainResult, train
+from trainer.train import train
+from trainer.train_config import RESULT_FILE, TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,8 @@
 :func:`make_bundle` writes the manifest for an exported model (contract in ``shared.bundle``:
 artifacts ``frozen_graph``, ``ir_fp32``, ``ir_fp16``, ``reference_image``; the IR tensor specs;
 ``metrics["reference_probabilities"]``), signs it with the trainer's Ed25519 key and zips it.
-:func:`publish` uploads a bundle to ``POST /api/v1/models`` with a bearer token.
+:func:`publish` uploads a bundle to ``POST /api/v1/models`` through :class:`shared.hubclient.HubClient`
+(bearer token, the hub's error envelope; a POST is never retried, so a bundle is sent once).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from shared.bundle import (
     BundleError,
     Manifest,
@@ -26,6 +25,7 @@ from shared.bundle import (
     generate_keypair,
     load_private_key,
 )
+from shared.hubclient import HubClient, HubError
 from shared.logs import kv
 from shared.preprocessing import PreprocessingSpec
 from trainer.export import IR_FP16, IR_FP32, REFERENCE_IMAGE
@@ -35,6 +35,14 @@ log = logging.getLogger(__name__)
 PRIVATE_KEY_FILE = "signing.pem"
 PUBLIC_KEY_FILE = "signing.pub.pem"
 FROZEN_GRAPH = "model.pb"
+MODELS_PATH = "/models"
+# What a refusal most likely means, appended to the hub's own message.
+REFUSAL_HINTS = {
+    401: " (check the token)",
+    403: " (the token needs the trainer or admin role)",
+    409: " (this name + version is already published: bump --version)",
+    413: " (bundle too large for the hub's upload limit)",
+}
 
 
 class PublishError(RuntimeError):
@@ -162,17 +170,6 @@ def make_bundle(
     return BundleInfo(path=Path(out_path), sha256=digest, manifest=manifest)
 
 
-def _hub_error(response: requests.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:500] or response.reason
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        err = body["error"]
-        return f"{err.get('code', 'error')}: {err.get('message', '')}"
-    return str(body)[:500]
-
-
 def publish(bundle_path: str | Path, hub_url: str, token: str, timeout: float = 120.0) -> dict[str, Any]:
     """Upload a bundle (``POST {hub_url}/api/v1/models``, multipart field ``bundle``).
 
@@ -180,8 +177,10 @@ def publish(bundle_path: str | Path, hub_url: str, token: str, timeout: float = 
         the hub's model JSON.
 
     Raises:
-        PublishError: the hub is unreachable or answered 4xx/5xx (message: status and the hub's
-            ``error.code: error.message``); 401/403 hint at the token, 409 at the version.
+        PublishError: no token; the hub is unreachable (``cannot reach the hub at ...``); it
+            answered 4xx/5xx (``hub refused <file>: HTTP <status> <error.code>: <error.message>``,
+            and :data:`REFUSAL_HINTS`: 401/403 hint at the token, 409 at the version, 413 at the
+            upload limit); or it answered without JSON.
         FileNotFoundError: ``bundle_path`` does not exist.
     """
     path = Path(bundle_path)
@@ -192,27 +191,16 @@ def publish(bundle_path: str | Path, hub_url: str, token: str, timeout: float = 
             "no hub token: pass --token or set LEUKONET_TRAINER_TOKEN "
             "(a token with the trainer or admin role in the hub config)"
         )
-    url = hub_url.rstrip("/") + "/api/v1/models"
+    hub = HubClient(hub_url, token, timeout_s=timeout)
+    url = hub.url(MODELS_PATH)
     try:
         with open(path, "rb") as fh:
-            response = requests.post(
-                url,
-                files={"bundle": (path.name, fh, "application/zip")},
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=timeout,
-            )
-    except requests.RequestException as exc:
-        raise PublishError(f"cannot reach the hub at {url}: {exc}") from exc
-    if response.status_code >= 400:
-        hint = {
-            401: " (check the token)",
-            403: " (the token needs the trainer or admin role)",
-            409: " (this name + version is already published: bump --version)",
-            413: " (bundle too large for the hub's upload limit)",
-        }.get(response.status_code, "")
-        raise PublishError(
-            f"hub refused {path.name}: HTTP {response.status_code} {_hub_error(response)}{hint}"
-        )
+            response = hub.request("POST", MODELS_PATH, files={"bundle": (path.name, fh, "application/zip")})
+    except HubError as exc:
+        if exc.status == 0:
+            raise PublishError(exc.message) from exc
+        hint = REFUSAL_HINTS.get(exc.status, "")
+        raise PublishError(f"hub refused {path.name}: {exc.detail}{hint}") from exc
     try:
         model: dict[str, Any] = response.json()
     except ValueError as exc:

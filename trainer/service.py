@@ -19,6 +19,9 @@ The loop (:class:`TrainerService`):
 A child process, not a thread: TensorFlow holds memory and threads for the whole process, a
 crash or an out-of-memory kill in training must not take the service down, and stopping a job
 is a signal. Secrets reach the child by environment, never argv.
+
+The hub's job API is :mod:`trainer.jobs_client`; the child's arguments, output and stopping are
+:mod:`trainer.job_child`; this module confines a job's paths and runs the loop.
 """
 
 from __future__ import annotations
@@ -28,103 +31,24 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import requests
 from pydantic import ValidationError
 
-from shared.logs import kv, parse_kv
+from shared.hubclient import HubClient
+from shared.logs import kv
 from shared.training import JobFailure, JobFinish, JobProgress, TrainingJobSpec
 from trainer.config import TrainerConfig
+from trainer.job_child import StderrForwarder, run_args, terminate
+from trainer.jobs_client import HubUnavailable, JobError, JobsClient
 
 log = logging.getLogger(__name__)
-
-API = "/api/v1/training-jobs"
-STOP_GRACE_S = 15.0
-TAIL_LINES = 30
-
-
-class JobError(Exception):
-    """A job that cannot run or did not finish; the message is what the hub records."""
-
-
-class HubUnavailable(Exception):
-    """The hub could not be reached or answered 5xx; the service retries later."""
-
-
-class JobsClient:
-    """The trainer's side of the hub's training-job API (bearer token, JSON)."""
-
-    def __init__(self, hub_url: str, token: str, worker: str, timeout: float = 30.0) -> None:
-        self.base = hub_url.rstrip("/")
-        self.worker = worker
-        self.timeout = timeout
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {token}"
-
-    def _post(self, path: str, body: dict[str, Any]) -> requests.Response:
-        url = f"{self.base}{API}{path}"
-        try:
-            response = self.session.post(url, json=body, params={"worker": self.worker}, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise HubUnavailable(f"cannot reach the hub at {self.base}: {exc}") from exc
-        if response.status_code >= 500:
-            raise HubUnavailable(f"hub answered HTTP {response.status_code} to POST {path}")
-        return response
-
-    @staticmethod
-    def _error(response: requests.Response) -> str:
-        try:
-            err = response.json()["error"]
-            return f"HTTP {response.status_code} {err['code']}: {err['message']}"
-        except (ValueError, KeyError, TypeError):
-            return f"HTTP {response.status_code}: {response.text[:300]}"
-
-    def claim(self) -> dict[str, Any] | None:
-        """The claimed job's JSON, or ``None`` when nothing is queued.
-
-        Raises:
-            HubUnavailable: the hub is down (retry later).
-            JobError: the hub refused (401/403: wrong token or role).
-        """
-        response = self._post("/claim", {"worker": self.worker})
-        if response.status_code == 204:
-            return None
-        if response.status_code != 200:
-            raise JobError(f"the hub refused the claim: {self._error(response)}")
-        job: dict[str, Any] = response.json()
-        return job
-
-    def progress(self, job_id: str, progress: JobProgress) -> bool:
-        """Report ``progress``; True when the operator asked to cancel the job.
-
-        Raises:
-            JobError: the hub refused the report, e.g. 409 when the job is no longer running here
-                (it timed out or another claim ended it): the job must stop.
-        """
-        response = self._post(f"/{job_id}/progress", progress.model_dump(mode="json"))
-        if response.status_code != 200:
-            raise JobError(f"the hub refused a progress report: {self._error(response)}")
-        return bool(response.json().get("cancel_requested"))
-
-    def finish(self, job_id: str, finish: JobFinish) -> None:
-        response = self._post(f"/{job_id}/finish", finish.model_dump(mode="json"))
-        if response.status_code != 200:
-            raise JobError(f"the hub did not accept the result: {self._error(response)}")
-
-    def fail(self, job_id: str, failure: JobFailure) -> None:
-        response = self._post(f"/{job_id}/fail", failure.model_dump(mode="json"))
-        if response.status_code != 200:
-            log.error(kv("fail_not_recorded", job=job_id, detail=self._error(response)))
 
 
 def inside(root: Path | None, relative: str, what: str, setting: str) -> Path:
@@ -143,109 +67,6 @@ def inside(root: Path | None, relative: str, what: str, setting: str) -> Path:
     if path != base and base not in path.parents:
         raise JobError(f"{what} {relative!r} resolves outside the trainer's {setting} {base}")
     return path
-
-
-def run_args(spec: TrainingJobSpec, data: Path, work: Path, checkpoint: Path | None) -> list[str]:
-    """``leukonet trainer run`` arguments for ``spec`` (no secrets, no publishing)."""
-    args = [
-        "run",
-        "--data",
-        str(data),
-        "--work",
-        str(work),
-        "--name",
-        spec.name,
-        "--version",
-        spec.version,
-        "--mode",
-        spec.mode,
-        "--image-size",
-        str(spec.image_size),
-        "--depth-multiplier",
-        str(spec.depth_multiplier),
-        "--steps",
-        str(spec.steps),
-        "--batch-size",
-        str(spec.batch_size),
-        "--learning-rate",
-        str(spec.learning_rate),
-        "--seed",
-        str(spec.seed),
-        "--class-weighting",
-        spec.class_weighting,
-        "--augmentations",
-        str(spec.augmentations),
-    ]
-    if checkpoint is not None:
-        args += ["--checkpoint", str(checkpoint)]
-    if spec.trainable_scopes:
-        args += ["--trainable-scopes", ",".join(spec.trainable_scopes)]
-    if spec.stage1_steps is not None:
-        args += ["--stage1-steps", str(spec.stage1_steps)]
-    if spec.positive_label:
-        args += ["--positive-label", spec.positive_label]
-    if spec.int8:
-        args.append("--int8")
-    return args
-
-
-@dataclass
-class _Forwarder:
-    """Reads the child's stderr: echoes it, keeps the tail, remembers the newest progress line."""
-
-    stream: IO[bytes]
-    tail: deque[str]
-    latest: JobProgress | None = None
-    changed: bool = False
-    phase_changed: bool = False
-
-    def __post_init__(self) -> None:
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._run, name="child-stderr", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        for raw in iter(self.stream.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip()
-            if not line:
-                continue
-            sys.stderr.write(line + "\n")
-            self.tail.append(line)
-            progress = progress_from_line(line)
-            if progress is not None:
-                with self.lock:
-                    self.phase_changed |= self.latest is None or self.latest.phase != progress.phase
-                    self.latest, self.changed = progress, True
-
-    def take(self) -> tuple[JobProgress | None, bool]:
-        """The newest progress if it changed since the last take, and whether its phase changed."""
-        with self.lock:
-            progress = self.latest if self.changed else None
-            phase = self.phase_changed
-            self.changed = self.phase_changed = False
-            return progress, phase
-
-
-_STANDARD_FIELDS = {"task", "done", "total", "pct", "elapsed_s", "eta_s"}
-
-
-def progress_from_line(line: str) -> JobProgress | None:
-    """A :class:`JobProgress` from a ``... progress task=X done=N total=M eta_s=S k=v`` log line."""
-    marker = " progress task="
-    at = line.find(marker)
-    if at < 0:
-        return None
-    try:
-        _, fields = parse_kv(line[at + 1 :])
-        return JobProgress(
-            phase=fields["task"][:64],
-            done=int(fields["done"]),
-            total=int(fields["total"]),
-            eta_s=float(fields["eta_s"]) if "eta_s" in fields else None,
-            detail={k: v[:64] for k, v in list(fields.items())[:22] if k not in _STANDARD_FIELDS},
-        )
-    except (KeyError, ValueError, ValidationError):
-        return None
 
 
 class TrainerService:
@@ -267,7 +88,9 @@ class TrainerService:
                 "create one with `leukonet trainer keygen`"
             )
         self.config = config
-        self.client = client or JobsClient(config.hub_url, config.token.get_secret_value(), config.worker)
+        self.client = client or JobsClient(
+            HubClient(config.hub_url, config.token.get_secret_value()), config.worker
+        )
         self.child_command = child_command or (
             lambda args: [sys.executable, "-m", "shared.cli", "trainer", *args]
         )
@@ -424,8 +247,7 @@ class TrainerService:
         ) as child:
             assert child.stdout is not None and child.stderr is not None
             stdout = child.stdout
-            tail: deque[str] = deque(maxlen=TAIL_LINES)
-            forwarder = _Forwarder(child.stderr, tail)
+            forwarder = StderrForwarder(child.stderr)
             stdout_lines: list[str] = []
             reader = threading.Thread(
                 target=lambda: stdout_lines.extend(
@@ -437,23 +259,23 @@ class TrainerService:
             try:
                 reason, by_operator = self._watch(job_id, child, forwarder)
                 if reason:
-                    _terminate(child)
+                    terminate(child)
             finally:
                 reader.join(timeout=10)
                 forwarder.thread.join(timeout=10)
         if reason:
             raise _Cancelled(reason, by_operator)
         if child.returncode != 0:
-            errors = [line for line in tail if line.startswith("Error:")]
-            detail = errors[-1] if errors else (tail[-1] if tail else "no output")
-            raise JobError(f"training failed (exit {child.returncode}): {detail}")
+            raise JobError(f"training failed (exit {child.returncode}): {forwarder.error_line()}")
         try:
             summary: dict[str, Any] = json.loads([ln for ln in stdout_lines if ln.strip()][-1])
         except (IndexError, ValueError) as exc:
             raise JobError("training ended without its JSON summary on stdout") from exc
         return summary
 
-    def _watch(self, job_id: str, child: subprocess.Popen[bytes], forwarder: _Forwarder) -> tuple[str, bool]:
+    def _watch(
+        self, job_id: str, child: subprocess.Popen[bytes], forwarder: StderrForwarder
+    ) -> tuple[str, bool]:
         """Forward progress until the child exits: ``("", False)``, or why it must stop and by whom."""
         last_sent = 0.0
         while child.poll() is None:
@@ -483,15 +305,3 @@ class _Cancelled(Exception):
     def __init__(self, message: str, by_operator: bool) -> None:
         super().__init__(message)
         self.by_operator = by_operator
-
-
-def _terminate(child: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the child's process group, SIGKILL it after :data:`STOP_GRACE_S`."""
-    try:
-        os.killpg(child.pid, signal.SIGTERM)
-        child.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-    except ProcessLookupError:
-        pass

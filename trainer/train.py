@@ -3,7 +3,8 @@
 :func:`train` scans and splits the data (``work_dir/split.json``), trains for ``steps`` steps
 with checkpoints in ``work_dir/checkpoints/`` and TensorBoard summaries in
 ``work_dir/tensorboard/``, evaluates the validation split now and then, and writes
-``work_dir/train_result.json``. Three modes (:data:`TrainMode`):
+``work_dir/train_result.json`` (:class:`TrainResult`). Three modes
+(:data:`trainer.train_config.TrainMode`):
 
 * ``scratch``: every weight from random initialisation (no checkpoint).
 * ``finetune``: restore a pretrained checkpoint (e.g. slim's ``inception_v3.ckpt``) except
@@ -15,6 +16,9 @@ with checkpoints in ``work_dir/checkpoints/`` and TensorBoard summaries in
 
 ``resume=True`` continues a scratch/finetune run from the latest checkpoint in the work folder.
 
+The run's settings and outputs are :mod:`trainer.train_config`; what the modes share (split,
+class weights, session, optimizer, result file) is :mod:`trainer.train_common`.
+
 Small, short runs need a faster batch-norm moving average than TF-Slim's 0.9997 (tuned for
 hundreds of thousands of steps): after a few hundred steps those averages would still be near
 their initial values and inference (which uses them) would be wrong. Hence ``batch_norm_decay``.
@@ -24,242 +28,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.logs import Progress, kv
-from trainer.data import Split, scan_dataset, split_dataset, split_input
+from trainer.bottleneck import train_bottleneck
+from trainer.data import split_input
 from trainer.nets import get_network
+from trainer.train_common import class_weights, make_optimizer, prepare_split, session_config, write_result
+from trainer.train_config import CHECKPOINT_DIR, TENSORBOARD_DIR, HistoryPoint, TrainConfig, TrainResult
+
+# The names a caller needs for a run, importable from here (tests/benchmarks use them so).
+__all__ = ["TrainConfig", "TrainResult", "prepare_split", "session_config", "train"]
 
 log = logging.getLogger(__name__)
-
-TrainMode = Literal["scratch", "finetune", "bottleneck"]
-TENSORBOARD_DIR = "tensorboard"
-SPLIT_FILE = "split.json"
-RESULT_FILE = "train_result.json"
-CHECKPOINT_DIR = "checkpoints"
-
-
-class TrainConfig(BaseModel):
-    """Everything one training run depends on; recorded in the bundle's manifest."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, title="training run")
-
-    data_dir: Path = Field(
-        title="import folder (`leukonet trainer import`: its split and TFRecords) or a "
-        "class-per-folder image set (one sub-folder per label)"
-    )
-    work_dir: Path = Field(title="folder for the split, checkpoints and results")
-    network: str = Field("inception_v3", title="network family (see trainer.nets)")
-    mode: TrainMode = Field(
-        "scratch", title="training mode (default: bottleneck with a checkpoint, else scratch)"
-    )
-    checkpoint: Path | None = Field(
-        None, title="pretrained checkpoint prefix or folder (finetune, bottleneck)"
-    )
-    checkpoint_exclusions: tuple[str, ...] | None = Field(
-        None, title="scopes not restored from the checkpoint (default: the network's logits heads)"
-    )
-    trainable_scopes: tuple[str, ...] | None = Field(
-        None, title="finetune stage 2: scopes trained (default: every trainable variable)"
-    )
-    stage1_steps: int | None = Field(
-        None, ge=0, title="finetune: steps training only the heads (default steps/2)"
-    )
-    stage2_lr_factor: float = Field(0.1, gt=0.0, le=1.0, title="finetune stage 2 learning-rate factor")
-    augmentations: int = Field(4, ge=1, le=64, title="bottleneck: augmented copies per training image")
-    resume: bool = Field(False, title="continue from the latest checkpoint in work_dir/checkpoints")
-    image_size: int = Field(299, ge=75, le=1024, title="square network input size in pixels")
-    depth_multiplier: float = Field(1.0, gt=0.0, le=2.0, title="Inception channel width multiplier")
-    steps: int = Field(1000, ge=1, le=10_000_000, title="training steps")
-    batch_size: int = Field(16, ge=1, le=1024, title="images per step")
-    learning_rate: float = Field(1e-3, gt=0.0, le=10.0, title="initial learning rate")
-    optimizer: Literal["adam", "rmsprop", "momentum"] = Field("adam", title="optimizer")
-    weight_decay: float = Field(4e-5, ge=0.0, title="L2 weight decay")
-    batch_norm_decay: float = Field(0.9, gt=0.0, lt=1.0, title="batch-norm moving-average decay")
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, title="label smoothing")
-    class_weighting: Literal["none", "balanced"] = Field(
-        "balanced", title="weight each example by n / (classes * n_class) to offset imbalance"
-    )
-    val_fraction: float = Field(0.15, ge=0.0, lt=1.0, title="share of each class for validation")
-    test_fraction: float = Field(0.15, ge=0.0, lt=1.0, title="share of each class for the test split")
-    seed: int = Field(0, ge=0, title="seed of the split, initialisation and augmentation")
-    checkpoint_every: int = Field(200, ge=1, title="steps between checkpoints")
-    eval_every: int = Field(100, ge=0, title="steps between validation passes (0: at the end only)")
-    threads: int = Field(0, ge=0, le=256, title="TensorFlow intra-op threads (0: one per core)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_mode(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("mode") in (None, "auto"):
-            data = {**data, "mode": "bottleneck" if data.get("checkpoint") else "scratch"}
-        return data
-
-    @model_validator(mode="after")
-    def _mode_needs_checkpoint(self) -> TrainConfig:
-        if self.mode in ("finetune", "bottleneck") and self.checkpoint is None:
-            raise ValueError(
-                f"mode {self.mode} needs a pretrained checkpoint (--checkpoint, e.g. the slim "
-                "inception_v3.ckpt); use mode scratch to train without one"
-            )
-        if self.mode == "scratch" and self.checkpoint is not None:
-            raise ValueError("mode scratch ignores --checkpoint; choose finetune or bottleneck to use it")
-        if self.stage1_steps is not None and self.stage1_steps > self.steps:
-            raise ValueError(f"stage1_steps {self.stage1_steps} exceeds steps {self.steps}")
-        return self
-
-    @field_validator("network")
-    @classmethod
-    def _known_network(cls, v: str) -> str:
-        get_network(v)
-        return v
-
-    @property
-    def exclusions(self) -> tuple[str, ...]:
-        """Scopes a checkpoint restore skips."""
-        if self.checkpoint_exclusions is not None:
-            return self.checkpoint_exclusions
-        return get_network(self.network).checkpoint_exclusions
-
-    @property
-    def head_steps(self) -> int:
-        """Finetune stage 1 length (steps training only the heads)."""
-        return self.stage1_steps if self.stage1_steps is not None else self.steps // 2
-
-    def for_manifest(self) -> dict[str, Any]:
-        """The run's settings without machine-local paths (the checkpoint by its file name only)."""
-        data = self.model_dump(mode="json", exclude={"data_dir", "work_dir", "threads", "checkpoint"})
-        data["checkpoint"] = self.checkpoint.name if self.checkpoint else None
-        return data
-
-
-class HistoryPoint(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    step: int
-    loss: float = Field(title="total loss of the step's batch (incl. regularisation)")
-    accuracy: float = Field(title="training-batch accuracy")
-    val_accuracy: float | None = Field(None, title="validation accuracy at this step")
-
-
-class TrainResult(BaseModel):
-    """What :func:`train` produced; also ``work_dir/train_result.json``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
-
-    checkpoint_path: str = Field(title="checkpoint prefix (…/model.ckpt-<step>)")
-    labels: list[str]
-    history: list[HistoryPoint]
-    val_accuracy: float | None
-    steps: int
-    elapsed_s: float
-    dataset_fingerprint: str
-    split_path: str
-    config: TrainConfig
-    phases_s: dict[str, float] = Field(
-        default_factory=dict, title="seconds per phase, graph building excluded (bottleneck: compute, layer)"
-    )
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.model_dump_json(indent=2))
-
-    @classmethod
-    def load(cls, path: str | Path) -> TrainResult:
-        """Read ``train_result.json``.
-
-        Raises:
-            FileNotFoundError: no training result there (run ``leukonet trainer train`` first).
-        """
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: no training result; run `leukonet trainer train` first")
-        return cls.model_validate_json(p.read_text())
-
-
-def class_weights(split: Split, weighting: str) -> np.ndarray:
-    """Per-class loss weights ``n / (classes * n_class)`` over the training split, or all ones."""
-    n_classes = len(split.labels)
-    if weighting == "none":
-        return np.ones(n_classes, np.float32)
-    counts = np.bincount([s.label_index for s in split.train], minlength=n_classes).astype(np.float64)
-    if (counts == 0).any():
-        missing = [split.labels[i] for i in np.flatnonzero(counts == 0)]
-        raise ValueError(f"training split has no image of {missing}; add images of every class")
-    return (counts.sum() / (n_classes * counts)).astype(np.float32)
-
-
-def session_config(threads: int) -> Any:
-    import tensorflow as tf
-
-    return tf.compat.v1.ConfigProto(
-        intra_op_parallelism_threads=threads, inter_op_parallelism_threads=min(threads, 2) if threads else 0
-    )
-
-
-def _optimizer(name: str, learning_rate: float) -> Any:
-    import tensorflow as tf
-
-    if name == "adam":
-        return tf.compat.v1.train.AdamOptimizer(learning_rate)
-    if name == "rmsprop":
-        return tf.compat.v1.train.RMSPropOptimizer(learning_rate, decay=0.9, momentum=0.9, epsilon=1.0)
-    return tf.compat.v1.train.MomentumOptimizer(learning_rate, momentum=0.9)
-
-
-def prepare_split(config: TrainConfig) -> Split:
-    """The run's split, saved as ``work_dir/split.json``.
-
-    ``data_dir`` is either an import folder (``leukonet trainer import``: its split and TFRecord
-    shards are used as they are, so the run trains on exactly what was imported) or a
-    class-per-folder image set (scanned and split here with the config's fractions and seed).
-
-    Raises:
-        DatasetError: the data cannot be used (the message says why).
-    """
-    from trainer.importer import DATASET_FILE, load_import
-
-    if (config.data_dir / DATASET_FILE).is_file():
-        imported, split = load_import(config.data_dir)
-        records = {
-            "train": imported.shards["train"],
-            "val": imported.shards["validation"],
-            "test": imported.shards["test"],
-        }
-        split = replace(
-            split,
-            records={
-                part: [str(config.data_dir / name) for name in names] for part, names in records.items()
-            },
-        )
-        log.info(
-            kv(
-                "split_from_import",
-                data=config.data_dir,
-                layout=imported.layout,
-                seed=imported.seed,
-                note="the import's split is used; val/test fractions and seed of this run do not apply",
-            )
-        )
-    else:
-        dataset = scan_dataset(config.data_dir)
-        split = split_dataset(dataset, config.val_fraction, config.test_fraction, config.seed)
-    split.save(config.work_dir / SPLIT_FILE)
-    log.info(
-        kv(
-            "split",
-            train=len(split.train),
-            val=len(split.val),
-            test=len(split.test),
-            skipped=len(split.skipped),
-            fingerprint=split.fingerprint[:16],
-            source="tfrecords" if split.records else "files",
-        )
-    )
-    return split
 
 
 def _scope_variables(scopes: tuple[str, ...] | None) -> list[Any]:
@@ -290,8 +73,6 @@ def train(config: TrainConfig) -> TrainResult:
             ``trainable_scopes`` match nothing.
     """
     if config.mode == "bottleneck":
-        from trainer.bottleneck import train_bottleneck
-
         return train_bottleneck(config)
     import tensorflow as tf
 
@@ -349,14 +130,14 @@ def train(config: TrainConfig) -> TrainResult:
                 body_vars = _scope_variables(config.trainable_scopes)
                 union = head_vars + [v for v in body_vars if v not in head_vars]
                 grads = dict(zip(union, tf.gradients(total_loss, union), strict=True))
-                head_op = _optimizer(config.optimizer, config.learning_rate).apply_gradients(
+                head_op = make_optimizer(config.optimizer, config.learning_rate).apply_gradients(
                     [(grads[v], v) for v in head_vars], global_step=global_step
                 )
-                body_op = _optimizer(
+                body_op = make_optimizer(
                     config.optimizer, config.learning_rate * config.stage2_lr_factor
                 ).apply_gradients([(grads[v], v) for v in body_vars], global_step=global_step)
             else:
-                head_op = body_op = _optimizer(config.optimizer, config.learning_rate).minimize(
+                head_op = body_op = make_optimizer(config.optimizer, config.learning_rate).minimize(
                     total_loss, global_step=global_step
                 )
         tf.compat.v1.summary.scalar("loss", total_loss)
@@ -460,26 +241,11 @@ def train(config: TrainConfig) -> TrainResult:
             f"no checkpoint written: {config.work_dir} already holds step {first - 1} "
             f">= steps {config.steps}; raise --steps to resume further"
         )
-    elapsed = time.monotonic() - started
-    result = TrainResult(
+    return write_result(
+        config,
+        split,
         checkpoint_path=checkpoint_path,
-        labels=split.labels,
         history=history,
         val_accuracy=val_acc,
-        steps=config.steps,
-        elapsed_s=round(elapsed, 2),
-        dataset_fingerprint=split.fingerprint,
-        split_path=str(config.work_dir / SPLIT_FILE),
-        config=config,
+        elapsed_s=time.monotonic() - started,
     )
-    result.save(config.work_dir / RESULT_FILE)
-    log.info(
-        kv(
-            "train_done",
-            steps=config.steps,
-            elapsed_s=f"{elapsed:.1f}",
-            val_accuracy=val_acc if val_acc is not None else "n/a",
-            checkpoint=checkpoint_path,
-        )
-    )
-    return result

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from shared.config import ConfigError
 from trainer.config import TrainerConfig
 from trainer.nets import get_network
-from trainer.train import TrainConfig
+from trainer.train_common import make_optimizer
+from trainer.train_config import TrainConfig
 
 
 def test_train_config_defaults_and_manifest_view(tmp_path: Path) -> None:
@@ -29,11 +30,17 @@ def test_train_config_defaults_and_manifest_view(tmp_path: Path) -> None:
         ("image_size", 64, "image_size"),
         ("depth_multiplier", 0, "depth_multiplier"),
         ("bogus", 1, "bogus"),
+        ("optimizer", "sgd", "optimizer"),
     ],
 )
 def test_train_config_rejects_bad_values(tmp_path: Path, field: str, value: object, match: str) -> None:
     with pytest.raises(ValidationError, match=match):
         TrainConfig(data_dir=tmp_path, work_dir=tmp_path, **{field: value})
+
+
+def test_unknown_optimizer_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'; choose one of adam, momentum, rmsprop"):
+        make_optimizer("sgd", 0.1)
 
 
 def test_service_config_reads_the_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,8 +1,10 @@
-"""Data set scanning, the leak-free split, the fingerprint, and TF-vs-OpenCV preprocessing."""
+"""Data set scanning, the leak-free split and the fingerprint (no TensorFlow); TF-vs-OpenCV preprocessing."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -10,7 +12,8 @@ import numpy as np
 import pytest
 
 from shared.preprocessing import crop_and_resize, decode_image, to_network_input
-from trainer.data import DatasetError, Split, dataset_fingerprint, make_dataset, scan_dataset, split_dataset
+from trainer.data import make_dataset
+from trainer.dataset import DatasetError, Split, dataset_fingerprint, scan_dataset, split_dataset
 from trainer.synthetic import generate_dataset
 
 
@@ -102,6 +105,23 @@ def test_folder_errors_name_the_folder(tmp_path: Path) -> None:
         tiny = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
         (tmp_path / "only" / "a.jpg").write_bytes(tiny)
         scan_dataset(tmp_path)
+
+
+def test_scanning_and_splitting_load_no_tensorflow(tmp_path: Path, smears: Path) -> None:
+    # A fresh interpreter: in this one another test may have loaded TensorFlow already.
+    code = (
+        "import sys\n"
+        "from trainer.dataset import Split, scan_dataset, split_dataset\n"
+        f"split_dataset(scan_dataset({str(smears)!r}), seed=1).save({str(tmp_path / 'split.json')!r})\n"
+        f"Split.load({str(tmp_path / 'split.json')!r})\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'tf_slim'}))\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])

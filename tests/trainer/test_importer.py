@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from trainer import cli as trainer_cli
-from trainer.data import DatasetError, tfrecord_dataset
+from trainer.data import tfrecord_dataset
+from trainer.dataset import DatasetError
 from trainer.importer import (
     MixedAllIdbError,
     idb_label,

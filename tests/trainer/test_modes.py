@@ -16,7 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from trainer.synthetic import generate_dataset
-from trainer.train import TrainConfig
+from trainer.train_config import TrainConfig
 
 SIZE = 75
 DEPTH = 0.35
@@ -170,7 +170,7 @@ def test_bottleneck_caches_prelogits_and_writes_a_full_checkpoint(
     smears: Path, tmp_path: Path, pretrained: str
 ) -> None:
     from trainer.bottleneck import BottleneckCache, cache_tag, compute_bottlenecks
-    from trainer.data import Split
+    from trainer.dataset import Split
     from trainer.evaluate import predict_checkpoint
     from trainer.train import train
 
@@ -227,7 +227,7 @@ def idb2_import(ml_stack: None, smears: Path, tmp_path_factory: pytest.TempPathF
 def test_scratch_trains_and_evaluates_from_imported_tiff_records(idb2_import: Path, tmp_path: Path) -> None:
     import cv2
 
-    from trainer.data import Split
+    from trainer.dataset import Split
     from trainer.evaluate import evaluate, predict_checkpoint
     from trainer.importer import load_import
     from trainer.pipeline import parity_images
@@ -275,7 +275,7 @@ def test_scratch_trains_and_evaluates_from_imported_tiff_records(idb2_import: Pa
 def test_bottleneck_reads_imported_records_once_per_copy(
     idb2_import: Path, tmp_path: Path, pretrained: str
 ) -> None:
-    from trainer.data import Split
+    from trainer.dataset import Split
     from trainer.train import train
 
     result = train(_config(idb2_import, tmp_path, checkpoint=pretrained, steps=5, augmentations=2))

@@ -28,8 +28,8 @@ from shared.bundle import BundleError, load_public_key, read_manifest, sha256_fi
 from shared.preprocessing import crop_and_resize, decode_image, to_network_input
 from tests.conftest import serve_in_thread
 from trainer import cli as trainer_cli
-from trainer.data import Split
-from trainer.train import TrainResult
+from trainer.dataset import Split
+from trainer.train_config import TrainResult
 
 IMAGE_SIZE = 96
 STEPS = 300

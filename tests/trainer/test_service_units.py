@@ -8,7 +8,9 @@ import pytest
 
 from shared.logs import kv
 from shared.training import TrainingJobSpec
-from trainer.service import JobError, inside, progress_from_line, run_args
+from trainer.job_child import progress_from_line, run_args
+from trainer.jobs_client import JobError
+from trainer.service import inside
 
 
 def test_progress_lines_become_job_progress() -> None:
