@@ -4,25 +4,32 @@
 
     sources --submit(Job)--> [bounded queue] --> decode threads --backend.submit--> infer requests
                                                                                       | callback
-    file moved to done <-- results committed to the outbox (one transaction) <-- writer thread
+    job.on_done(outcome) <-- results committed to the outbox (one transaction) <-- writer thread
 
 Every image, whatever its source (watch folder, HTTP upload, camera frame), takes the same path:
 read + sha256 + decode (skipped for camera frames) + ``crop_and_resize`` in one of
 ``decode_threads`` threads, then :meth:`agents.backends.Backend.submit`, which returns as soon as an
 infer request took the image. Decoding the next images therefore overlaps inference, and the
 backend blocks the decode threads only when every request is busy (back-pressure). The writer
-thread groups finished images into one outbox transaction (``commit_batch``), then moves watch-folder
-files to ``done`` and tells each job's ``on_done`` what happened.
+thread groups finished images into one outbox transaction (``commit_batch``), then tells each job's
+``on_done`` what happened.
+
+Each job carries its source's hook, ``on_done``, called exactly once with the :class:`Outcome`; the
+source owns what happens to its input then (the watch folder moves the file to ``done`` or, with the
+reason, to ``failed``; the HTTP endpoint answers the request). The pipeline knows no source: it only
+reads ``job.path`` and journals it with the result (see below).
 
 Model swaps: a decode thread acquires the active model *before* preprocessing (the crop size comes
 from its manifest) and the writer releases it after the result is built. An image is therefore
 classified entirely by one model, and the model manager closes an old backend only when its last
 image is through. Nothing is dropped during a swap.
 
-Nothing is lost: a watch-folder file leaves the folder only after its result is committed (with a
-move journal, see :mod:`agents.outbox`). When the outbox refuses a write, reaches its cap, or the
-disk runs low, :meth:`Pipeline.blocked_reason` says so (loudly, in the log) and sources stop taking
-images until it clears; images waiting in the watch folder are the buffer.
+Nothing is lost: the result of a job with a ``path`` is committed together with a move journal
+entry for that file (see :mod:`agents.outbox`) before its ``on_done`` may move the file, and a file
+whose journalled result is already committed ends as ``ALREADY_DONE`` instead of being classified
+again. When the outbox refuses a write, reaches its cap, or the disk runs low,
+:meth:`Pipeline.blocked_reason` says so (loudly, in the log) and sources stop taking images until it
+clears; images waiting in the watch folder are the buffer.
 """
 
 from __future__ import annotations
@@ -46,7 +53,6 @@ from agents.backends import BackendError
 from agents.config import OutboxConfig, PipelineConfig
 from agents.models import ActiveModel, ModelManager
 from agents.outbox import Outbox, OutboxError
-from agents.sources.folder import FolderSource
 from agents.vitals import InferenceStats
 from shared.logs import kv
 from shared.loops import Loops
@@ -63,10 +69,10 @@ class OutcomeKind(str, Enum):
     """What happened to a job."""
 
     CLASSIFIED = "classified"  # result committed to the outbox
-    BAD_IMAGE = "bad_image"  # not decodable (a watch-folder file went to failed/)
+    BAD_IMAGE = "bad_image"  # not decodable; ``error`` says why (a watch-folder file goes to failed/)
     NO_MODEL = "no_model"  # no active model yet: try again later
     UNAVAILABLE = "unavailable"  # inference or outbox failed: try again later
-    ALREADY_DONE = "already_done"  # its result was committed before a crash; file moved now
+    ALREADY_DONE = "already_done"  # its result was committed before a crash; the file can move now
     GONE = "gone"  # the file disappeared before it was read
     STOPPED = "stopped"  # the agent is shutting down
 
@@ -80,7 +86,12 @@ class Outcome:
 
 @dataclass
 class Job:
-    """One image to classify: a watch-folder ``path``, uploaded ``data`` or a decoded BGR ``frame``."""
+    """One image to classify: a file ``path``, uploaded ``data`` or a decoded BGR ``frame``.
+
+    ``on_done`` is the source's per-job hook: called exactly once, on a pipeline thread, with the
+    outcome; it must not block for long (it runs on the writer or a decode thread), and an exception
+    from it is logged, never passed on.
+    """
 
     name: str
     path: Path | None = None
@@ -111,8 +122,7 @@ class Pipeline:
         agent_id, lab: stamped on every result.
         low_confidence_threshold: results below it carry ``low_confidence=True``.
         models: gives the active model (acquired per image).
-        outbox: where results are committed.
-        folder: moves watch-folder files to done/failed.
+        outbox: where results are committed (with the move journal of jobs that have a ``path``).
         stats: receives each image's inference time.
         config, limits: the ``pipeline`` and ``outbox`` config sections.
         state_dir: its disk's free space is watched (``limits.min_free_disk_mb``).
@@ -126,7 +136,6 @@ class Pipeline:
         low_confidence_threshold: float,
         models: ModelManager,
         outbox: Outbox,
-        folder: FolderSource,
         stats: InferenceStats,
         config: PipelineConfig,
         limits: OutboxConfig,
@@ -136,7 +145,7 @@ class Pipeline:
     ) -> None:
         self.agent_id, self.lab = agent_id, lab
         self.threshold = low_confidence_threshold
-        self.models, self.outbox, self.folder, self.stats = models, outbox, folder, stats
+        self.models, self.outbox, self.stats = models, outbox, stats
         self.config, self.limits = config, limits
         self.state_dir = state_dir
         self._notify = notify or (lambda: None)
@@ -296,15 +305,10 @@ class Pipeline:
             self.loops.beat(name)
 
     def _unexpected(self, job: Job, exc: BaseException) -> None:
-        """An error nothing else handled: counted, logged once, the file moved aside with the reason."""
+        """An error nothing else handled: counted, logged once, the job ends as a bad image with why."""
         self.stats.count_error("decode_unexpected")
         reason = f"{job.name}: unexpected error while preparing the image: {exc!r}"[:1000]
         log.exception(kv("decode_failed", image=job.name, error=repr(exc)[:300]))
-        try:
-            if job.path is not None and job.path.exists():
-                self.folder.mark_failed(job.path, reason)
-        except Exception as move_exc:  # noqa: BLE001 - keep the thread; the next poll retries the file
-            log.error(kv("mark_failed_failed", image=job.name, error=move_exc))
         self._finish(job, Outcome(OutcomeKind.BAD_IMAGE, error=reason))
 
     def _start(self, job: Job) -> None:
@@ -336,14 +340,12 @@ class Pipeline:
                     self._finish(job, Outcome(OutcomeKind.GONE, error=f"{job.path} disappeared"))
                     return False
             sha = hashlib.sha256(data).hexdigest()
-            if job.path is not None and self._already_done(job.path, sha):
+            if job.path is not None and self._committed_before(job.path, sha):
                 self._finish(job, Outcome(OutcomeKind.ALREADY_DONE))
                 return False
             try:
                 image = decode_image(data, job.name, self.config.max_pixels)
             except ImageDecodeError as exc:
-                if job.path is not None:
-                    self.folder.mark_failed(job.path, str(exc))
                 self._finish(job, Outcome(OutcomeKind.BAD_IMAGE, error=str(exc)))
                 return False
         t1 = time.perf_counter()
@@ -367,14 +369,10 @@ class Pipeline:
             return False
         return True
 
-    def _already_done(self, path: Path, sha: str) -> bool:
+    def _committed_before(self, path: Path, sha: str) -> bool:
+        """Whether the move journal holds a committed result for exactly these bytes at ``path``."""
         journal = self.outbox.pending_move(path)
-        if journal is None or journal.image_sha256 != sha:
-            return False
-        self.folder.mark_done(path)  # its result was committed before a crash
-        self.outbox.clear_move(path)
-        log.info(kv("pending_move_finished", source=path, result_id=journal.result_id))
-        return True
+        return journal is not None and journal.image_sha256 == sha
 
     def _inferred(
         self, ctx: _InFlight, probs: np.ndarray | None, ms: float, error: BaseException | None
@@ -442,14 +440,6 @@ class Pipeline:
             return
         self._notify()
         for ctx, result, ms in ready:
-            path = ctx.job.path
-            if path is not None:
-                try:
-                    self.folder.mark_done(path)
-                except OSError as exc:  # the journal finishes the move at the next start
-                    log.error(kv("move_to_done_failed", path=path, error=exc))
-                else:
-                    self.outbox.clear_move(path)
             self.stats.record(ms)
             log.info(
                 kv(

@@ -4,7 +4,8 @@
 (``rtsp://...``) or a video file. Skipped frames are only grabbed, not decoded. Each kept frame
 (BGR, as OpenCV returns it) goes through the same pipeline as a file: crop + resize, inference,
 outbox; its ``image_name`` is ``<name_prefix>-<UTC time>-f<frame number>`` and its sha256 is taken
-over the raw pixels.
+over the raw pixels. A frame lives only in memory, so its job needs no ``on_done`` hook: the result
+in the outbox is all that remains of it.
 
 A live camera cannot wait: while the pipeline is full, has no model, or is paused, its frames are
 dropped and counted (logged every ``DROP_LOG_EVERY`` drops). A video *file* can wait, so it is read
@@ -27,6 +28,7 @@ import cv2
 from agents.config import CameraConfig
 from agents.models import ModelManager
 from agents.pipeline import Job, Pipeline
+from agents.sources.base import SourceContext, SourceThread
 from shared.logs import kv
 
 log = logging.getLogger(__name__)
@@ -66,22 +68,27 @@ class CameraSource:
         self.pipeline = pipeline
         self.models = models
         self._open: CaptureFactory = capture_factory or open_capture
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = SourceThread("camera-source", self._run)
+        self._stop = self._worker.stopping
         self.is_file = Path(config.source).is_file()
         self.frames_read = 0
         self.frames_submitted = 0
         self.frames_dropped = 0
         self.finished = threading.Event()
 
+    @classmethod
+    def from_context(cls, ctx: SourceContext) -> CameraSource | None:
+        """The camera of the config's ``camera`` section; None unless ``camera.enabled``."""
+        if not ctx.config.camera.enabled:
+            return None
+        return cls(ctx.config.camera, ctx.pipeline, ctx.models)
+
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="camera-source", daemon=True)
-        self._thread.start()
+        """Open the camera (or video) and read it on its own thread."""
+        self._worker.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._worker.stop(timeout)
 
     def _run(self) -> None:
         try:

@@ -22,6 +22,9 @@ bad Content-Length), 401 (``http.token`` set and the ``Authorization: Bearer`` h
 wrong), 404, 411 (no Content-Length), 413 (body above ``http.max_upload_mb``; not read), 422 (not a
 decodable image, with the reason), 503 (no model yet, outbox at its cap, disk low, agent stopping;
 with ``Retry-After``), 504 (no result within ``http.result_timeout_s``).
+
+Each request thread waits for its job's ``on_done`` hook and answers with the outcome; uploads are
+never stored.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from urllib.parse import parse_qs, urlsplit
 from agents.config import HttpConfig
 from agents.models import ModelManager
 from agents.pipeline import Job, Outcome, OutcomeKind, Pipeline
+from agents.sources.base import SourceContext
 from shared.logs import kv
 
 log = logging.getLogger(__name__)
@@ -129,6 +133,13 @@ class HttpSource:
         #: requests that hit an unexpected error (answered 500 JSON, logged)
         self.errors = 0
 
+    @classmethod
+    def from_context(cls, ctx: SourceContext) -> HttpSource | None:
+        """The endpoint of the config's ``http`` section; None unless ``http.enabled``."""
+        if not ctx.config.http.enabled:
+            return None
+        return cls(ctx.config.http, ctx.pipeline, ctx.models, ctx.config.agent_id)
+
     @property
     def host(self) -> str:
         return self.config.host
@@ -166,6 +177,7 @@ class HttpSource:
         )
 
     def stop(self) -> None:
+        """Stop serving and release the port."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -50,17 +50,18 @@ def test_every_nth_frame_of_a_video_is_classified(tmp_path, keys_and_bundle):
     agent = agent_for(
         tmp_path, keys, bundle, {"source": str(video), "every_nth_frame": 5, "name_prefix": "scope"}
     )
+    camera = agent.sources.get("camera")
     stop = threading.Event()
     thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     thread.start()
     try:
         assert wait_until(lambda: agent.outbox.depth() == 4, 20)
-        assert agent.camera is not None and agent.camera.finished.wait(10)
+        assert camera is not None and camera.finished.wait(10)
         rows = [ClassificationResult.model_validate_json(r.payload) for r in agent.outbox.after(0, 100)]
     finally:
         stop.set()
         thread.join(30)
-    assert agent.camera.frames_read == 20 and agent.camera.frames_submitted == 4
+    assert camera.frames_read == 20 and camera.frames_submitted == 4
     frames = sorted((r.image_name.rsplit("-f", 1)[1], r.label) for r in rows)
     assert frames == [
         ("00000001", "ALL"),

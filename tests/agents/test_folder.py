@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.sources.folder import FolderSource, unique_destination
+from agents.sources.folder import WatchFolder, unique_destination
 
 
 class Clock:
@@ -16,7 +16,7 @@ class Clock:
 @pytest.fixture
 def source(tmp_path):
     clock = Clock()
-    src = FolderSource(
+    src = WatchFolder(
         tmp_path / "in", tmp_path / "in" / "done", tmp_path / "in" / "failed", settle_s=1.0, clock=clock
     )
     src.ensure_dirs()

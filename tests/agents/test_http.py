@@ -47,7 +47,7 @@ def start_agent(tmp_path, keys, bundle, **http):
     thread = threading.Thread(target=agent.run, args=(stop, ready.set), daemon=True)
     thread.start()
     assert ready.wait(30)
-    return agent, f"http://127.0.0.1:{agent.http.port}", stop, thread
+    return agent, f"http://127.0.0.1:{agent.sources['http'].port}", stop, thread
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_unknown_paths_methods_and_missing_length(served):
     assert requests.get(f"{url}/classify", timeout=10).status_code == 405
     health = requests.get(f"{url}/healthz", timeout=10).json()
     assert health["status"] == "ok" and health["model"]["version"] == "1.0.0" and health["intake"] == "open"
-    conn = http.client.HTTPConnection("127.0.0.1", agent.http.port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", agent.sources["http"].port, timeout=10)
     conn.putrequest("POST", "/classify")
     conn.putheader("Authorization", f"Bearer {TOKEN}")
     conn.endheaders()
@@ -178,9 +178,9 @@ def test_an_unexpected_error_in_a_request_is_500_json_and_the_server_goes_on(ser
         calls.append(name)
         raise RuntimeError("a bug in classify")
 
-    monkeypatch.setattr(agent.http, "classify", broken)
+    monkeypatch.setattr(agent.sources["http"], "classify", broken)
     resp = requests.post(f"{url}/classify", data=png(BLUE), headers=AUTH, timeout=10)
     assert resp.status_code == 500 and resp.json()["error"]["code"] == "internal_error"
-    assert agent.http.errors == 1 and calls
+    assert agent.sources["http"].errors == 1 and calls
     monkeypatch.undo()
     assert requests.post(f"{url}/classify", data=png(BLUE), headers=AUTH, timeout=10).status_code == 200

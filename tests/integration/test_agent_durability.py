@@ -101,7 +101,8 @@ def test_every_result_reaches_the_hub_exactly_once(tmp_path, private_broker):
         data_dir=tmp_path / "hub",
         database_url=f"sqlite:///{tmp_path / 'hub.db'}",
         mqtt={"host": "127.0.0.1", "port": private_broker.port, "client_id": f"ingest-{agent_id}"},
-        ingest={"batch_size": 20, "batch_ms": 50},
+        # the agent is not registered with this hub: let ingest register it (off by default)
+        ingest={"batch_size": 20, "batch_ms": 50, "auto_register_agents": True},
     )
     db = Database(hub.db_url)
     upgrade(db)

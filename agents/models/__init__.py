@@ -1,0 +1,41 @@
+"""The agent's models: one package, one concern per module.
+
+- :mod:`agents.models.manager`: :class:`ModelManager`, the worker that applies desired models
+  (download, verify, load, smoke-test, swap, roll back) and reports each step as a model event.
+- :mod:`agents.models.active`: :class:`ActiveModel` and the leases that keep a backend open while
+  images use it.
+- :mod:`agents.models.store`: model folders, ``active.json`` and pruning on disk.
+- :mod:`agents.models.download`: resumable bundle downloads (HTTP Range, retries, size cap).
+- :mod:`agents.models.smoke`: the reference-image smoke test and its tolerances by precision.
+- :mod:`agents.models.verify`: the pinned public key and :func:`verify_model_dir`.
+- :mod:`agents.models.errors`: :class:`ModelError` and :class:`DownloadError`.
+
+Import from here; the modules import each other directly (never this package), so there is no cycle.
+"""
+
+from agents.models.active import ActiveModel, ActiveSlot
+from agents.models.download import MAX_BUNDLE_BYTES, BundleDownloader
+from agents.models.errors import DownloadError, ModelError
+from agents.models.manager import BackendMaker, EventFn, ModelManager
+from agents.models.smoke import REFERENCE_TOLERANCE, reference_tolerance, smoke_test
+from agents.models.store import ModelRef, ModelStore
+from agents.models.verify import load_pinned_key, verify_model_dir
+
+__all__ = [
+    "MAX_BUNDLE_BYTES",
+    "REFERENCE_TOLERANCE",
+    "ActiveModel",
+    "ActiveSlot",
+    "BackendMaker",
+    "BundleDownloader",
+    "DownloadError",
+    "EventFn",
+    "ModelError",
+    "ModelManager",
+    "ModelRef",
+    "ModelStore",
+    "load_pinned_key",
+    "reference_tolerance",
+    "smoke_test",
+    "verify_model_dir",
+]
