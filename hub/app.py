@@ -14,6 +14,7 @@ from datetime import timedelta
 from flask import Flask
 
 from hub.api import bp as api_bp
+from hub.api import docs_bp as api_docs_bp
 from hub.auth import TokenAuth
 from hub.config import HubConfig
 from hub.db.session import Database
@@ -95,6 +96,7 @@ def create_app(
     register_error_handlers(app)
 
     app.register_blueprint(api_bp)
+    app.register_blueprint(api_docs_bp)
     app.register_blueprint(web_bp)
     app.register_blueprint(health_bp)
     return app

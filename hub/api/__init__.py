@@ -1,10 +1,12 @@
 """REST API under ``/api/v1``: models, agents (+ tags, history), labs, rollouts, audit,
-classifications, ingest stats, training jobs.
+classifications, ingest stats, training jobs; and its documentation (``/api/v1/openapi.json``,
+``/api/docs``) on the separate, unauthenticated :data:`docs_bp`.
 
 Importing this package registers every route module on :data:`bp`.
 """
 
 from hub.api import agents, classifications, ingest, models, rollouts, tags, training
 from hub.api.blueprint import bp
+from hub.api.docs import bp as docs_bp
 
-__all__ = ["agents", "bp", "classifications", "ingest", "models", "rollouts", "tags", "training"]
+__all__ = ["agents", "bp", "classifications", "docs_bp", "ingest", "models", "rollouts", "tags", "training"]

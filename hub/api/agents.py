@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from hub.api.blueprint import bp
+from hub.api.openapi import documented
+from hub.api.params import QueryModel, parse_body, parse_query
+from hub.api.schemas import AgentDetail, AgentList
 from hub.api.serialize import agent_json
 from hub.api.tags import agent_tags, lab_tags
-from hub.auth import require_roles
 from hub.config import Role
 from hub.db.models import Agent
 from hub.errors import ApiError
 from hub.extensions import hub_ext
 from hub.mqtt.publisher import BrokerUnavailable
 from hub.twin import set_desired
+from shared.schemas import DesiredModel
 from shared.topics import TopicError, validate_agent_id
 
 
@@ -30,11 +32,15 @@ class DesiredBody(BaseModel):
     model_version: str = Field(min_length=1, max_length=64, title="registered model version")
 
 
+class AgentsQuery(QueryModel):
+    tag: str | None = Field(None, title="keep agents carrying this tag (or whose lab does)")
+
+
 @bp.get("/agents")
-@require_roles(Role.TRAINER)
+@documented(Role.TRAINER, query=AgentsQuery, responses={200: AgentList})
 def list_agents() -> dict[str, Any]:
     """Every agent; ``?tag=`` keeps those carrying the tag (on the agent or its lab)."""
-    tag = request.args.get("tag")
+    tag = parse_query(AgentsQuery).tag
     with hub_ext.services.db.session() as s:
         rows = s.scalars(select(Agent).order_by(Agent.agent_id)).all()
         tags = agent_tags(s)
@@ -49,8 +55,9 @@ def list_agents() -> dict[str, Any]:
 
 
 @bp.get("/agents/<agent_id>")
-@require_roles(Role.TRAINER)
+@documented(Role.TRAINER, responses={200: AgentDetail}, errors=(404,))
 def show_agent(agent_id: str) -> dict[str, Any]:
+    """One agent, with its own tags and those of its lab."""
     with hub_ext.services.db.session() as s:
         agent = s.scalar(select(Agent).where(Agent.agent_id == agent_id))
         if agent is None:
@@ -61,21 +68,14 @@ def show_agent(agent_id: str) -> dict[str, Any]:
 
 
 @bp.put("/agents/<agent_id>/desired")
-@require_roles()
+@documented(body=DesiredBody, responses={200: DesiredModel}, errors=(404, 422, 503))
 def put_desired(agent_id: str) -> dict[str, Any]:
     """Store the desired model and publish it retained; returns the DesiredModel JSON (503: no broker)."""
     try:
         validate_agent_id(agent_id)
     except TopicError as exc:
         raise ApiError(400, "invalid_agent_id", str(exc)) from exc
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise ApiError(400, "invalid_body", 'send JSON {"model_name": "...", "model_version": "..."}')
-    try:
-        body = DesiredBody.model_validate(data)
-    except ValidationError as exc:
-        errs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ApiError(422, "invalid_body", errs) from exc
+    body = parse_body(DesiredBody)
     services = hub_ext.services
     try:
         _agent, desired = set_desired(

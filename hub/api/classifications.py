@@ -3,74 +3,80 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
-from flask import request
+from pydantic import AfterValidator, BeforeValidator, Field
 from sqlalchemy import func, select
 
 from hub.api.blueprint import bp
+from hub.api.openapi import documented
+from hub.api.params import QueryModel, parse_query
+from hub.api.schemas import ClassificationPage
 from hub.api.serialize import classification_json
-from hub.auth import require_roles
 from hub.config import Role
 from hub.db.models import Classification
-from hub.errors import ApiError
 from hub.extensions import hub_ext
 
 MAX_PER_PAGE = 500
+TIME_HINT = "must be an ISO 8601 time such as 2026-01-01T00:00:00Z"
 
 
-def int_arg(name: str, default: int, lo: int, hi: int) -> int:
-    """Query parameter ``name`` as an int in ``lo..hi`` (``default`` when absent); 400 otherwise."""
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
+def _parse_time(raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
     try:
-        value = int(raw)
+        return datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise ApiError(400, "invalid_parameter", f"{name} must be an integer, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise ApiError(400, "invalid_parameter", f"{name} must be between {lo} and {hi}, got {value}")
-    return value
+        raise ValueError(TIME_HINT) from None
 
 
-def _time_arg(name: str) -> datetime | None:
-    raw = request.args.get(name)
-    if not raw:
+def _as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
         return None
     try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(
-            400,
-            "invalid_parameter",
-            f"{name} must be an ISO 8601 time such as 2026-01-01T00:00:00Z, got {raw!r}",
-        ) from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{TIME_HINT}, within years 1..9999 in UTC") from None
+
+
+#: An optional query-string time: ISO 8601, UTC when it has no offset.
+QueryTime = Annotated[datetime | None, BeforeValidator(_parse_time), AfterValidator(_as_utc)]
+
+
+class ClassificationsQuery(QueryModel):
+    page: int = Field(1, ge=1, le=10**9, title="1-based page")
+    per_page: int = Field(50, ge=1, le=MAX_PER_PAGE, title="results per page")
+    agent_id: str | None = Field(None, title="only this agent's results")
+    label: str | None = Field(None, title="only results with this predicted label")
+    since: QueryTime = Field(None, title="captured at or after (ISO 8601)")
+    until: QueryTime = Field(None, title="captured before (ISO 8601, exclusive)")
 
 
 @bp.get("/classifications")
-@require_roles(Role.TRAINER)
+@documented(Role.TRAINER, query=ClassificationsQuery, responses={200: ClassificationPage})
 def list_classifications() -> dict[str, Any]:
-    """Filters: ``agent_id``, ``label``, ``since`` / ``until`` (captured_at, ISO 8601, until exclusive)."""
-    page = int_arg("page", 1, 1, 10**9)
-    per_page = int_arg("per_page", 50, 1, MAX_PER_PAGE)
+    """Results newest first, filtered by agent, label and capture time, one page at a time.
+
+    Filters: ``agent_id``, ``label``, ``since`` / ``until`` (captured_at, ISO 8601, until exclusive).
+    """
+    q = parse_query(ClassificationsQuery)
     conds = []
-    if agent_id := request.args.get("agent_id"):
-        conds.append(Classification.agent_id == agent_id)
-    if label := request.args.get("label"):
-        conds.append(Classification.label == label)
-    if (since := _time_arg("since")) is not None:
-        conds.append(Classification.captured_at >= since)
-    if (until := _time_arg("until")) is not None:
-        conds.append(Classification.captured_at < until)
+    if q.agent_id:
+        conds.append(Classification.agent_id == q.agent_id)
+    if q.label:
+        conds.append(Classification.label == q.label)
+    if q.since is not None:
+        conds.append(Classification.captured_at >= q.since)
+    if q.until is not None:
+        conds.append(Classification.captured_at < q.until)
     with hub_ext.services.db.session() as s:
         total = s.scalar(select(func.count()).select_from(Classification).where(*conds)) or 0
         rows = s.scalars(
             select(Classification)
             .where(*conds)
             .order_by(Classification.captured_at.desc(), Classification.id.desc())
-            .offset((page - 1) * per_page)
-            .limit(per_page)
+            .offset((q.page - 1) * q.per_page)
+            .limit(q.per_page)
         ).all()
         items = [classification_json(c) for c in rows]
-    return {"items": items, "page": page, "per_page": per_page, "total": total}
+    return {"items": items, "page": q.page, "per_page": q.per_page, "total": total}

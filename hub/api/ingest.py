@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from hub.api.blueprint import bp
-from hub.auth import require_roles
+from hub.api.openapi import documented
+from hub.api.schemas import IngestStatsOut
 from hub.extensions import hub_ext
 
 
 @bp.get("/ingest/stats")
-@require_roles()
+@documented(responses={200: IngestStatsOut})
 def ingest_stats() -> dict[str, Any]:
+    """Counters of the ingest worker running in this process (``running: false`` when none runs here)."""
     stats = hub_ext.services.ingest_stats
     if stats is None:
         return {

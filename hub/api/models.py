@@ -6,19 +6,40 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, g, jsonify, request, send_file
+from pydantic import BaseModel, Field
 
 from hub.api.blueprint import bp
+from hub.api.openapi import documented
+from hub.api.params import QueryModel, parse_query
+from hub.api.schemas import ModelComparison, ModelList, ModelVersionOut
 from hub.api.serialize import model_json
-from hub.auth import require_roles
 from hub.config import Role
 from hub.errors import ApiError
 from hub.extensions import hub_ext
 
+#: NAME/VERSION of a registered model, e.g. leuko/1.2.0
+MODEL_REF = r"^[^/]+/.+$"
+
+
+class BundleUpload(BaseModel):
+    """Multipart body of ``POST /models``."""
+
+    bundle: bytes = Field(title="the signed bundle zip (leukonet trainer export)")
+
+
+class CompareQuery(QueryModel):
+    a: str = Field(pattern=MODEL_REF, title="first model, NAME/VERSION, e.g. leuko/1.2.0")
+    b: str = Field(pattern=MODEL_REF, title="second model, NAME/VERSION")
+
 
 @bp.post("/models")
-@require_roles(Role.TRAINER)
+@documented(Role.TRAINER, form=BundleUpload, responses={201: ModelVersionOut}, errors=(409, 413, 422, 503))
 def upload_model() -> tuple[Response, int]:
-    """Multipart upload, file field ``bundle``: 201 with the model JSON."""
+    """Upload a signed bundle (multipart field ``bundle``): 201 with the model JSON.
+
+    400 not a bundle, 409 the version exists, 413 too large, 422 unsigned / bad signature /
+    contract mismatch, 503 the hub has no trusted keys.
+    """
     upload = request.files.get("bundle")
     if upload is None:
         raise ApiError(400, "missing_bundle", "send the bundle zip as multipart form field 'bundle'")
@@ -28,20 +49,11 @@ def upload_model() -> tuple[Response, int]:
 
 
 @bp.get("/models")
-@require_roles(Role.TRAINER, Role.AGENT)
+@documented(Role.TRAINER, Role.AGENT, responses={200: ModelList})
 def list_models() -> dict[str, Any]:
+    """Every registered model version."""
     services = hub_ext.services
     return {"items": [model_json(r, services.config.public_url) for r in services.registry.list()]}
-
-
-def _ref(param: str) -> tuple[str, str]:
-    raw = request.args.get(param, "")
-    name, sep, version = raw.partition("/")
-    if not sep or not name or not version:
-        raise ApiError(
-            400, "invalid_parameter", f"{param} must be NAME/VERSION, e.g. leuko/1.2.0; got {raw!r}"
-        )
-    return name, version
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -89,34 +101,43 @@ def compare_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @bp.get("/models/compare")
-@require_roles(Role.TRAINER, Role.AGENT)
+@documented(Role.TRAINER, Role.AGENT, query=CompareQuery, responses={200: ModelComparison}, errors=(404,))
 def compare_models() -> dict[str, Any]:
     """``?a=NAME/VERSION&b=NAME/VERSION``: both models and their metrics side by side."""
+    q = parse_query(CompareQuery, hint="a and b must be NAME/VERSION, e.g. leuko/1.2.0")
     services = hub_ext.services
-    a = model_json(services.registry.get(*_ref("a")), services.config.public_url)
-    b = model_json(services.registry.get(*_ref("b")), services.config.public_url)
+    a = model_json(services.registry.get(*q.a.split("/", 1)), services.config.public_url)
+    b = model_json(services.registry.get(*q.b.split("/", 1)), services.config.public_url)
     return {"a": a, "b": b, "rows": compare_rows(a, b)}
 
 
 @bp.delete("/models/<name>/<version>")
-@require_roles()
+@documented(responses={204: None}, errors=(404, 409))
 def delete_model(name: str, version: str) -> tuple[str, int]:
-    """204; 409 ``model_in_use`` while an agent runs or desires it or a rollout involves it."""
+    """Delete a model version (204).
+
+    409 ``model_in_use`` while an agent runs or desires it or a rollout involves it.
+    """
     hub_ext.services.registry.delete(name, version, actor=g.principal.name)
     return "", 204
 
 
 @bp.get("/models/<name>/<version>")
-@require_roles(Role.TRAINER, Role.AGENT)
+@documented(Role.TRAINER, Role.AGENT, responses={200: ModelVersionOut}, errors=(404,))
 def show_model(name: str, version: str) -> dict[str, Any]:
+    """One model version."""
     services = hub_ext.services
     return model_json(services.registry.get(name, version), services.config.public_url)
 
 
 @bp.get("/models/<name>/<version>/bundle")
-@require_roles(Role.AGENT)
+@documented(
+    Role.AGENT,
+    responses={200: "application/zip", 206: "application/zip", 304: None},
+    errors=(404, 416),
+)
 def download_bundle(name: str, version: str) -> Response:
-    """The zip, with ``ETag`` = sha256, conditional GET and ``Range`` support."""
+    """The bundle zip, with ``ETag`` = sha256, conditional GET and ``Range`` support."""
     registry = hub_ext.services.registry
     row = registry.get(name, version)
     path = registry.bundle_path(row)

@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
-from flask import Response, g, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from flask import Response, g, jsonify
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from hub import audit
 from hub.api.blueprint import bp
-from hub.auth import require_roles
+from hub.api.openapi import documented
+from hub.api.params import QueryModel, parse_body, parse_query
+from hub.api.params import validation_message as validation_message  # re-exported for the dashboard
+from hub.api.schemas import AuditList, HistoryList, RolloutDetail, RolloutList
 from hub.config import Role
 from hub.db.models import Rollout, RolloutHistory
 from hub.errors import ApiError
@@ -21,8 +24,10 @@ from hub.rollouts.report import audit_json, history_json, rollout_json
 from hub.rollouts.spec import RolloutRequest, RolloutState
 from shared.topics import TopicError
 
-ACTIONS = ("pause", "resume", "abort", "rollback")
+Action = Literal["pause", "resume", "abort", "rollback"]
+ACTIONS: tuple[str, ...] = get_args(Action)
 MAX_HISTORY = 5000
+MAX_AUDIT = 1000
 
 
 class ActionBody(BaseModel):
@@ -33,22 +38,24 @@ class ActionBody(BaseModel):
     reason: str = Field("", max_length=1024, title="why (kept in the audit log)")
 
 
-def parse_body(model: type[BaseModel], allow_empty: bool = False) -> Any:
-    """Validate the JSON body against ``model``: 400 not a JSON object, 422 field errors."""
-    data = request.get_json(silent=True)
-    if data is None and allow_empty and not request.get_data():
-        data = {}
-    if not isinstance(data, dict):
-        raise ApiError(400, "invalid_body", "send a JSON object (Content-Type: application/json)")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ApiError(422, "invalid_body", validation_message(exc)) from exc
+class ActionPath(BaseModel):
+    """Path parameters of ``POST /rollouts/<id>/<action>`` (an unknown action is a 404)."""
+
+    rollout_id: str = Field(min_length=1, pattern="^[^/]+$", title="rollout id")
+    action: Action = Field(title="what to do")
 
 
-def validation_message(exc: ValidationError) -> str:
-    """Every field error as ``field: message``, joined by ``; `` (``<body>`` for cross-field rules)."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '<body>'}: {e['msg']}" for e in exc.errors())
+class RolloutsQuery(QueryModel):
+    state: RolloutState | None = Field(None, title="only rollouts in this state")
+
+
+class HistoryQuery(QueryModel):
+    agent_id: str | None = Field(None, title="only this target's changes")
+
+
+class AuditQuery(QueryModel):
+    limit: int = Field(100, ge=1, le=MAX_AUDIT, title="most entries to return")
+    subject: str | None = Field(None, title="subject prefix, e.g. rollout/<id>")
 
 
 def rollout_error(exc: BrokerUnavailable | TopicError) -> ApiError:
@@ -66,10 +73,10 @@ def _rollout(rollout_id: str) -> dict[str, Any]:
 
 
 @bp.post("/rollouts")
-@require_roles()
+@documented(body=RolloutRequest, responses={201: RolloutDetail}, errors=(404, 409, 422, 503))
 def start_rollout() -> tuple[Response, int]:
     """Start a staged rollout; 201 with the rollout (404 model, 409 agents busy, 422 no targets)."""
-    body: RolloutRequest = parse_body(RolloutRequest)
+    body = parse_body(RolloutRequest)
     try:
         rollout_id = hub_ext.services.rollouts.start(body, actor=g.principal.name)
     except (BrokerUnavailable, TopicError) as exc:
@@ -78,47 +85,53 @@ def start_rollout() -> tuple[Response, int]:
 
 
 @bp.get("/rollouts")
-@require_roles(Role.TRAINER)
+@documented(Role.TRAINER, query=RolloutsQuery, responses={200: RolloutList})
 def list_rollouts() -> dict[str, Any]:
-    """Newest first; ``?state=running`` filters."""
-    state = request.args.get("state")
-    if state and state not in {s.value for s in RolloutState}:
-        raise ApiError(400, "invalid_parameter", f"state must be one of {[s.value for s in RolloutState]}")
+    """Rollouts newest first; ``?state=running`` filters."""
+    state = parse_query(RolloutsQuery).state
     with hub_ext.services.db.session() as s:
         q = select(Rollout).order_by(Rollout.id.desc())
-        if state:
-            q = q.where(Rollout.state == state)
+        if state is not None:
+            q = q.where(Rollout.state == state.value)
         return {"items": [rollout_json(s, r) for r in s.scalars(q)]}
 
 
 @bp.get("/rollouts/<rollout_id>")
-@require_roles(Role.TRAINER)
+@documented(Role.TRAINER, responses={200: RolloutDetail}, errors=(404,))
 def show_rollout(rollout_id: str) -> dict[str, Any]:
+    """One rollout with its stages, failures and every target."""
     return _rollout(rollout_id)
 
 
 @bp.get("/rollouts/<rollout_id>/history")
-@require_roles(Role.TRAINER)
+@documented(Role.TRAINER, query=HistoryQuery, responses={200: HistoryList}, errors=(404,))
 def rollout_history(rollout_id: str) -> dict[str, Any]:
     """State changes of the rollout and its targets, oldest first; ``?agent_id=`` for one target."""
+    agent_id = parse_query(HistoryQuery).agent_id
     _rollout(rollout_id)
     with hub_ext.services.db.session() as s:
         q = select(RolloutHistory).where(RolloutHistory.rollout_id == rollout_id)
-        if agent_id := request.args.get("agent_id"):
+        if agent_id:
             q = q.where(RolloutHistory.agent_id == agent_id)
         rows = s.scalars(q.order_by(RolloutHistory.id).limit(MAX_HISTORY))
         return {"items": [history_json(h) for h in rows]}
 
 
 @bp.post("/rollouts/<rollout_id>/<action>")
-@require_roles()
+@documented(
+    path=ActionPath,
+    body=ActionBody,
+    body_optional=True,
+    responses={200: RolloutDetail},
+    errors=(404, 409, 422, 503),
+)
 def rollout_action(rollout_id: str, action: str) -> dict[str, Any]:
     """pause | resume | abort | rollback, body ``{"reason": "..."}`` optional; 409 from a wrong state."""
     if action not in ACTIONS:
         raise ApiError(
             404, "not_found", f"unknown rollout action {action!r}; use one of {', '.join(ACTIONS)}"
         )
-    body: ActionBody = parse_body(ActionBody, allow_empty=True)
+    body = parse_body(ActionBody, optional=True)
     engine = hub_ext.services.rollouts
     try:
         getattr(engine, action)(rollout_id, g.principal.name, body.reason)
@@ -128,12 +141,10 @@ def rollout_action(rollout_id: str, action: str) -> dict[str, Any]:
 
 
 @bp.get("/audit")
-@require_roles()
+@documented(query=AuditQuery, responses={200: AuditList})
 def audit_log() -> dict[str, Any]:
-    """Newest first; ``?subject=rollout/<id>`` (prefix) and ``?limit=`` (1..1000, default 100)."""
-    raw = request.args.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise ApiError(400, "invalid_parameter", f"limit must be an integer 1..1000, got {raw!r}")
+    """The audit log newest first; ``?subject=`` keeps a subject prefix, ``?limit=`` 1..1000 (default 100)."""
+    q = parse_query(AuditQuery)
     with hub_ext.services.db.session() as s:
-        rows = audit.recent(s, int(raw), request.args.get("subject"))
+        rows = audit.recent(s, q.limit, q.subject)
         return {"items": [audit_json(a) for a in rows]}

@@ -5,18 +5,19 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
 from flask import g
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from hub import audit
 from hub.api.blueprint import bp
-from hub.api.rollouts import parse_body
+from hub.api.openapi import documented
+from hub.api.params import parse_body
+from hub.api.schemas import AgentHistory, AgentOut, LabList, LabOut
 from hub.api.serialize import agent_json, iso
-from hub.auth import require_roles
 from hub.config import Role
 from hub.db.models import Agent, AgentTag, LabTag, ModelEventRecord, RolloutHistory
 from hub.errors import ApiError
@@ -25,6 +26,8 @@ from hub.rollouts.report import history_json
 
 MAX_EVENTS = 500
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+#: 1-64 of A-Z a-z 0-9 _ . : -, starting with a letter or digit
+Tag = Annotated[str, StringConstraints(pattern=TAG_RE.pattern)]
 
 
 class TagsBody(BaseModel):
@@ -32,13 +35,12 @@ class TagsBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tags: list[str] = Field(max_length=50, title="tags, e.g. pilot, site:north")
+    tags: list[Tag] = Field(max_length=50, title="tags, e.g. pilot, site:north (1-64 of A-Z a-z 0-9 _ . : -)")
 
-    def clean(self) -> list[str]:
-        bad = [t for t in self.tags if not TAG_RE.match(t)]
-        if bad:
-            raise ApiError(422, "invalid_body", f"tags {bad} are not valid: use 1-64 of A-Z a-z 0-9 _ . : -")
-        return sorted(set(self.tags))
+    @field_validator("tags")
+    @classmethod
+    def _unique_sorted(cls, v: list[str]) -> list[str]:
+        return sorted(set(v))
 
 
 def agent_tags(s: Session, agent_ids: list[str] | None = None) -> dict[str, list[str]]:
@@ -60,10 +62,10 @@ def lab_tags(s: Session) -> dict[str, list[str]]:
 
 
 @bp.put("/agents/<agent_id>/tags")
-@require_roles()
+@documented(body=TagsBody, responses={200: AgentOut}, errors=(404, 422))
 def put_agent_tags(agent_id: str) -> dict[str, Any]:
-    body: TagsBody = parse_body(TagsBody)
-    tags = body.clean()
+    """Replace an agent's tags; answers the agent."""
+    tags = parse_body(TagsBody).tags
     with hub_ext.services.db.transaction() as s:
         agent = s.scalar(select(Agent).where(Agent.agent_id == agent_id))
         if agent is None:
@@ -78,7 +80,7 @@ def put_agent_tags(agent_id: str) -> dict[str, Any]:
 
 
 @bp.get("/labs")
-@require_roles(Role.TRAINER)
+@documented(Role.TRAINER, responses={200: LabList})
 def list_labs() -> dict[str, Any]:
     """Every lab agents reported or that has tags, with its agent count and tags."""
     with hub_ext.services.db.session() as s:
@@ -89,10 +91,10 @@ def list_labs() -> dict[str, Any]:
 
 
 @bp.put("/labs/<lab>/tags")
-@require_roles()
+@documented(body=TagsBody, responses={200: LabOut}, errors=(422,))
 def put_lab_tags(lab: str) -> dict[str, Any]:
-    body: TagsBody = parse_body(TagsBody)
-    tags = body.clean()
+    """Replace a lab's tags (every agent reporting the lab carries them); answers the lab."""
+    tags = parse_body(TagsBody).tags
     if not lab or len(lab) > 128:
         raise ApiError(400, "invalid_lab", "lab names are 1-128 characters")
     with hub_ext.services.db.transaction() as s:
@@ -104,7 +106,7 @@ def put_lab_tags(lab: str) -> dict[str, Any]:
 
 
 @bp.get("/agents/<agent_id>/history")
-@require_roles(Role.TRAINER)
+@documented(Role.TRAINER, responses={200: AgentHistory}, errors=(404,))
 def agent_history(agent_id: str) -> dict[str, Any]:
     """The agent's model events (newest first) and its rollout target changes."""
     with hub_ext.services.db.session() as s:
