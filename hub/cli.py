@@ -76,27 +76,23 @@ def ingest(config_path: Path | None, client_id: str | None) -> None:
     It also drives rollouts (reconciling agents' reports and ticking timeouts), as ``serve`` does;
     several workers serialise on the rollout rows (``SELECT ... FOR UPDATE`` on PostgreSQL).
     """
-    from hub.db.session import Database
     from hub.ingest.worker import IngestWorker
-    from hub.mqtt.publisher import MqttPublisher
-    from hub.rollouts.engine import RolloutEngine
     from hub.rollouts.ticker import RolloutTicker
     from hub.server import install_stop_handlers
+    from hub.services import build_services
 
     config = load_config(config_path)
     stop = threading.Event()
     install_stop_handlers(stop)
-    db = Database(config.db_url)
-    publisher = MqttPublisher(config.mqtt)
-    engine = RolloutEngine(db, publisher, config.public_url, config.rollouts)
-    ticker = RolloutTicker(engine, config.rollouts.tick_s)
+    services = build_services(config)
+    ticker = RolloutTicker(services.rollouts, config.rollouts.tick_s)
     ticker.start()
     try:
-        IngestWorker(config, db, client_id=client_id, on_commit=engine.on_ingest).run_until(stop)
+        worker = IngestWorker(config, services.db, client_id=client_id, on_commit=services.rollouts.on_ingest)
+        worker.run_until(stop)
     finally:
         ticker.stop()
-        publisher.close()
-        db.dispose()
+        services.close()
 
 
 @cli.command()

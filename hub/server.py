@@ -17,16 +17,14 @@ from types import FrameType
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from hub.app import close_app, create_app
+from hub.app import create_app
 from hub.broker.embedded import EmbeddedBroker, start_embedded_broker
 from hub.config import HubConfig
 from hub.db.migrate import upgrade
-from hub.db.session import Database
 from hub.ingest.stats import IngestStats
 from hub.ingest.worker import IngestWorker
-from hub.mqtt.publisher import MqttPublisher
-from hub.rollouts.engine import RolloutEngine
 from hub.rollouts.ticker import RolloutTicker
+from hub.services import build_services
 from shared.logs import kv
 
 log = logging.getLogger(__name__)
@@ -63,23 +61,21 @@ def serve(config: HubConfig, stop: threading.Event | None = None) -> None:
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         install_stop_handlers(stop)
-    db = Database(config.db_url)
+    services = build_services(config, ingest_stats=IngestStats())
     broker: EmbeddedBroker | None = None
     worker: IngestWorker | None = None
     ticker: RolloutTicker | None = None
-    publisher = MqttPublisher(config.mqtt)
-    app = None
     try:
-        upgrade(db)
+        upgrade(services.db)
         if config.broker.embedded:
             broker = start_embedded_broker(config.broker, config.data_dir / "broker")
-        stats = IngestStats()
-        engine = RolloutEngine(db, publisher, config.public_url, config.rollouts)
-        worker = IngestWorker(config, db, stats, on_commit=engine.on_ingest)
+        worker = IngestWorker(
+            config, services.db, services.ingest_stats, on_commit=services.rollouts.on_ingest
+        )
         worker.start()
-        ticker = RolloutTicker(engine, config.rollouts.tick_s)
+        ticker = RolloutTicker(services.rollouts, config.rollouts.tick_s)
         ticker.start()
-        app = create_app(config, database=db, publisher=publisher, ingest_stats=stats, rollouts=engine)
+        app = create_app(config, services)
         server = make_web_server(config.host, config.port, app, config.web_timeout_s)
         thread = threading.Thread(target=server.serve_forever, name="web", daemon=True)
         thread.start()
@@ -104,10 +100,7 @@ def serve(config: HubConfig, stop: threading.Event | None = None) -> None:
             ticker.stop()
         if worker is not None:
             worker.stop()
-        if app is not None:
-            close_app(app)
-        publisher.close()
+        services.close()
         if broker is not None:
             broker.stop()
-        db.dispose()
         log.info(kv("hub_stopped"))

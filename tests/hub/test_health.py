@@ -9,6 +9,7 @@ from hub.app import close_app, create_app
 from hub.db.migrate import upgrade
 from hub.db.session import Database
 from hub.ingest.stats import IngestStats
+from hub.services import build_services
 from tests.conftest import wait_until
 from tests.hub.conftest import hub_config
 
@@ -18,7 +19,7 @@ def app_with(tmp_path, stats):
     db = Database(cfg.db_url)
     upgrade(db)
     db.dispose()
-    return create_app(cfg, ingest_stats=stats)
+    return create_app(cfg, build_services(cfg, ingest_stats=stats))
 
 
 def test_a_web_only_process_reports_ingest_as_elsewhere(tmp_path):

@@ -30,6 +30,7 @@ from hub.api.rollouts import ActionBody
 from hub.app import close_app, create_app
 from hub.ingest.stats import IngestStats
 from hub.ingest.writer import IngestWriter
+from hub.services import build_services
 from shared.schemas import ModelEventKind
 from tests.hub.conftest import Env, auth, hub_config, make_result, migrated_app
 from tests.hub.test_training_jobs import SPEC
@@ -369,7 +370,9 @@ def test_ingest_counters_conform_to_the_document(app, config):
     stats.committed(stored=3, duplicates=1, statuses=1, events=0)
     stats.loops.beat("ingest-writer")
     stats.loops.watch("ingest-mqtt", lambda: True)
-    with_ingest = create_app(config, ingest_stats=stats)  # on the database the app fixture migrated
+    with_ingest = create_app(
+        config, build_services(config, ingest_stats=stats)
+    )  # the fixture migrated its db
     try:
         schema = schemathesis.openapi.from_wsgi(DOC, with_ingest)
         case = schema.find_operation_by_id("ingest_stats").Case()

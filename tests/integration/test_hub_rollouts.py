@@ -21,13 +21,13 @@ from werkzeug.serving import make_server
 
 from hub.app import close_app, create_app
 from hub.db.migrate import upgrade
-from hub.db.session import Database
 from hub.extensions import hub_ext
 from hub.ingest import IngestStats, IngestWorker
 from hub.operator.agents import agents as agents_cli
 from hub.operator.models import models as models_cli
 from hub.operator.rollout import rollout as rollout_cli
 from hub.rollouts.ticker import RolloutTicker
+from hub.services import build_services
 from tests.conftest import free_port, wait_until
 from tests.hub.conftest import TOKENS, build_test_bundle, hub_config, make_keys
 from tests.hub.simfleet import SimFleet, clear_session
@@ -82,9 +82,10 @@ def stack(tmp_path, shared_broker, postgres_url) -> Iterator[Stack]:
         ingest={"batch_size": 100, "batch_ms": 20},
         rollouts={"tick_s": 0.2},
     )
-    db = Database(cfg.db_url)
+    services = build_services(cfg)
+    db = services.db
     upgrade(db)
-    app = create_app(cfg, database=db)
+    app = create_app(cfg, services)
     engine = hub_ext.for_app(app).rollouts
     worker = IngestWorker(cfg, db, IngestStats(), on_commit=engine.on_ingest)
     worker.start()
@@ -117,7 +118,6 @@ def stack(tmp_path, shared_broker, postgres_url) -> Iterator[Stack]:
         thread.join(10)
         server.server_close()
         close_app(app)
-        db.dispose()
         clear_session(shared_broker.port, f"hub-ro-{run}", host=shared_broker.host)
 
 
