@@ -174,13 +174,11 @@ def check(config_path: Path) -> None:
 
 def _check_broker(mqtt_config: Any, client_id: str, timeout: float = 5.0) -> tuple[bool, str]:
     """Open a real MQTT session (credentials, TLS) and wait for the broker's CONNACK."""
-    import paho.mqtt.client as mqtt
 
     where = f"mqtt://{mqtt_config.host}:{mqtt_config.port}"
-    from agents.link import apply_credentials
+    from shared.mqtt import make_client
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    apply_credentials(client, mqtt_config)
+    client = make_client(mqtt_config, client_id, persistent=False)
     answer: list[Any] = []
     got = threading.Event()
 

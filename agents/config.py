@@ -23,6 +23,7 @@ from pydantic_settings import SettingsConfigDict
 
 from agents.backends.base import IrPrecision
 from shared.config import StrictConfig
+from shared.mqtt import MqttSettings
 from shared.preprocessing import DEFAULT_MAX_PIXELS
 from shared.topics import validate_agent_id
 
@@ -30,20 +31,10 @@ from shared.topics import validate_agent_id
 Precision = Literal["auto", "FP32", "FP16", "BF16", "INT8"]
 
 
-class MqttConfig(BaseModel):
-    """How the agent reaches the MQTT broker."""
+class MqttConfig(MqttSettings):
+    """How the agent reaches the MQTT broker (:class:`shared.mqtt.MqttSettings`)."""
 
-    model_config = ConfigDict(extra="forbid", title="MQTT broker")
-
-    host: str = Field("127.0.0.1", min_length=1, title="broker host")
-    port: int = Field(1883, ge=1, le=65535, title="broker port")
-    username: str | None = Field(None, title="broker user name")
-    password: SecretStr | None = Field(None, title="broker password")
-    keepalive: int = Field(30, ge=5, le=3600, title="MQTT keepalive (s)")
-    tls: bool = Field(False, title="use TLS to the broker")
-    ca_file: Path | None = Field(None, title="CA bundle for TLS (system CAs when unset)")
-    reconnect_min_s: int = Field(1, ge=1, le=60, title="first reconnect delay (s)")
-    reconnect_max_s: int = Field(30, ge=1, le=600, title="largest reconnect delay (s), exponential backoff")
+    model_config = ConfigDict(extra="forbid", frozen=True, title="MQTT broker")
 
 
 class HubConfig(BaseModel):

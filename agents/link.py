@@ -27,6 +27,7 @@ from agents.config import MqttConfig
 from agents.outbox import Outbox, OutboxError
 from shared.logs import kv
 from shared.loops import Loops, paho_network_alive
+from shared.mqtt import make_client
 from shared.schemas import AgentState, AgentStatus, DesiredModel, ModelEvent, PayloadError, parse_payload
 from shared.topics import Kind, TopicError, build, parse
 
@@ -34,15 +35,6 @@ log = logging.getLogger(__name__)
 
 StatusFn = Callable[[AgentState], AgentStatus]
 DesiredFn = Callable[[DesiredModel], None]
-
-
-def apply_credentials(client: mqtt.Client, cfg: MqttConfig) -> None:
-    """Username/password and TLS from the agent's MQTT settings, as every agent connection uses them."""
-    if cfg.username:
-        password = cfg.password.get_secret_value() if cfg.password else None
-        client.username_pw_set(cfg.username, password)
-    if cfg.tls:
-        client.tls_set(ca_certs=str(cfg.ca_file) if cfg.ca_file else None)
 
 
 class Link:
@@ -83,18 +75,9 @@ class Link:
     # --- setup ------------------------------------------------------------------------------
 
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=self.agent_id,
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
-        )
+        client = make_client(self._cfg, self.agent_id, persistent=True)
         offline = self._status_fn(AgentState.OFFLINE)
         client.will_set(self._topics[Kind.STATUS], offline.to_json(), qos=1, retain=True)
-        apply_credentials(client, self._cfg)
-        client.reconnect_delay_set(
-            self._cfg.reconnect_min_s, max(self._cfg.reconnect_min_s, self._cfg.reconnect_max_s)
-        )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish

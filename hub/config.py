@@ -17,6 +17,7 @@ from pydantic_settings import SettingsConfigDict
 
 from shared.bundle import BundleLimits
 from shared.config import ConfigError, StrictConfig
+from shared.mqtt import MqttSettings
 
 
 class Role(str, Enum):
@@ -49,13 +50,10 @@ class ApiToken(_Section):
         return v
 
 
-class MqttSection(_Section):
-    """How the hub reaches the MQTT broker (ingest worker and desired-state publisher)."""
+class MqttSection(MqttSettings):
+    """How the hub reaches the MQTT broker (ingest worker and desired-state publisher): the shared
+    connection settings (:class:`shared.mqtt.MqttSettings`) plus the hub's own."""
 
-    host: str = Field("127.0.0.1", title="broker host")
-    port: int = Field(1883, ge=1, le=65535, title="broker port")
-    username: str | None = Field(None, title="broker user name")
-    password: SecretStr | None = Field(None, title="broker password")
     client_id: str = Field(
         "leukonet-hub-ingest",
         min_length=1,
@@ -64,7 +62,6 @@ class MqttSection(_Section):
         title="stable client id of the ingest worker (persistent session); "
         "unique per worker when scaling out",
     )
-    keepalive: int = Field(30, ge=5, le=3600, title="MQTT keepalive in seconds")
     share_group: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9_-]+$",

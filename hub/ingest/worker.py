@@ -30,10 +30,10 @@ from hub.db.session import Database
 from hub.ingest.admission import Admission
 from hub.ingest.stats import IngestStats
 from hub.ingest.writer import IngestWriter, Message
-from hub.mqtt.client import make_client, reason_ok
 from shared import topics
 from shared.logs import kv
 from shared.loops import paho_network_alive
+from shared.mqtt import make_client, reason_ok
 from shared.schemas import AgentStatus, ClassificationResult, ModelEvent, PayloadError, parse_payload
 
 log = logging.getLogger(__name__)

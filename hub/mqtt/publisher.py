@@ -11,8 +11,8 @@ import uuid
 import paho.mqtt.client as mqtt
 
 from hub.config import MqttSection
-from hub.mqtt.client import make_client, reason_ok
 from shared.logs import kv
+from shared.mqtt import make_client, reason_ok
 
 log = logging.getLogger(__name__)
 
