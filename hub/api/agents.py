@@ -15,6 +15,7 @@ from hub.api.serialize import agent_json
 from hub.api.tags import agent_tags, lab_tags
 from hub.config import Role
 from hub.db.models import Agent
+from hub.db.tagging import carrying
 from hub.errors import ApiError
 from hub.extensions import hub_ext
 from hub.mqtt.publisher import BrokerUnavailable
@@ -41,17 +42,13 @@ class AgentsQuery(QueryModel):
 def list_agents() -> dict[str, Any]:
     """Every agent; ``?tag=`` keeps those carrying the tag (on the agent or its lab)."""
     tag = parse_query(AgentsQuery).tag
+    query = select(Agent).order_by(Agent.agent_id)
+    if tag:
+        query = query.where(carrying([tag]))
     with hub_ext.services.db.session() as s:
-        rows = s.scalars(select(Agent).order_by(Agent.agent_id)).all()
-        tags = agent_tags(s)
-        by_lab = lab_tags(s)
-        items = []
-        for a in rows:
-            own = tags.get(a.agent_id, [])
-            if tag and tag not in own and tag not in by_lab.get(a.lab, []):
-                continue
-            items.append(agent_json(a, tags=own))
-        return {"items": items}
+        rows = s.scalars(query).all()
+        tags = agent_tags(s, [a.agent_id for a in rows] if tag else None)
+        return {"items": [agent_json(a, tags=tags.get(a.agent_id, [])) for a in rows]}
 
 
 @bp.get("/agents/<agent_id>")

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hub.db.models import Agent, AgentTag, LabTag, ModelVersion, Rollout, RolloutHistory, RolloutTarget
+from hub.db.models import Agent, ModelVersion, Rollout, RolloutHistory, RolloutTarget
+from hub.db.tagging import carrying
 from hub.errors import HubError
 from hub.rollouts.policy import StageCounts
 from hub.rollouts.spec import (
@@ -161,9 +162,7 @@ def resolve_targets(s: Session, target: TargetSpec) -> list[str]:
     if target.labs:
         q = q.where(Agent.lab.in_(target.labs))
     elif target.tags:
-        tagged = select(AgentTag.agent_id).where(AgentTag.tag.in_(target.tags))
-        labs = select(LabTag.lab).where(LabTag.tag.in_(target.tags))
-        q = q.where(or_(Agent.agent_id.in_(tagged), Agent.lab.in_(labs)))
+        q = q.where(carrying(target.tags))
     return sorted(set(s.scalars(q)))
 
 
