@@ -41,9 +41,6 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
-from enum import Enum
 from functools import partial
 from pathlib import Path
 
@@ -51,68 +48,19 @@ import numpy as np
 
 from agents.backends import BackendError
 from agents.config import OutboxConfig, PipelineConfig
+from agents.jobs import Finished, InFlight, Job, Outcome, OutcomeKind, build_result
 from agents.models import ActiveModel, ModelManager
 from agents.outbox import Outbox, OutboxError
 from agents.vitals import InferenceStats
 from shared.logs import kv
 from shared.loops import Loops
 from shared.preprocessing import ImageDecodeError, crop_and_resize, decode_image
-from shared.schemas import ClassificationResult, Timings, utcnow
+from shared.schemas import ClassificationResult
 
 log = logging.getLogger(__name__)
 
 ERROR_BACKOFF_S = 5.0
 DISK_CHECK_INTERVAL_S = 1.0
-
-
-class OutcomeKind(str, Enum):
-    """What happened to a job."""
-
-    CLASSIFIED = "classified"  # result committed to the outbox
-    BAD_IMAGE = "bad_image"  # not decodable; ``error`` says why (a watch-folder file goes to failed/)
-    NO_MODEL = "no_model"  # no active model yet: try again later
-    UNAVAILABLE = "unavailable"  # inference or outbox failed: try again later
-    ALREADY_DONE = "already_done"  # its result was committed before a crash; the file can move now
-    GONE = "gone"  # the file disappeared before it was read
-    STOPPED = "stopped"  # the agent is shutting down
-
-
-@dataclass(frozen=True)
-class Outcome:
-    kind: OutcomeKind
-    result: ClassificationResult | None = None
-    error: str = ""
-
-
-@dataclass
-class Job:
-    """One image to classify: a file ``path``, uploaded ``data`` or a decoded BGR ``frame``.
-
-    ``on_done`` is the source's per-job hook: called exactly once, on a pipeline thread, with the
-    outcome; it must not block for long (it runs on the writer or a decode thread), and an exception
-    from it is logged, never passed on.
-    """
-
-    name: str
-    path: Path | None = None
-    data: bytes | None = None
-    frame: np.ndarray | None = None
-    on_done: Callable[[Outcome], None] | None = None
-    seen_at: float = field(default_factory=time.monotonic)
-    captured_at: datetime = field(default_factory=utcnow)
-    finished: bool = field(default=False, repr=False)
-
-
-@dataclass
-class _InFlight:
-    job: Job
-    active: ActiveModel
-    sha256: str
-    decode_ms: float
-    preprocess_ms: float
-
-
-_Finished = tuple[_InFlight, np.ndarray | None, float, BaseException | None]
 
 
 class Pipeline:
@@ -152,7 +100,7 @@ class Pipeline:
         self.loops = loops or Loops()
         size = config.queue_size or max(4 * config.decode_threads, 2 * max(1, config.infer_requests) + 4, 16)
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=size)
-        self._finished: queue.SimpleQueue[_Finished | None] = queue.SimpleQueue()
+        self._finished: queue.SimpleQueue[Finished | None] = queue.SimpleQueue()
         self._room = threading.Event()
         self._idle = threading.Condition()
         self._inflight = 0  # images between backend.submit and the writer
@@ -356,7 +304,7 @@ class Pipeline:
             self._finish(job, Outcome(OutcomeKind.BAD_IMAGE, error=f"{job.name}: {exc}"))
             return False
         t2 = time.perf_counter()
-        ctx = _InFlight(job, active, sha, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+        ctx = InFlight(job, active, sha, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
         with self._idle:
             self._inflight += 1
         try:
@@ -375,7 +323,7 @@ class Pipeline:
         return journal is not None and journal.image_sha256 == sha
 
     def _inferred(
-        self, ctx: _InFlight, probs: np.ndarray | None, ms: float, error: BaseException | None
+        self, ctx: InFlight, probs: np.ndarray | None, ms: float, error: BaseException | None
     ) -> None:
         """Backend callback (any thread): hand over to the writer. Never raises."""
         self._finished.put((ctx, probs, ms, error))
@@ -420,14 +368,14 @@ class Pipeline:
             if stop:
                 return
 
-    def _commit(self, batch: list[_Finished]) -> None:
-        ready: list[tuple[_InFlight, ClassificationResult, float]] = []
+    def _commit(self, batch: list[Finished]) -> None:
+        ready: list[tuple[InFlight, ClassificationResult, float]] = []
         for ctx, probs, ms, error in batch:
             self.models.release(ctx.active)
             if error is not None or probs is None:
                 self._inference_failed(ctx.job, ctx.active, error or BackendError("no output"))
                 continue
-            ready.append((ctx, self._result(ctx, probs, ms), ms))
+            ready.append((ctx, build_result(ctx, probs, ms, self.agent_id, self.lab, self.threshold), ms))
         if not ready:
             return
         try:
@@ -452,34 +400,6 @@ class Pipeline:
                 )
             )
             self._finish(ctx.job, Outcome(OutcomeKind.CLASSIFIED, result=result))
-
-    def _result(self, ctx: _InFlight, probs: np.ndarray, inference_ms: float) -> ClassificationResult:
-        labels = ctx.active.manifest.labels
-        probabilities = {label: min(max(float(p), 0.0), 1.0) for label, p in zip(labels, probs, strict=True)}
-        best = labels[int(np.argmax(probs))]
-        confidence = probabilities[best]
-        return ClassificationResult(
-            agent_id=self.agent_id,
-            lab=self.lab,
-            image_name=ctx.job.name[:512],
-            image_sha256=ctx.sha256,
-            label=best,
-            confidence=confidence,
-            probabilities=probabilities,
-            low_confidence=confidence < self.threshold,
-            model_name=ctx.active.name,
-            model_version=ctx.active.version,
-            device=ctx.active.backend.device,
-            precision=ctx.active.backend.precision,
-            execution_precision=ctx.active.backend.execution_precision,
-            timings=Timings(
-                decode_ms=ctx.decode_ms,
-                preprocess_ms=ctx.preprocess_ms,
-                inference_ms=max(inference_ms, 0.0),
-                total_ms=(time.monotonic() - ctx.job.seen_at) * 1e3,
-            ),
-            captured_at=ctx.job.captured_at,
-        )
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
         with self._pending_lock:

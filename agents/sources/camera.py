@@ -26,8 +26,9 @@ from typing import Any
 import cv2
 
 from agents.config import CameraConfig
+from agents.jobs import Job
 from agents.models import ModelManager
-from agents.pipeline import Job, Pipeline
+from agents.pipeline import Pipeline
 from agents.sources.base import SourceContext, SourceThread
 from shared.logs import kv
 

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from agents.jobs import Job, Outcome, OutcomeKind
 from agents.models import ModelManager
 from agents.outbox import Outbox
-from agents.pipeline import Job, Outcome, OutcomeKind, Pipeline
+from agents.pipeline import Pipeline
 from agents.sources.base import Halt, SourceContext, SourceThread
 from shared.bundle import sha256_file
 from shared.logs import kv

@@ -45,8 +45,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from agents.config import HttpConfig
+from agents.jobs import Job, Outcome, OutcomeKind
 from agents.models import ModelManager
-from agents.pipeline import Job, Outcome, OutcomeKind, Pipeline
+from agents.pipeline import Pipeline
 from agents.sources.base import SourceContext
 from shared.logs import kv
 
