@@ -26,9 +26,9 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, Update, case, select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,8 +36,8 @@ from hub import audit
 from hub.config import TrainingSection
 from hub.db.models import TrainingJob
 from hub.db.session import Database
-from hub.errors import HubError
 from hub.registry.service import ModelRegistry, RegistryError
+from hub.training.rows import TrainingError, apply, find, held, held_update
 from shared.clock import Clock, utcnow
 from shared.logs import kv
 from shared.training import ACTIVE_STATES, JobFailure, JobFinish, JobProgress, JobState, TrainingJobSpec
@@ -51,10 +51,6 @@ CLAIM_ROUNDS = 20
 def subject(job_id: str) -> str:
     """The audit-log subject of a job."""
     return f"training-job/{job_id}"
-
-
-class TrainingError(HubError):
-    """A job request or report the hub refuses; ``status``/``code`` map onto the API error."""
 
 
 class TrainingJobs:
@@ -158,7 +154,7 @@ class TrainingJobs:
         """
         now = self.clock()
         with self.db.transaction() as s:
-            cancelled = _apply(
+            cancelled = apply(
                 s,
                 update(TrainingJob)
                 .where(TrainingJob.job_id == job_id, TrainingJob.state == JobState.QUEUED)
@@ -169,20 +165,20 @@ class TrainingJobs:
                 ),
             )
             if not cancelled:
-                requested = _apply(
+                requested = apply(
                     s,
                     update(TrainingJob)
                     .where(TrainingJob.job_id == job_id, TrainingJob.state == JobState.RUNNING)
                     .values(cancel_requested=True),
                 )
                 if not requested:
-                    job = self._find(s, job_id)
+                    job = find(s, job_id)
                     raise TrainingError(
                         409,
                         "invalid_state",
                         f"training job {job_id} is {job.state}; only queued or running jobs can be cancelled",
                     )
-            job = self._find(s, job_id)
+            job = find(s, job_id)
             audit.record(s, actor, "training.cancel", subject(job_id), now, state=job.state)
         log.info(kv("training_job_cancel", job=job_id, state=job.state, by=actor))
         return job
@@ -192,7 +188,7 @@ class TrainingJobs:
         """One job, after failing stale running jobs. Raises TrainingError 404 when unknown."""
         self.expire_stale()
         with self.db.session() as s:
-            return self._find(s, job_id)
+            return find(s, job_id)
 
     def list_jobs(self, state: str | None = None, limit: int = 100) -> list[TrainingJob]:
         """Newest first, optionally only those in ``state``, after failing stale running jobs."""
@@ -228,7 +224,7 @@ class TrainingJobs:
                 if not candidates:
                     return None
                 for pk in candidates:
-                    won = _apply(
+                    won = apply(
                         s,
                         update(TrainingJob)
                         .where(TrainingJob.id == pk, TrainingJob.state == JobState.QUEUED)
@@ -257,9 +253,7 @@ class TrainingJobs:
         """
         now = self.clock()
         with self.db.transaction() as s:
-            return self._held_update(
-                s, job_id, worker, progress=report.model_dump(mode="json"), heartbeat_at=now
-            )
+            return held_update(s, job_id, worker, progress=report.model_dump(mode="json"), heartbeat_at=now)
 
     def finish(self, job_id: str, worker: str, report: JobFinish, actor: str) -> TrainingJob:
         """Mark the job succeeded once its bundle is in the registry with the reported digest.
@@ -270,7 +264,7 @@ class TrainingJobs:
                 ``model_not_registered`` or ``sha256_mismatch`` (the job stays running).
         """
         with self.db.session() as s:
-            job = self._held(s, job_id, worker)
+            job = held(s, job_id, worker)
         name, version = job.model_name, job.model_version
         if (report.model_name, report.model_version) != (name, version):
             raise TrainingError(
@@ -297,7 +291,7 @@ class TrainingJobs:
             )
         now = self.clock()
         with self.db.transaction() as s:
-            job = self._held_update(
+            job = held_update(
                 s,
                 job_id,
                 worker,
@@ -328,7 +322,7 @@ class TrainingJobs:
         state = JobState.CANCELLED if report.cancelled else JobState.FAILED
         now = self.clock()
         with self.db.transaction() as s:
-            job = self._held_update(
+            job = held_update(
                 s, job_id, worker, state=state, error=report.error, finished_at=now, heartbeat_at=now
             )
             audit.record(s, actor, f"training.{state}", subject(job_id), now, error=report.error[:300])
@@ -382,7 +376,7 @@ class TrainingJobs:
 
     def _end(self, s: Session, job: TrainingJob, error: str, now: datetime, *conditions: Any) -> bool:
         """Fail (or cancel, when asked for) the running ``job`` if it still meets ``conditions``."""
-        done = _apply(
+        done = apply(
             s,
             update(TrainingJob)
             .where(TrainingJob.id == job.id, TrainingJob.state == JobState.RUNNING, *conditions)
@@ -410,56 +404,3 @@ class TrainingJobs:
         except RegistryError:
             return False
         return True
-
-    @staticmethod
-    def _find(s: Session, job_id: str) -> TrainingJob:
-        job = s.scalars(
-            select(TrainingJob).where(TrainingJob.job_id == job_id).execution_options(populate_existing=True)
-        ).one_or_none()
-        if job is None:
-            raise TrainingError(
-                404,
-                "job_not_found",
-                f"training job {job_id!r} does not exist; list them with `leukonet training list`",
-            )
-        return job
-
-    def _held(self, s: Session, job_id: str, worker: str) -> TrainingJob:
-        """The job, if it is running and held by ``worker``; else the 404 / 409 that says why not."""
-        job = self._find(s, job_id)
-        if job.state != JobState.RUNNING:
-            raise TrainingError(
-                409,
-                "not_running",
-                f"training job {job_id} is {job.state}"
-                + (f" ({job.error})" if job.error else "")
-                + "; the hub accepts no more reports for it",
-            )
-        if job.worker != worker:
-            raise TrainingError(
-                409, "not_holder", f"training job {job_id} is held by trainer {job.worker}, not {worker}"
-            )
-        return job
-
-    def _held_update(self, s: Session, job_id: str, worker: str, **values: Any) -> TrainingJob:
-        """Apply ``values`` to the job if it is running and held by ``worker`` (atomically)."""
-        done = _apply(
-            s,
-            update(TrainingJob)
-            .where(
-                TrainingJob.job_id == job_id,
-                TrainingJob.state == JobState.RUNNING,
-                TrainingJob.worker == worker,
-            )
-            .values(**values),
-        )
-        if done != 1:
-            self._held(s, job_id, worker)  # raises the reason
-            raise TrainingError(409, "conflict", f"training job {job_id} changed meanwhile; retry")
-        return self._find(s, job_id)
-
-
-def _apply(s: Session, stmt: Update) -> int:
-    """Run a conditional UPDATE; returns how many rows it changed (0: the condition no longer held)."""
-    result = s.execute(stmt, execution_options={"synchronize_session": False})
-    return cast("CursorResult[Any]", result).rowcount

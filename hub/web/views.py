@@ -48,7 +48,7 @@ from hub.registry.service import RegistryError
 from hub.rollouts.engine import RolloutError
 from hub.rollouts.report import audit_json, history_json, rollout_json
 from hub.training.report import progress_text
-from hub.training.service import TrainingError
+from hub.training.rows import TrainingError
 from shared.logs import kv
 from shared.training import TrainingJobSpec
 
