@@ -137,3 +137,18 @@ def test_no_package_has_an_import_circle():
 
 def test_the_circle_check_finds_a_circle():
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """``_name`` stays in its module: what another module needs is public (merged from trainer/)."""
+    crossing = []
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            if "migrations" in path.parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PACKAGES:
+                    crossing += [
+                        f"{path}:{node.lineno} {a.name}" for a in node.names if a.name.startswith("_")
+                    ]
+    assert crossing == []
