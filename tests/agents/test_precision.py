@@ -153,3 +153,61 @@ def test_read_back_rules(precision, got, ok):
     else:
         with pytest.raises(PrecisionError, match=f"device 'X' runs {got} where precision {precision}"):
             check_read_back(precision, got, "X")
+
+
+class CoreReporting:
+    """A stand-in for ``openvino.Core`` that reports chosen device capabilities: the hint rules are
+    exercised for CPUs with and without bf16 / FP16 kernels, whatever CPU runs the suite."""
+
+    def __init__(self, caps: dict[str, list[str]], hint_devices: set[str]) -> None:
+        self.caps = caps
+        self.hint_devices = hint_devices
+        self.available_devices = list(caps)
+
+    def get_property(self, device: str, name: str):
+        if name == "OPTIMIZATION_CAPABILITIES":
+            return self.caps[device]
+        if name == "SUPPORTED_PROPERTIES":
+            return [HINT] if device in self.hint_devices else ["FULL_DEVICE_NAME"]
+        raise RuntimeError(name)
+
+
+AVX2_CPU = {"CPU": ["WINOGRAD", "FP32", "INT8", "BIN", "EXPORT_IMPORT"]}
+BF16_CPU = {"CPU": ["BF16", "WINOGRAD", "FP32", "INT8", "BIN", "EXPORT_IMPORT"]}
+GPU_BOX = {"CPU": AVX2_CPU["CPU"], "GPU": ["FP32", "FP16", "INT8"], "MYRIAD": ["FP16"]}
+
+
+@pytest.mark.parametrize(
+    ("caps", "precision", "expected"),
+    [
+        (AVX2_CPU, "FP32", {HINT: "f32"}),
+        (AVX2_CPU, "FP16", {HINT: "f32"}),  # no FP16 kernels: the FP16 IR runs at f32, never bf16
+        (AVX2_CPU, "INT8", {HINT: "f32"}),
+        (BF16_CPU, "FP32", {HINT: "f32"}),
+        (BF16_CPU, "FP16", {HINT: "f32"}),
+        (BF16_CPU, "BF16", {HINT: "bf16"}),
+    ],
+)
+def test_cpu_hints_with_and_without_bf16(caps, precision, expected):
+    assert compile_config(CoreReporting(caps, {"CPU"}), "CPU", precision) == expected
+
+
+def test_bf16_is_refused_on_a_cpu_without_it():
+    with pytest.raises(PrecisionError, match="no bf16 support .*set precision to FP32"):
+        compile_config(CoreReporting(AVX2_CPU, {"CPU"}), "CPU", "BF16")
+
+
+def test_virtual_devices_hint_each_candidate_and_skip_those_without_the_property():
+    core = CoreReporting(GPU_BOX, {"CPU", "GPU"})  # MYRIAD (OpenVINO 2022.3) takes no hint
+    assert compile_config(core, "AUTO", "FP16") == {
+        "DEVICE_PROPERTIES": {"CPU": {HINT: "f32"}, "GPU": {HINT: "f16"}}
+    }
+    assert compile_config(core, "AUTO:GPU,CPU", "FP32") == {
+        "DEVICE_PROPERTIES": {"GPU": {HINT: "f32"}, "CPU": {HINT: "f32"}}
+    }
+    assert compile_config(core, "MYRIAD", "FP16") == {}
+    # BF16 under AUTO: only the devices that have it; none has it here, so it is refused
+    with pytest.raises(PrecisionError, match="no device of 'AUTO' can run precision BF16"):
+        compile_config(core, "AUTO", "BF16")
+    with_bf16 = CoreReporting({**GPU_BOX, "CPU": BF16_CPU["CPU"]}, {"CPU", "GPU"})
+    assert compile_config(with_bf16, "AUTO:CPU,GPU", "BF16") == {"DEVICE_PROPERTIES": {"CPU": {HINT: "bf16"}}}
