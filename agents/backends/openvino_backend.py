@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
@@ -210,7 +211,8 @@ class OpenVinoBackend(Backend):
         self._input_name, self._output_name = manifest.input.name, manifest.output.name
         self._size = manifest.preprocessing.image_size
         self._queue = self._ov.AsyncInferQueue(compiled, max(1, jobs))
-        self._queue.set_callback(self._on_done)
+        # A module function bound to the output name only: see _deliver for why not self._on_done.
+        self._queue.set_callback(partial(_deliver, self._output_name))
         self._reported_device = _execution_devices(compiled, self._device)
         log.info(
             kv(
@@ -223,18 +225,6 @@ class OpenVinoBackend(Backend):
                 requests=len(self._queue),
             )
         )
-
-    def _on_done(self, request: Any, userdata: tuple[DoneFn, float]) -> None:
-        """AsyncInferQueue callback (OpenVINO thread): copy the output out and hand it on."""
-        done, t0 = userdata
-        try:
-            probs = np.array(request.get_tensor(self._output_name).data[0], dtype=np.float32, copy=True)
-            latency = getattr(request, "latency", None)
-            ms = float(latency) if latency else (time.perf_counter() - t0) * 1e3
-        except RuntimeError as exc:
-            done(None, (time.perf_counter() - t0) * 1e3, BackendError(f"OpenVINO inference failed: {exc}"))
-            return
-        done(probs, ms, None)
 
     def submit(self, image_uint8_bgr: np.ndarray, done: DoneFn) -> None:
         if self._queue is None:
@@ -290,6 +280,33 @@ class OpenVinoBackend(Backend):
         if queue is not None:
             queue.wait_all()  # never free requests whose callbacks may still run
         self._compiled = None
+
+
+def _deliver(output_name: str, request: Any, userdata: tuple[DoneFn, float]) -> None:
+    """AsyncInferQueue callback, on OpenVINO's thread: copy the output out and hand it to ``done``.
+
+    It holds no reference to the backend. A backend whose own queue's callback refers back to it is
+    a cycle through C++ that only lets go when Python's GC runs, and a GC pass that happens to run on
+    this thread destroys the queue from its own worker: ``std::terminate`` ("Resource deadlock
+    avoided"), the whole process aborts. Nothing may raise out of here either: an exception crossing
+    into OpenVINO's thread terminates the process the same way.
+    """
+    done, t0 = userdata
+    try:
+        probs = np.array(request.get_tensor(output_name).data[0], dtype=np.float32, copy=True)
+        latency = getattr(request, "latency", None)
+        outcome: tuple[np.ndarray | None, float, BaseException | None] = (
+            probs,
+            float(latency) if latency else (time.perf_counter() - t0) * 1e3,
+            None,
+        )
+    except RuntimeError as exc:
+        failed = BackendError(f"OpenVINO inference failed: {exc}")
+        outcome = (None, (time.perf_counter() - t0) * 1e3, failed)
+    try:
+        done(*outcome)
+    except Exception as exc:  # noqa: BLE001 - see above: never let it reach the C++ thread
+        log.exception(kv("inference_callback_failed", error=repr(exc)[:300]))
 
 
 def _optimal_requests(compiled: Any) -> int:

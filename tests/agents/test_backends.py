@@ -77,3 +77,23 @@ def test_openvino_rejects_a_batch_of_the_wrong_shape(tiny_model):
         backend.infer(np.zeros((1, 16, 16, 3), dtype=np.uint8))
     with pytest.raises(BackendError, match="uint8"):
         backend.infer(np.zeros((1, SIZE, SIZE, 3), dtype=np.float32))
+
+
+def test_a_backend_is_freed_when_its_last_reference_goes(tiny_model):
+    """No cycle through OpenVINO's infer queue: a backend referenced from its own queue's callback is
+    freed only by a GC pass, and one running on OpenVINO's callback thread aborted the process
+    (std::terminate, "Resource deadlock avoided")."""
+    import gc
+    import weakref
+
+    model_dir, manifest = tiny_model
+    backend = create_backend("openvino", device="CPU")
+    backend.load(model_dir, manifest)
+    backend.infer(np.zeros((3, SIZE, SIZE, 3), dtype=np.uint8))
+    ref = weakref.ref(backend)
+    gc.disable()
+    try:
+        del backend
+        assert ref() is None, "the backend is kept alive by a reference cycle"
+    finally:
+        gc.enable()
