@@ -42,7 +42,11 @@ class HubConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", title="hub")
 
-    url: str = Field("http://127.0.0.1:8080", min_length=1, title="hub base URL (for `check`)")
+    url: str = Field(
+        "http://127.0.0.1:8080",
+        min_length=1,
+        title="hub base URL: `check` tests it, and bundles are downloaded only from its origin",
+    )
     token: SecretStr | None = Field(None, title="bearer token with the `agent` role")
     timeout_s: float = Field(30.0, gt=0, le=600, title="HTTP connect/read timeout (s)")
     download_attempts: int = Field(

@@ -176,6 +176,7 @@ def build_agent(config: AgentConfig, connect: bool = True) -> Agent:
         make_backend=make_backend,
         public_key_path=config.model_public_key,
         hub_token=config.hub.token.get_secret_value() if config.hub.token else None,
+        hub_url=config.hub.url,
         precision=precision,
         publish_event=uplink.publish_event,
         on_change=uplink.publish_status,

@@ -3,6 +3,12 @@
 The retained :class:`~shared.schemas.DesiredModel` on ``leukonet/v1/agents/<id>/desired`` tells
 an agent which bundle to run; it is published inside the database transaction that records it,
 so a broker outage leaves nothing half-done (the API answers 503 and nothing changes).
+
+Agents refuse a version below the one they run unless the desired state says ``rollback: true``.
+The hub says so where it desires an older model on purpose: a rollout's rollback
+(:meth:`hub.rollouts.stages.StagePublisher.roll_back`), and an operator's explicit choice
+(:func:`set_desired`) of a version below the one the agent last reported running
+(:meth:`~shared.schemas.DesiredModel.downgrades`).
 """
 
 from __future__ import annotations
@@ -29,9 +35,17 @@ def bundle_url(public_url: str, name: str, version: str) -> str:
 
 
 def desired_message(
-    public_url: str, agent_id: str, model: ModelVersion, rollout_id: str | None, now: datetime
+    public_url: str,
+    agent_id: str,
+    model: ModelVersion,
+    rollout_id: str | None,
+    now: datetime,
+    rollback: bool = False,
 ) -> tuple[str, DesiredModel]:
-    """The retained desired-state topic and payload telling ``agent_id`` to run ``model``."""
+    """The retained desired-state topic and payload telling ``agent_id`` to run ``model``.
+
+    ``rollback`` lets the agent install ``model`` when it is older than the one it runs.
+    """
     desired = DesiredModel(
         agent_id=agent_id,
         model_name=model.name,
@@ -40,6 +54,7 @@ def desired_message(
         bundle_sha256=model.sha256,
         rollout_id=rollout_id,
         set_at=now,
+        rollback=rollback,
     )
     return topics.build(agent_id, topics.Kind.DESIRED), desired
 
@@ -55,7 +70,9 @@ def set_desired(
 ) -> tuple[Agent, DesiredModel]:
     """Record and publish that ``agent_id`` should run ``model_name`` ``model_version``.
 
-    Creates the agent row when the agent never connected yet.
+    Creates the agent row when the agent never connected yet. The operator's explicit choice of a
+    version below the one the agent reports running counts as a rollback: the message says
+    ``rollback: true`` (without it the agent would refuse the downgrade).
 
     Raises:
         topics.TopicError: ``agent_id`` is not a valid agent id.
@@ -83,7 +100,11 @@ def set_desired(
         agent.desired_model_version = model_version
         agent.desired_set_at = now
         _topic, desired = desired_message(public_url, agent_id, model, rollout_id, now)
+        if desired.downgrades(agent.model_name, agent.model_version):
+            desired = desired.model_copy(update={"rollback": True})
         s.flush()
         publisher.publish(topic, desired.to_json(), retain=True, qos=1)
-    log.info(kv("desired_set", agent=agent_id, model=model_name, version=model_version))
+    log.info(
+        kv("desired_set", agent=agent_id, model=model_name, version=model_version, rollback=desired.rollback)
+    )
     return agent, desired

@@ -8,10 +8,11 @@ JSON parser, which stops at a nesting depth of 200 with an error instead of recu
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -186,7 +187,18 @@ class AgentStatus(_PrecisionReport):
 
 
 class DesiredModel(_Message):
-    """Retained by the hub on ``.../desired``: which model the agent should run."""
+    """Retained by the hub on ``.../desired``: which model the agent should run.
+
+    ``rollback`` marks an older version desired on purpose (a rollout's rollback, an operator who
+    desires a version below the one the agent reports running): an agent refuses a lower version
+    of its running model without it (:meth:`downgrades`). :meth:`to_json` writes ``rollback`` only
+    when true, so every other desired message is byte-for-byte what agents that predate the field
+    accept (they validate with ``extra="forbid"``); ``schema_version`` therefore stays 1, as a bump
+    would make those agents refuse every desired message instead of only rollbacks.
+    """
+
+    #: :data:`shared.bundle.SEMVER_RE` with its parts captured (major, minor, patch, ``-``/``+``, tail).
+    _SEMVER: ClassVar[re.Pattern[str]] = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:([-+])([0-9A-Za-z.-]+))?$")
 
     agent_id: AgentId
     model_name: str = Field(min_length=1, max_length=128)
@@ -195,6 +207,48 @@ class DesiredModel(_Message):
     bundle_sha256: Sha256
     rollout_id: str | None = Field(None, max_length=64)
     set_at: datetime = Field(default_factory=utcnow)
+    rollback: bool = Field(
+        False, title="an older version desired on purpose: the agent may install it (sent only when true)"
+    )
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude=None if self.rollback else {"rollback"}).encode()
+
+    def downgrades(self, running_name: str | None, running_version: str | None) -> bool:
+        """True when this desires the running model's name at a version of lower semver precedence.
+
+        Another model name, no running model, or a version that is not semver (see
+        :meth:`version_key`) is not ordered: False.
+        """
+        if running_name != self.model_name or running_version is None:
+            return False
+        try:
+            return self.version_key(self.model_version) < self.version_key(running_version)
+        except ValueError:
+            return False
+
+    @classmethod
+    def version_key(cls, version: str) -> tuple[int, int, int, int, tuple[tuple[int, int | str], ...]]:
+        """A sort key giving semantic-version precedence (semver 2.0.0, section 11) to ``version``.
+
+        Accepts what bundle manifests allow (:data:`shared.bundle.SEMVER_RE`): ``X.Y.Z``, then either
+        ``-pre.release`` or ``+build``. A pre-release sorts below its release; its dot-separated
+        identifiers compare numerically when all digits, else as ASCII text, numbers below text, and
+        more identifiers above fewer. Build metadata does not count: ``1.0.0+a`` ranks as ``1.0.0``.
+
+        Raises:
+            ValueError: ``version`` is not of that form (the message names it).
+        """
+        m = cls._SEMVER.fullmatch(version)
+        if m is None:
+            raise ValueError(
+                f"model version {version!r} is not a semantic version (X.Y.Z, X.Y.Z-pre or X.Y.Z+build)"
+            )
+        major, minor, patch, sep, tail = m.groups()
+        if sep != "-":  # a release, with or without build metadata
+            return int(major), int(minor), int(patch), 1, ()
+        idents = tuple((0, int(i)) if i.isdigit() else (1, i) for i in tail.split("."))
+        return int(major), int(minor), int(patch), 0, idents
 
 
 class ModelEventKind(str, Enum):

@@ -13,6 +13,13 @@ is published. Any failure publishes ``failed`` with the reason and keeps the cur
 :meth:`ModelManager.rollback` returns to the previous model and remembers the rolled-back version
 as *rejected* so the hub's retained desired state does not re-install it.
 
+A desired state is trusted only within bounds, each refusal a ``failed`` event and a logged
+``desired_refused`` with its :class:`~agents.models.errors.Refusal`: its ``bundle_url`` must be on
+the hub's origin (``hub.url``; checked before any request, so the token goes nowhere else), its
+version must be semver, a version below the running one of the same model needs ``rollback: true``
+(:meth:`shared.schemas.DesiredModel.downgrades`), and the bundle's signed manifest must carry the
+desired name and version (checked before it is moved into ``models/``).
+
 Desired states arrive on the MQTT thread (:meth:`ModelManager.submit`) and are applied one at a time
 on the manager's own worker (a supervised loop named ``models``); a newer desired state replaces a
 queued older one.
@@ -31,7 +38,7 @@ from pathlib import Path
 from agents.backends import Backend, BackendError
 from agents.models.active import ActiveModel, ActiveSlot
 from agents.models.download import BundleDownloader
-from agents.models.errors import DownloadError, ModelError
+from agents.models.errors import DownloadError, ModelError, ModelRefused, Refusal
 from agents.models.smoke import smoke_test
 from agents.models.store import ModelRef, ModelStore
 from agents.models.verify import load_pinned_key, verify_model_dir
@@ -55,6 +62,8 @@ class ModelManager:
         make_backend: returns a fresh, unloaded backend (one per model).
         public_key_path: the trainer's Ed25519 public key; without it no bundle is accepted.
         hub_token: bearer token for bundle downloads.
+        hub_url: the hub's base URL (``hub.url``); bundles are downloaded from its origin only, and
+            without it no desired model is downloaded.
         precision: the IR precision asked of the backend; the reference tolerance follows the one the
             backend reports it loaded (``Backend.precision``, e.g. FP32 when INT8 fell back).
         publish_event: receives every :class:`ModelEvent`.
@@ -74,6 +83,7 @@ class ModelManager:
         make_backend: BackendMaker,
         public_key_path: Path | None,
         hub_token: str | None = None,
+        hub_url: str | None = None,
         precision: str = "FP32",
         publish_event: EventFn | None = None,
         on_change: Callable[[], None] | None = None,
@@ -99,6 +109,7 @@ class ModelManager:
             download_attempts,
             retry_backoff_s,
             self._stop,
+            hub_url,
         )
         self._redownload_after_s = redownload_after_s
         self._slot = ActiveSlot()
@@ -190,7 +201,13 @@ class ModelManager:
         with self._update_lock:
             return self._install(bundle, expected_sha256, rollout_id)
 
-    def _install(self, bundle: Path, expected_sha256: str | None, rollout_id: str | None) -> ActiveModel:
+    def _install(
+        self,
+        bundle: Path,
+        expected_sha256: str | None,
+        rollout_id: str | None,
+        expected_identity: tuple[str, str] | None = None,
+    ) -> ActiveModel:
         key = load_pinned_key(self._public_key_path)
         claimed, _, _ = read_manifest(bundle)  # unverified: only names the event
         self._event(
@@ -203,7 +220,11 @@ class ModelManager:
         state = self.store.read_state()
         current = self.active
         manifest, dest = self.store.unpack(
-            bundle, key, expected_sha256, active_dir=current.model_dir if current else None
+            bundle,
+            key,
+            expected_sha256,
+            active_dir=current.model_dir if current else None,
+            expected_identity=expected_identity,
         )
         try:
             loaded = self._load(dest, manifest)
@@ -220,7 +241,9 @@ class ModelManager:
     def apply(self, desired: DesiredModel) -> bool:
         """Bring the active model to ``desired`` (blocking). Returns True when a new model was activated.
 
-        Failures are reported as a ``failed`` event and logged; they never raise.
+        Failures are reported as a ``failed`` event; they never raise. An untrusted desired state
+        (see the module docstring) is refused before it is downloaded, or, when the bundle is not
+        the version desired, before it is installed; refusals are logged as ``desired_refused``.
         """
         with self._update_lock:
             current = self.active
@@ -239,21 +262,33 @@ class ModelManager:
                 return False
             if self._last_failed == desired:
                 return False  # the same desired state already failed here (a retained re-delivery)
-            self._event_for(desired, ModelEventKind.DOWNLOADING, desired.bundle_url)
             try:
+                self._check_trust(desired, current)
+                self._event_for(desired, ModelEventKind.DOWNLOADING, desired.bundle_url)
                 path = self._downloader.download(desired)
                 try:
-                    loaded = self._install(path, desired.bundle_sha256, desired.rollout_id)
+                    loaded = self._install(
+                        path,
+                        desired.bundle_sha256,
+                        desired.rollout_id,
+                        expected_identity=(desired.model_name, desired.model_version),
+                    )
                 finally:
                     path.unlink(missing_ok=True)
-                if (loaded.name, loaded.version) != (desired.model_name, desired.model_version):
-                    log.warning(
-                        kv(
-                            "bundle_identity_differs",
-                            desired=f"{desired.model_name} {desired.model_version}",
-                            bundle=f"{loaded.name} {loaded.version}",
-                        )
+            except ModelRefused as exc:
+                self._last_failed = desired
+                log.warning(
+                    kv(
+                        "desired_refused",
+                        reason=exc.reason.value,
+                        model=desired.model_name,
+                        version=desired.model_version,
+                        url=desired.bundle_url,
+                        detail=str(exc),
                     )
+                )
+                self._event_for(desired, ModelEventKind.FAILED, str(exc))
+                return False
             except DownloadError as exc:
                 with self._wake:
                     self._retry = (desired, time.monotonic() + self._redownload_after_s)
@@ -274,6 +309,33 @@ class ModelManager:
                 f"device {loaded.backend.device}",
             )
             return True
+
+    def _check_trust(self, desired: DesiredModel, current: ActiveModel | None) -> None:
+        """Refuse ``desired`` before any request when its origin or version is out of bounds.
+
+        Raises:
+            ModelRefused: ``bundle_url`` is not on the hub's origin, the version is not semver, or it
+                is below the running version of the same model without ``rollback``.
+            ModelError: the manager was given no hub URL.
+        """
+        self._downloader.request_url(desired)
+        try:
+            DesiredModel.version_key(desired.model_version)
+        except ValueError as exc:
+            raise ModelRefused(
+                f"desired {desired.model_name}: {exc}; bundles carry semantic versions, so none can match "
+                "it: desire a version registered on the hub",
+                Refusal.NOT_SEMVER,
+            ) from None
+        if current is not None and not desired.rollback and desired.downgrades(current.name, current.version):
+            raise ModelRefused(
+                f"desired {desired.model_name} {desired.model_version} is lower than the running "
+                f"{current.name} {current.version} and the desired state is not marked as a rollback: "
+                "refused, the current model keeps running; desire "
+                f"{current.version} or newer, or go back through the hub (a rollout rollback, or "
+                "PUT /api/v1/agents/<id>/desired, which marks a lower version as rollback: true)",
+                Refusal.DOWNGRADE,
+            )
 
     def rollback(self) -> ActiveModel:
         """Re-activate the previous model; the rolled-back one is remembered as rejected.

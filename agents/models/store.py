@@ -25,7 +25,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agents.models.errors import ModelError
+from agents.models.errors import ModelError, ModelRefused, Refusal
 from shared.bundle import Manifest, verify_bundle
 from shared.logs import kv
 
@@ -87,20 +87,33 @@ class ModelStore:
         public_key: Ed25519PublicKey,
         expected_sha256: str | None,
         active_dir: Path | None,
+        expected_identity: tuple[str, str] | None = None,
     ) -> tuple[Manifest, Path]:
         """Verify ``bundle`` and extract it to ``models/<name>-<version>``; returns (manifest, folder).
 
         An existing folder of that name (a previous model installed again) is replaced by the
         freshly verified files.
 
+        Args:
+            expected_identity: (name, version) the signed manifest must carry (a desired model's).
+
         Raises:
             BundleError: sha256, signature or a file digest does not match (nothing is extracted).
+            ModelRefused: the manifest is not ``expected_identity`` (the staged files are removed).
             ModelError: the bundle is the model in ``active_dir``, whose folder is in use.
         """
         self.models_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.models_dir))
         try:
             manifest = verify_bundle(bundle, public_key, staging / "m", expected_sha256=expected_sha256)
+            if expected_identity is not None and (manifest.name, manifest.version) != expected_identity:
+                name, version = expected_identity
+                raise ModelRefused(
+                    f"the bundle's signed manifest is {manifest.name} {manifest.version}, but the desired "
+                    f"state names {name} {version}: refused, nothing installed; the hub must serve each "
+                    f"version's own bundle (upload {name} {version} as built by the trainer, then desire it)",
+                    Refusal.IDENTITY_MISMATCH,
+                )
             dest = self.models_dir / f"{manifest.name}-{manifest.version}"
             if dest == active_dir:
                 raise ModelError(f"{manifest.name} {manifest.version} is already the active model")

@@ -3,7 +3,8 @@
 Both record the desired model on the agent rows and the target states (with history) in the
 caller's transaction, flush, then publish the retained :class:`~shared.schemas.DesiredModel`
 messages; a broker outage raises :class:`~hub.mqtt.publisher.BrokerUnavailable` and the caller's
-transaction is rolled back, so nothing is recorded that was not sent.
+transaction is rolled back, so nothing is recorded that was not sent. A rollback's messages say
+``rollback: true``: agents install an older version only when told it is one.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class StagePublisher:
         return stage
 
     def roll_back(self, s: Session, rollout: Rollout, note: str, now: datetime) -> None:
-        """Desire every reached agent's previous model again; pending targets are skipped."""
+        """Desire every reached agent's previous model again, as a rollback; pending targets are skipped."""
         store.skip_pending(s, rollout, now)
         touched = list(
             s.scalars(
@@ -121,7 +122,7 @@ class StagePublisher:
                     now,
                 )
                 continue
-            messages.append(self._desire(agent, target, model, rollout, now))
+            messages.append(self._desire(agent, target, model, rollout, now, rollback=True))
             if store.running_model(agent) == prev:
                 store.set_target_state(
                     s, rollout, target, TargetState.ROLLED_BACK, "already runs the previous model", now
@@ -135,11 +136,19 @@ class StagePublisher:
         self.publisher.publish_many(messages, retain=True)
 
     def _desire(
-        self, agent: Agent, target: RolloutTarget, model: ModelVersion, rollout: Rollout, now: datetime
+        self,
+        agent: Agent,
+        target: RolloutTarget,
+        model: ModelVersion,
+        rollout: Rollout,
+        now: datetime,
+        rollback: bool = False,
     ) -> tuple[str, bytes]:
         """Record ``model`` as the agent's desired state; the retained message to publish."""
         agent.desired_model_name, agent.desired_model_version = model.name, model.version
         agent.desired_set_at = now
         target.desired_at = now
-        topic, desired = desired_message(self.public_url, target.agent_id, model, rollout.rollout_id, now)
+        topic, desired = desired_message(
+            self.public_url, target.agent_id, model, rollout.rollout_id, now, rollback=rollback
+        )
         return topic, desired.to_json()

@@ -37,13 +37,14 @@ def tamper(src, dst, member="ir/fp32/model.bin"):
     return dst, sha256_file(dst)
 
 
-def manager(state_dir, keys, events, token=TOKEN, public_key=True):
+def manager(state_dir, keys, events, token=TOKEN, public_key=True, hub_url=None):
     return ModelManager(
         agent_id="a1",
         state_dir=state_dir,
         make_backend=lambda: create_backend("openvino", "CPU", "FP32"),
         public_key_path=keys.public if public_key else None,
         hub_token=token,
+        hub_url=hub_url,
         publish_event=events.append,
     )
 
@@ -66,10 +67,10 @@ def kinds(events: list[ModelEvent]) -> list[str]:
 def test_desired_model_is_downloaded_verified_and_swapped(tmp_path, bundles):
     keys, (v1, _), (v2, sha2), _ = bundles
     events: list[ModelEvent] = []
-    mm = manager(tmp_path, keys, events)
-    mm.install_bundle(v1)
-    assert mm.active is not None and mm.active.version == "1.0.0"
     with bundle_server({"/b/2": v2.read_bytes()}, TOKEN) as (url, seen):
+        mm = manager(tmp_path, keys, events, hub_url=url)
+        mm.install_bundle(v1)
+        assert mm.active is not None and mm.active.version == "1.0.0"
         assert mm.apply(desired(url, "/b/2", sha2, "2.0.0")) is True
     assert seen == ["/b/2"]
     assert kinds(events) == ["verifying", "downloading", "verifying", "activated"]
@@ -116,16 +117,17 @@ def test_bad_updates_fail_and_keep_the_current_model(tmp_path, bundles, case, re
         sha = "0" * 64
     elif case == "smoke_test":
         body, sha, version = v3.read_bytes(), sha3, "3.0.0"
-    mm = manager(
-        tmp_path / "state",
-        keys,
-        events,
-        token="wrong" if case == "bad_token" else TOKEN,
-        public_key=case != "no_key",
-    )
-    if case != "no_key":
-        mm.load_active()
     with bundle_server({"/b": body}, TOKEN) as (url, _):
+        mm = manager(
+            tmp_path / "state",
+            keys,
+            events,
+            token="wrong" if case == "bad_token" else TOKEN,
+            public_key=case != "no_key",
+            hub_url=url,
+        )
+        if case != "no_key":
+            mm.load_active()
         assert mm.apply(desired(url, "/b", sha, version)) is False
     assert events[-1].event is ModelEventKind.FAILED
     assert reason in events[-1].detail
@@ -223,19 +225,20 @@ def flaky_range_server(body: bytes, token: str, cut_at: int, fail_first: int = 1
 def test_a_broken_download_resumes_where_it_stopped(tmp_path, bundles):
     keys, (v1, _), (v2, sha2), _ = bundles
     events: list[ModelEvent] = []
-    mm = ModelManager(
-        "a1",
-        tmp_path,
-        lambda: create_backend("openvino", "CPU", "FP32"),
-        keys.public,
-        hub_token=TOKEN,
-        publish_event=events.append,
-        download_attempts=3,
-        retry_backoff_s=0.01,
-    )
-    mm.install_bundle(v1)
     body = v2.read_bytes()
     with flaky_range_server(body, TOKEN, cut_at=len(body) // 3) as (url, ranges):
+        mm = ModelManager(
+            "a1",
+            tmp_path,
+            lambda: create_backend("openvino", "CPU", "FP32"),
+            keys.public,
+            hub_token=TOKEN,
+            hub_url=url,
+            publish_event=events.append,
+            download_attempts=3,
+            retry_backoff_s=0.01,
+        )
+        mm.install_bundle(v1)
         assert mm.apply(desired(url, "/b/2", sha2, "2.0.0")) is True
     assert ranges == [None, f"bytes={len(body) // 3}-"]
     assert mm.active is not None and mm.active.version == "2.0.0"
@@ -247,21 +250,22 @@ def test_a_broken_download_resumes_where_it_stopped(tmp_path, bundles):
 def test_a_download_that_keeps_failing_is_reported_and_retried_later(tmp_path, bundles):
     keys, (v1, _), (v2, sha2), _ = bundles
     events: list[ModelEvent] = []
-    mm = ModelManager(
-        "a1",
-        tmp_path,
-        lambda: create_backend("openvino", "CPU", "FP32"),
-        keys.public,
-        hub_token=TOKEN,
-        publish_event=events.append,
-        download_attempts=2,
-        retry_backoff_s=0.01,
-        redownload_after_s=0.2,
-    )
-    mm.install_bundle(v1)
     body = v2.read_bytes()
     step = len(body) // 5
     with flaky_range_server(body, TOKEN, cut_at=step, fail_first=2) as (url, ranges):
+        mm = ModelManager(
+            "a1",
+            tmp_path,
+            lambda: create_backend("openvino", "CPU", "FP32"),
+            keys.public,
+            hub_token=TOKEN,
+            hub_url=url,
+            publish_event=events.append,
+            download_attempts=2,
+            retry_backoff_s=0.01,
+            redownload_after_s=0.2,
+        )
+        mm.install_bundle(v1)
         mm.start()  # the worker retries after redownload_after_s
         mm.submit(desired(url, "/b/2", sha2, "2.0.0"))
         assert wait_until(lambda: mm.active is not None and mm.active.version == "2.0.0", 20)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 
@@ -108,3 +109,25 @@ def test_broker_down_is_503_and_changes_nothing(broker_app, make_bundle):
         headers=auth("admin"),
     )
     assert r.status_code == 200, r.json
+
+
+def test_an_operator_desiring_a_lower_version_than_the_agent_runs_marks_a_rollback(env):
+    on_two = env.agents(1, version="2.0.0", prefix="two")[0]
+    on_one = env.agents(1, version="1.0.0", prefix="one")[0]
+
+    def put(agent_id: str, version: str) -> tuple[dict, bytes]:
+        r = env.client.put(
+            f"/api/v1/agents/{agent_id}/desired",
+            json={"model_name": "leuko", "model_version": version},
+            headers=auth("admin"),
+        )
+        assert r.status_code == 200, r.json
+        return r.json, read_retained(env.port, topics.build(agent_id, topics.Kind.DESIRED)).payload
+
+    body, payload = put(on_two, "1.0.0")  # it reports 2.0.0: the agent may go back only when told
+    assert body["rollback"] is True and json.loads(payload)["rollback"] is True
+    # upgrades, the running version, and agents that never reported: no rollback, and the field is
+    # left out so agents that predate it still read the message
+    for agent_id, version in ((on_one, "2.0.0"), (on_two, "2.0.0"), ("never-seen-1", "1.0.0")):
+        body, payload = put(agent_id, version)
+        assert body["rollback"] is False and b"rollback" not in payload, (agent_id, version)

@@ -3,6 +3,8 @@ actions, targeting by lab and tag, audit log; reports are fed to the engine as i
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import select
 
@@ -32,6 +34,8 @@ def test_staged_rollout_advances_and_completes(env):
     desired = parse_payload(topics.Kind.DESIRED, msg.payload)
     assert isinstance(desired, DesiredModel)
     assert (desired.model_version, desired.rollout_id) == ("2.0.0", r["rollout_id"])
+    # an upgrade is no rollback, and the field is left out: agents that predate it read the message
+    assert desired.rollback is False and b"rollback" not in msg.payload
     assert (
         desired.bundle_sha256
         == env.client.get("/api/v1/models/leuko/2.0.0", headers=auth("admin")).json["sha256"]
@@ -106,6 +110,11 @@ def test_error_threshold_rolls_back_to_each_previous_model(env):
     assert sorted(s for a, s in states.items() if a not in first) == ["skipped"] * 3
     msg = read_retained(env.port, topics.build(first[0], topics.Kind.DESIRED))
     assert parse_payload(topics.Kind.DESIRED, msg.payload).model_version == "1.0.0"
+    # marked as a rollback, so the agent running 2.0.0 installs the lower 1.0.0
+    back = parse_payload(topics.Kind.DESIRED, msg.payload)
+    assert isinstance(back, DesiredModel) and back.rollback is True
+    assert json.loads(msg.payload)["rollback"] is True
+    assert back.downgrades("leuko", "2.0.0")
     env.report(r, first[:1], ModelEventKind.ACTIVATED, version="1.0.0")
     assert env.show(r["rollout_id"])["totals"]["rolled_back"] == 3
     # a rolled-back rollout cannot be resumed
