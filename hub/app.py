@@ -3,14 +3,15 @@
 ``create_app(config)`` binds the process's services (:func:`hub.services.build_services`: database
 engine, bundle store + registry, token table, MQTT publisher, rollout engine, training-job queue)
 ``init_app`` style; nothing happens at import time. ``serve`` builds the services itself, runs the
-ingest worker and ticker on them and passes them in. Call :func:`close_app` when done.
+ingest worker and ticker on them and passes them in. Call :func:`close_app` when done. Every response
+carries :data:`SECURITY_HEADERS`.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from flask import Flask
+from flask import Flask, Response
 
 from hub.api import bp as api_bp
 from hub.api import docs_bp as api_docs_bp
@@ -20,6 +21,33 @@ from hub.extensions import hub_ext
 from hub.health import bp as health_bp
 from hub.services import MIB, Services, build_services
 from hub.web import bp as web_bp
+
+# Scripts and styles come only from hub/static (the templates have no inline <script>, style= or
+# on*= handlers, and must not get any); nothing may frame the hub, post its forms elsewhere or be
+# sniffed into another content type; links to other sites do not learn the hub's URLs.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "frame-ancestors 'none'",
+        "form-action 'self'",
+    ]
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _add_security_headers(response: Response) -> Response:
+    response.headers.update(SECURITY_HEADERS)
+    return response
 
 
 def create_app(config: HubConfig, services: Services | None = None) -> Flask:
@@ -50,6 +78,7 @@ def create_app(config: HubConfig, services: Services | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
     hub_ext.init_app(app, services)
     register_error_handlers(app)
+    app.after_request(_add_security_headers)  # error pages and static files too
 
     app.register_blueprint(api_bp)
     app.register_blueprint(api_docs_bp)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -18,6 +19,47 @@ from pydantic_settings import SettingsConfigDict
 from shared.bundle import BundleLimits
 from shared.config import ConfigError, StrictConfig
 from shared.mqtt import MqttSettings
+
+SECRET_KEY_MIN_CHARS = 32
+PASSWORD_MIN_CHARS = 12
+TOKEN_MIN_CHARS = 16
+_GENERATE_HINT = "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+
+# The placeholder secrets docker/.env.example ships, exactly as written there (tokens taken out of
+# LEUKONET_HUB_TOKENS). Anyone who has read the repository knows them, so no hub starts with one.
+# tests/hub/test_web_security.py checks this set against the file: change both together.
+PLACEHOLDER_SECRETS = frozenset(
+    {
+        "change-me",
+        "change-me-to-64-random-characters",
+        "change-me-admin-token-32chars",
+        "change-me-trainer-token-32ch",
+        "change-me-agent-token-32chars",
+    }
+)
+
+
+def check_secret(value: str, what: str, min_chars: int = 0) -> None:
+    """Refuse a placeholder from docker/.env.example or a value shorter than ``min_chars``.
+
+    Args:
+        value: the secret in clear.
+        what: how the message names it (the field, e.g. ``"secret_key"``).
+        min_chars: the shortest accepted length, 0 for no minimum.
+
+    Raises:
+        ValueError: naming ``what``, the rule broken and how to make a good value (the message
+            itself never quotes the value).
+    """
+    if value in PLACEHOLDER_SECRETS:
+        raise ValueError(
+            f"{what} is a placeholder from docker/.env.example, which anyone can read; "
+            f"replace it with a random value ({_GENERATE_HINT})"
+        )
+    if len(value) < min_chars:
+        raise ValueError(
+            f"{what} must be at least {min_chars} characters, got {len(value)}; {_GENERATE_HINT}"
+        )
 
 
 class Role(str, Enum):
@@ -36,17 +78,13 @@ class ApiToken(_Section):
     """One API client: a name for the logs, its secret token and its role."""
 
     name: str = Field(min_length=1, max_length=64, title="token owner (shown in logs)")
-    token: SecretStr = Field(title="bearer token (at least 16 characters)")
+    token: SecretStr = Field(title=f"bearer token (at least {TOKEN_MIN_CHARS} characters)")
     role: Role = Field(title="role: admin, trainer or agent")
 
     @field_validator("token")
     @classmethod
     def _long_enough(cls, v: SecretStr) -> SecretStr:
-        if len(v.get_secret_value()) < 16:
-            raise ValueError(
-                "token must be at least 16 characters; generate one with "
-                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
-            )
+        check_secret(v.get_secret_value(), "token", TOKEN_MIN_CHARS)
         return v
 
 
@@ -68,6 +106,13 @@ class MqttSection(MqttSettings):
         title="shared-subscription group ($share/<group>/...) for N workers",
     )
     publish_timeout_s: float = Field(5.0, gt=0, le=60, title="how long to wait for the broker on publish")
+
+    @field_validator("password")
+    @classmethod
+    def _not_a_placeholder(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            check_secret(v.get_secret_value(), "mqtt.password")
+        return v
 
 
 class BrokerSection(_Section):
@@ -166,9 +211,15 @@ class HubConfig(StrictConfig):
     web_timeout_s: float = Field(
         30.0, gt=0, le=600, title="`serve` drops a client whose next read or write takes longer (slowloris)"
     )
-    secret_key: SecretStr | None = Field(None, title="key signing dashboard sessions (required by serve)")
+    secret_key: SecretStr | None = Field(
+        None,
+        title=f"key signing dashboard sessions, at least {SECRET_KEY_MIN_CHARS} random characters "
+        "(required by serve)",
+    )
     tokens: list[ApiToken] = Field(default_factory=list, title="API bearer tokens with their roles")
-    dashboard_password: SecretStr | None = Field(None, title="dashboard login password (no login if unset)")
+    dashboard_password: SecretStr | None = Field(
+        None, title=f"dashboard login password, at least {PASSWORD_MIN_CHARS} characters (no login if unset)"
+    )
     trusted_keys: list[Path] = Field(
         default_factory=list, title="Ed25519 public key PEMs accepted on bundle upload"
     )
@@ -194,6 +245,29 @@ class HubConfig(StrictConfig):
     def _strip_slash(cls, v: str) -> str:
         return v.rstrip("/")
 
+    @field_validator("secret_key")
+    @classmethod
+    def _strong_secret_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            check_secret(v.get_secret_value(), "secret_key", SECRET_KEY_MIN_CHARS)
+        return v
+
+    @field_validator("dashboard_password")
+    @classmethod
+    def _strong_password(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            check_secret(v.get_secret_value(), "dashboard_password", PASSWORD_MIN_CHARS)
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _no_placeholder_db_password(cls, v: str | None) -> str | None:
+        # compose builds this URL from POSTGRES_PASSWORD, so the placeholder can arrive here too
+        password = urlsplit(v).password if v else None
+        if password is not None:
+            check_secret(unquote(password), "the password in database_url (POSTGRES_PASSWORD in docker/.env)")
+        return v
+
     @model_validator(mode="after")
     def _cross_checks(self) -> HubConfig:
         names = [t.name for t in self.tokens]
@@ -214,10 +288,11 @@ class HubConfig(StrictConfig):
 
     def require_secret_key(self) -> str:
         """Return the session key or raise :class:`ConfigError` saying how to set it."""
-        if self.secret_key is None or not self.secret_key.get_secret_value():
+        if self.secret_key is None:
             raise ConfigError(
                 "configuration field secret_key is required to serve the hub: set `secret_key` "
                 "in the config file or LEUKONET_HUB_SECRET_KEY (e.g. the output of "
-                "`python -c 'import secrets; print(secrets.token_hex(32))'`)"
+                f"`python -c 'import secrets; print(secrets.token_hex(32))'`, at least "
+                f"{SECRET_KEY_MIN_CHARS} characters)"
             )
         return self.secret_key.get_secret_value()

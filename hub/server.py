@@ -41,18 +41,27 @@ def install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, _handler)
 
 
+SERVER_NAME = "leukonet"
+
+
 def make_web_server(host: str, port: int, app: Flask, timeout_s: float) -> BaseWSGIServer:
-    """werkzeug's threaded server with a socket timeout per connection.
+    """werkzeug's threaded server with a socket timeout per connection and a versionless ``Server``.
 
     A client that sends its headers or body slower than one read per ``timeout_s`` (slowloris) is
     disconnected instead of holding a thread forever. For more than a lab's worth of clients, run the
-    web app under gunicorn with ``--timeout`` (see the README).
+    web app under gunicorn with ``--timeout`` (see the README). Responses say ``Server: leukonet``
+    instead of werkzeug's and Python's versions, which would tell a scanner which advisories to try.
     """
 
-    class TimeoutHandler(WSGIRequestHandler):
+    class HubRequestHandler(WSGIRequestHandler):
         timeout = timeout_s  # socketserver applies it to every read and write on the connection
+        server_version = SERVER_NAME  # werkzeug's is "Werkzeug/x.y" (also the WSGI SERVER_SOFTWARE)
 
-    return make_server(host, port, app, threaded=True, request_handler=TimeoutHandler)
+        def version_string(self) -> str:
+            # http.server's appends sys_version, "Python/3.z"; the header is the name alone
+            return SERVER_NAME
+
+    return make_server(host, port, app, threaded=True, request_handler=HubRequestHandler)
 
 
 def serve(config: HubConfig, stop: threading.Event | None = None) -> None:

@@ -51,7 +51,7 @@ def test_rollout_to_500_agents(tmp_path, private_broker, postgres_url):
         "database_url": postgres_url,
         "public_url": hub_url,
         "port": port,
-        "secret_key": "bench-secret-key",
+        "secret_key": "bench-secret-key-not-for-production",
         "tokens": [{"name": f"bench-{role}", "token": tok, "role": role} for role, tok in TOKENS.items()],
         "trusted_keys": [str(keys.public)],
         "mqtt": {"host": "127.0.0.1", "port": private_broker.port, "client_id": f"hub-bench-{run}"},

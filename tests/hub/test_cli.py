@@ -24,7 +24,7 @@ from tests.hub.conftest import TOKENS, serve_app
 def write_config(path: Path, tmp_path: Path, **extra) -> Path:
     cfg = {
         "data_dir": str(tmp_path / "hubdata"),
-        "secret_key": "cli-test-secret",
+        "secret_key": "cli-test-secret-key-not-for-production",
         "tokens": [{"name": "adm", "token": TOKENS["admin"], "role": "admin"}],
         "mqtt": {"host": "127.0.0.1", "port": free_port()},
         **extra,

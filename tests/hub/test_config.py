@@ -7,6 +7,8 @@ import pytest
 from hub.config import HubConfig, Role
 from shared.config import ConfigError
 
+FROM_ENV = "from-env-0123456789abcdef0123456789"  # secret_key needs at least 32 characters
+
 
 def test_defaults_and_sqlite_in_data_dir(tmp_path):
     cfg = HubConfig.load(None, data_dir=tmp_path / "d")
@@ -29,12 +31,12 @@ def test_yaml_and_env_overrides(tmp_path, monkeypatch):
         "  - {name: ci, token: abcdefghijklmnopqrstuvwxyz, role: trainer}\nmqtt: {port: 1884}\n"
     )
     monkeypatch.setenv("LEUKONET_HUB_MQTT__HOST", "broker.lan")
-    monkeypatch.setenv("LEUKONET_HUB_SECRET_KEY", "from-env")
+    monkeypatch.setenv("LEUKONET_HUB_SECRET_KEY", FROM_ENV)
     cfg = HubConfig.load(f)
     assert cfg.public_url == "https://hub.example"
     assert (cfg.mqtt.host, cfg.mqtt.port) == ("broker.lan", 1884)
     assert cfg.tokens[0].role is Role.TRAINER
-    assert cfg.require_secret_key() == "from-env"
+    assert cfg.require_secret_key() == FROM_ENV
     assert "abcdefghijklmnop" not in repr(cfg)  # secrets never print
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from playwright.sync_api import expect
 
 from hub.ingest.writer import IngestWriter
 from shared.schemas import AgentState, AgentStatus
 from tests.hub.conftest import DASHBOARD_PASSWORD, make_result, serve_app
+from tests.hub.test_web_security import csp_violations
 
 pytestmark = pytest.mark.browser
 
@@ -45,6 +47,7 @@ def test_dashboard_login_tables_and_live_refresh(live_hub, page, db, tmp_path):
         ]
     )
 
+    violations = csp_violations(page)
     page.goto(live_hub + "/")
     assert "/login" in page.url  # the dashboard needs a session
     page.fill("#password", "wrong password")
@@ -62,5 +65,7 @@ def test_dashboard_login_tables_and_live_refresh(live_hub, page, db, tmp_path):
 
     # A new result arrives while the page is open: the 5 s refresh shows it without a reload.
     writer.write([make_result(agent_id="scope-2", label="normal", confidence=0.55, image_name="late.png")])
-    page.wait_for_function("document.querySelector('#results').innerText.includes('late.png')", timeout=15000)
+    # (a locator assertion: wait_for_function evaluates its predicate with eval, which the CSP refuses)
+    expect(page.locator("#results")).to_contain_text("late.png", use_inner_text=True, timeout=15000)
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+    assert violations == []  # the scripts and styles all work under the Content-Security-Policy

@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from playwright.sync_api import expect
 
 from shared.schemas import ModelEventKind
 from tests.hub.conftest import DASHBOARD_PASSWORD, auth, serve_app
+from tests.hub.test_web_security import csp_violations
 
 pytestmark = pytest.mark.browser
 
@@ -22,6 +24,7 @@ def live(env) -> Iterator[str]:
 def test_rollout_page_live_progress_and_pause(env, live, page, tmp_path):
     env.agents(4)
     r = env.start(stages=[50, 100], success_threshold=1.0, error_threshold=0.5)
+    violations = csp_violations(page)
     page.goto(f"{live}/rollouts/{r['rollout_id']}")
     page.fill("#password", DASHBOARD_PASSWORD)
     page.click("button[type=submit]")
@@ -32,9 +35,8 @@ def test_rollout_page_live_progress_and_pause(env, live, page, tmp_path):
     # reports arrive while the page is open: the 3 s refresh shows them without a reload
     first = env.targets(r, "desired")
     env.report(r, first[:1], ModelEventKind.FAILED, detail="<img src=x onerror=alert(1)> smoke test")
-    page.wait_for_function(
-        "document.querySelector('#failures').innerText.includes('onerror=alert(1)> smoke test')",
-        timeout=15000,
+    expect(page.locator("#failures")).to_contain_text(
+        "onerror=alert(1)> smoke test", use_inner_text=True, timeout=15000
     )
     assert page.locator("#failures img").count() == 0
     assert page.inner_text("#failures-count") == "(1)"
@@ -46,3 +48,4 @@ def test_rollout_page_live_progress_and_pause(env, live, page, tmp_path):
     entry = env.client.get("/api/v1/audit", headers=auth("admin")).json["items"][0]
     assert (entry["actor"], entry["action"]) == ("dashboard", "rollout.pause")
     page.screenshot(path=str(tmp_path / "rollout.png"), full_page=True)
+    assert violations == []  # rollout.js and the stylesheet work under the Content-Security-Policy

@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.hub.conftest import DASHBOARD_PASSWORD, auth, serve_app
 from tests.hub.test_training_jobs import claim, report
+from tests.hub.test_web_security import csp_violations
 
 pytestmark = pytest.mark.browser
 
@@ -20,6 +22,7 @@ def live(app) -> Iterator[str]:
 
 
 def test_queue_see_progress_and_cancel(live, page, client, tmp_path):
+    violations = csp_violations(page)
     page.goto(f"{live}/training")
     page.fill("#password", DASHBOARD_PASSWORD)
     page.click("button[type=submit]")
@@ -46,10 +49,7 @@ def test_queue_see_progress_and_cancel(live, page, client, tmp_path):
     page.wait_for_selector("#jobs tbody tr:nth-child(2)")
     assert claim(client, "gpu-1").json["job_id"] == job["job_id"]
     report(client, job["job_id"], "progress", "gpu-1", phase="train", done=50, total=200, eta_s=300)
-    page.wait_for_function(
-        f"document.querySelector('#jobs tr[data-job=\"{job['job_id']}\"]').innerText.includes('train 25%')",
-        timeout=15000,
-    )
+    expect(row).to_contain_text("train 25%", use_inner_text=True, timeout=15000)
     assert "gpu-1" in row.inner_text() and "ETA 5 min" in row.inner_text()
 
     # cancel the queued one: it ends at once
@@ -67,10 +67,8 @@ def test_queue_see_progress_and_cancel(live, page, client, tmp_path):
     assert answer.json == {"cancel_requested": True, "state": "running"}
     error = "<img src=x onerror=alert(1)> stopped as the operator asked"
     report(client, job["job_id"], "fail", "gpu-1", error=error, cancelled=True)
-    page.wait_for_function(
-        f"document.querySelector('#jobs tr[data-job=\"{job['job_id']}\"]').innerText.includes('{error}')",
-        timeout=15000,
-    )
+    expect(row).to_contain_text(error, use_inner_text=True, timeout=15000)
     assert page.locator("#jobs button.cancel").count() == 0
     assert page.locator("#jobs img").count() == 0  # shown as text, not markup
     page.screenshot(path=str(tmp_path / "training.png"), full_page=True)
+    assert violations == []  # training.js and the stylesheet work under the Content-Security-Policy
