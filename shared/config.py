@@ -7,6 +7,7 @@ An unknown or invalid field stops start-up with a :class:`ConfigError` naming it
 
 from __future__ import annotations
 
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,6 +18,10 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 _yaml_data: ContextVar[dict[str, Any] | None] = ContextVar("_yaml_data", default=None)
+
+
+#: Config fields whose input is never echoed in an error (it may be a real secret, or carry one).
+SECRET_FIELD = re.compile(r"(password|secret|token|database_url)", re.IGNORECASE)
 
 
 class ConfigError(ValueError):
@@ -83,12 +88,11 @@ class StrictConfig(BaseSettings):
                 field = ".".join(str(p) for p in err["loc"]) or "<root>"
                 msg = err["msg"]
                 if err["type"] == "extra_forbidden":
-                    msg = "unknown field (check the spelling; see README 'Configuration')"
-                lines.append(
-                    f"  {field}: {msg} (got {err.get('input')!r})"
-                    if err["type"] != "extra_forbidden"
-                    else f"  {field}: {msg}"
-                )
+                    lines.append(f"  {field}: unknown field (check the spelling; see docs/configuration.md)")
+                    continue
+                # A secret that failed validation must not end up in a log: say that it was given, not what.
+                shown = "value hidden" if SECRET_FIELD.search(field) else f"got {err.get('input')!r}"
+                lines.append(f"  {field}: {msg} ({shown})")
             raise ConfigError(f"{where} (env prefix {prefix}) is invalid:\n" + "\n".join(lines)) from None
         finally:
             _yaml_data.reset(token)

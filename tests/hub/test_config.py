@@ -69,3 +69,16 @@ def test_rollout_defaults_are_validated(tmp_path):
             HubConfig.load(None, rollouts={"default_stages": bad})
     with pytest.raises(ConfigError, match="tick_s"):
         HubConfig.load(None, rollouts={"tick_s": 0})
+
+
+def test_a_refused_secret_is_not_echoed_in_the_error(tmp_path):
+    """A secret that fails validation (too short, a placeholder) is named, never printed: the error
+    goes to the terminal and the logs."""
+    from shared.config import ConfigError
+
+    secret = "short-but-real-9f"
+    with pytest.raises(ConfigError) as err:
+        HubConfig.load(None, data_dir=tmp_path, secret_key=secret, database_url="postgresql://u:pw@db/x?x=")
+    text = str(err.value)
+    assert "secret_key" in text and "value hidden" in text
+    assert secret not in text
