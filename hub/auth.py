@@ -1,41 +1,39 @@
 """Bearer-token and dashboard-session authentication, with per-route role checks.
 
-API routes take ``Authorization: Bearer <token>``; tokens and their roles come from the config.
-A logged-in dashboard session counts as ``admin`` for safe (GET/HEAD) requests only, so the
-dashboard's fetch() calls work without exposing writes to cross-site requests.
+API routes take ``Authorization: Bearer <token>``: a token created in the dashboard, the CLI or by
+enrollment (``lkn_...``, checked against its hash in the database), or one of the config file's
+bootstrap tokens. A logged-in dashboard session counts with its user's role for safe (GET/HEAD)
+requests only, so the dashboard's fetch() calls work without exposing writes to cross-site requests.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar, cast
 
 from flask import g, request, session
 
-from hub.config import ApiToken, Role
+from hub.config import ApiToken
 from hub.errors import ApiError
 from hub.extensions import hub_ext
+from hub.identity.tokens import TokenStore
+from hub.roles import Principal, Role
 
 F = TypeVar("F", bound=Callable[..., Any])
 SESSION_USER = "dashboard_user"
 
 
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: a token's name (or ``dashboard``) and its role."""
-
-    name: str
-    role: Role
-
-
 class TokenAuth:
-    """Looks up bearer tokens in constant time per configured token."""
+    """Checks bearer tokens: the database's (:class:`~hub.identity.tokens.TokenStore`), then the
+    config file's bootstrap tokens, each compared in constant time."""
 
-    def __init__(self, tokens: list[ApiToken]) -> None:
-        self._tokens = [(t.token.get_secret_value().encode(), Principal(t.name, t.role)) for t in tokens]
+    def __init__(self, tokens: list[ApiToken], store: TokenStore | None = None) -> None:
+        self._tokens = [
+            (t.token.get_secret_value().encode(), Principal(t.name, t.role, via="config")) for t in tokens
+        ]
+        self.store = store
 
     def authenticate(self, header: str | None) -> Principal | None:
         """The principal for an ``Authorization`` header value, or None."""
@@ -44,6 +42,10 @@ class TokenAuth:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             return None
+        if self.store is not None:
+            stored = self.store.authenticate(value.strip())
+            if stored is not None:
+                return stored
         presented = value.strip().encode()
         found: Principal | None = None
         for secret, principal in self._tokens:

@@ -2,13 +2,12 @@
 
 Load it with :meth:`HubConfig.load` (YAML file, then ``LEUKONET_HUB_*`` environment variables,
 nested sections with ``__``, e.g. ``LEUKONET_HUB_MQTT__HOST``). Secrets (``secret_key``, API tokens,
-the dashboard password, the MQTT password) are :class:`pydantic.SecretStr` so they never show up in
+the first admin's password, the MQTT password) are :class:`pydantic.SecretStr` so they never show up in
 logs or reprs; they come from the file or the environment, never from code.
 """
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
@@ -16,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from hub.roles import Role
 from shared.bundle import BundleLimits
 from shared.config import ConfigError, StrictConfig
 from shared.mqtt import MqttSettings
@@ -60,14 +60,6 @@ def check_secret(value: str, what: str, min_chars: int = 0) -> None:
         raise ValueError(
             f"{what} must be at least {min_chars} characters, got {len(value)}; {_GENERATE_HINT}"
         )
-
-
-class Role(str, Enum):
-    """What a bearer token may do: ``admin`` everything, ``trainer`` upload + read, ``agent`` models only."""
-
-    ADMIN = "admin"
-    TRAINER = "trainer"
-    AGENT = "agent"
 
 
 class _Section(BaseModel):
@@ -189,6 +181,37 @@ class TrainingSection(_Section):
     )
 
 
+class LoginSection(_Section):
+    """Dashboard login throttling and session lifetime."""
+
+    max_failures: int = Field(5, ge=1, le=100, title="wrong passwords in a row that lock an account")
+    lockout_s: int = Field(900, ge=1, le=7 * 86400, title="seconds a locked account stays locked")
+    max_failures_per_address: int = Field(
+        20,
+        ge=1,
+        le=10_000,
+        title="failed logins from one address within address_window_s before it is refused",
+    )
+    address_window_s: int = Field(900, ge=1, le=86400, title="window of the per-address throttle (s)")
+    session_hours: float = Field(
+        12.0, gt=0, le=24 * 30, title="a dashboard session ends this long after login"
+    )
+    secure_cookies: bool | None = Field(
+        None, title="Secure flag on the session cookie; default: on when public_url is https"
+    )
+
+
+class EnrollmentSection(_Section):
+    """Agent enrollment tokens and the broker accounts enrollment creates."""
+
+    token_ttl_s: int = Field(86400, ge=60, le=30 * 86400, title="default lifetime of an enrollment token (s)")
+    dynamic_security: bool = Field(
+        False,
+        title="manage per-agent broker accounts through Mosquitto's dynamic security plugin "
+        "($CONTROL/dynamic-security/v1, as mqtt.username); the embedded broker always does",
+    )
+
+
 class HubConfig(StrictConfig):
     """Everything the hub processes (serve, ingest, migrate, check) need."""
 
@@ -217,8 +240,13 @@ class HubConfig(StrictConfig):
         "(required by serve)",
     )
     tokens: list[ApiToken] = Field(default_factory=list, title="API bearer tokens with their roles")
-    dashboard_password: SecretStr | None = Field(
-        None, title=f"dashboard login password, at least {PASSWORD_MIN_CHARS} characters (no login if unset)"
+    admin_username: str = Field(
+        "admin", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$", title="name of the first admin"
+    )
+    admin_password: SecretStr | None = Field(
+        None,
+        title=f"password of the first admin, at least {PASSWORD_MIN_CHARS} characters: created at start "
+        "when the hub has no user yet (bootstrap only; later admins use `leukonet hub users`)",
     )
     trusted_keys: list[Path] = Field(
         default_factory=list, title="Ed25519 public key PEMs accepted on bundle upload"
@@ -230,6 +258,8 @@ class HubConfig(StrictConfig):
     ingest: IngestSection = Field(default_factory=IngestSection, title="ingest batching")
     rollouts: RolloutSection = Field(default_factory=RolloutSection, title="staged rollouts")
     training: TrainingSection = Field(default_factory=TrainingSection, title="training job queue")
+    login: LoginSection = Field(default_factory=LoginSection, title="dashboard login")
+    enrollment: EnrollmentSection = Field(default_factory=EnrollmentSection, title="agent enrollment")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", title="log level")
 
     def bundle_limits(self) -> BundleLimits:
@@ -252,11 +282,11 @@ class HubConfig(StrictConfig):
             check_secret(v.get_secret_value(), "secret_key", SECRET_KEY_MIN_CHARS)
         return v
 
-    @field_validator("dashboard_password")
+    @field_validator("admin_password")
     @classmethod
     def _strong_password(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None:
-            check_secret(v.get_secret_value(), "dashboard_password", PASSWORD_MIN_CHARS)
+            check_secret(v.get_secret_value(), "admin_password", PASSWORD_MIN_CHARS)
         return v
 
     @field_validator("database_url")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from hub.auth import TokenAuth
 from hub.config import HubConfig
 from hub.db.session import Database
+from hub.identity.tokens import TokenStore
 from hub.ingest.stats import IngestStats
 from hub.mqtt.publisher import MqttPublisher
 from hub.registry.service import ModelRegistry, load_trusted_keys
@@ -64,7 +65,7 @@ def build_services(config: HubConfig, *, ingest_stats: IngestStats | None = None
     return Services(
         config=config,
         db=db,
-        auth=TokenAuth(config.tokens),
+        auth=TokenAuth(config.tokens, TokenStore(db)),
         registry=registry,
         publisher=publisher,
         rollouts=RolloutEngine(db, publisher, config.public_url, config.rollouts),

@@ -13,12 +13,12 @@ from hub.api.params import QueryModel, parse_body, parse_query
 from hub.api.schemas import AgentDetail, AgentList
 from hub.api.serialize import agent_json
 from hub.api.tags import agent_tags, lab_tags
-from hub.config import Role
 from hub.db.models import Agent
 from hub.db.tagging import carrying
 from hub.errors import ApiError
 from hub.extensions import hub_ext
 from hub.mqtt.publisher import BrokerUnavailable
+from hub.roles import OPERATORS, READERS
 from hub.twin import set_desired
 from shared.schemas import DesiredModel
 from shared.topics import TopicError, validate_agent_id
@@ -38,7 +38,7 @@ class AgentsQuery(QueryModel):
 
 
 @bp.get("/agents")
-@documented(Role.TRAINER, query=AgentsQuery, responses={200: AgentList})
+@documented(*READERS, query=AgentsQuery, responses={200: AgentList})
 def list_agents() -> dict[str, Any]:
     """Every agent; ``?tag=`` keeps those carrying the tag (on the agent or its lab)."""
     tag = parse_query(AgentsQuery).tag
@@ -52,7 +52,7 @@ def list_agents() -> dict[str, Any]:
 
 
 @bp.get("/agents/<agent_id>")
-@documented(Role.TRAINER, responses={200: AgentDetail}, errors=(404,))
+@documented(*READERS, responses={200: AgentDetail}, errors=(404,))
 def show_agent(agent_id: str) -> dict[str, Any]:
     """One agent, with its own tags and those of its lab."""
     with hub_ext.services.db.session() as s:
@@ -65,7 +65,7 @@ def show_agent(agent_id: str) -> dict[str, Any]:
 
 
 @bp.put("/agents/<agent_id>/desired")
-@documented(body=DesiredBody, responses={200: DesiredModel}, errors=(404, 422, 503))
+@documented(*OPERATORS, body=DesiredBody, responses={200: DesiredModel}, errors=(404, 422, 503))
 def put_desired(agent_id: str) -> dict[str, Any]:
     """Store the desired model and publish it retained; returns the DesiredModel JSON (503: no broker)."""
     try:

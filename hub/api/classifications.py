@@ -13,9 +13,9 @@ from hub.api.openapi import documented
 from hub.api.params import QueryModel, parse_query
 from hub.api.schemas import ClassificationPage
 from hub.api.serialize import classification_json
-from hub.config import Role
 from hub.db.models import Classification
 from hub.extensions import hub_ext
+from hub.roles import READERS
 
 MAX_PER_PAGE = 500
 TIME_HINT = "must be an ISO 8601 time such as 2026-01-01T00:00:00Z"
@@ -53,7 +53,7 @@ class ClassificationsQuery(QueryModel):
 
 
 @bp.get("/classifications")
-@documented(Role.TRAINER, query=ClassificationsQuery, responses={200: ClassificationPage})
+@documented(*READERS, query=ClassificationsQuery, responses={200: ClassificationPage})
 def list_classifications() -> dict[str, Any]:
     """Results newest first, filtered by agent, label and capture time, one page at a time.
 

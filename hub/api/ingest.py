@@ -1,4 +1,4 @@
-"""``GET /ingest/stats`` (admin): counters of the ingest worker running in this process."""
+"""``GET /ingest/stats`` (readers): counters of the ingest worker running in this process."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from hub.api.blueprint import bp
 from hub.api.openapi import documented
 from hub.api.schemas import IngestStatsOut
 from hub.extensions import hub_ext
+from hub.roles import READERS
 
 
 @bp.get("/ingest/stats")
-@documented(responses={200: IngestStatsOut})
+@documented(*READERS, responses={200: IngestStatsOut})
 def ingest_stats() -> dict[str, Any]:
     """Counters of the ingest worker running in this process (``running: false`` when none runs here)."""
     stats = hub_ext.services.ingest_stats

@@ -13,9 +13,9 @@ from hub.api.openapi import documented
 from hub.api.params import QueryModel, parse_query
 from hub.api.schemas import ModelComparison, ModelList, ModelVersionOut
 from hub.api.serialize import model_json
-from hub.config import Role
 from hub.errors import ApiError
 from hub.extensions import hub_ext
+from hub.roles import OPERATORS, READERS, Role
 
 #: NAME/VERSION of a registered model, e.g. leuko/1.2.0
 MODEL_REF = r"^[^/]+/.+$"
@@ -33,7 +33,9 @@ class CompareQuery(QueryModel):
 
 
 @bp.post("/models")
-@documented(Role.TRAINER, form=BundleUpload, responses={201: ModelVersionOut}, errors=(409, 413, 422, 503))
+@documented(
+    Role.TRAINER, *OPERATORS, form=BundleUpload, responses={201: ModelVersionOut}, errors=(409, 413, 422, 503)
+)
 def upload_model() -> tuple[Response, int]:
     """Upload a signed bundle (multipart field ``bundle``): 201 with the model JSON.
 
@@ -49,7 +51,7 @@ def upload_model() -> tuple[Response, int]:
 
 
 @bp.get("/models")
-@documented(Role.TRAINER, Role.AGENT, responses={200: ModelList})
+@documented(*READERS, Role.AGENT, responses={200: ModelList})
 def list_models() -> dict[str, Any]:
     """Every registered model version."""
     services = hub_ext.services
@@ -101,7 +103,7 @@ def compare_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @bp.get("/models/compare")
-@documented(Role.TRAINER, Role.AGENT, query=CompareQuery, responses={200: ModelComparison}, errors=(404,))
+@documented(*READERS, Role.AGENT, query=CompareQuery, responses={200: ModelComparison}, errors=(404,))
 def compare_models() -> dict[str, Any]:
     """``?a=NAME/VERSION&b=NAME/VERSION``: both models and their metrics side by side."""
     q = parse_query(CompareQuery, hint="a and b must be NAME/VERSION, e.g. leuko/1.2.0")
@@ -112,7 +114,7 @@ def compare_models() -> dict[str, Any]:
 
 
 @bp.delete("/models/<name>/<version>")
-@documented(responses={204: None}, errors=(404, 409))
+@documented(*OPERATORS, responses={204: None}, errors=(404, 409))
 def delete_model(name: str, version: str) -> tuple[str, int]:
     """Delete a model version (204).
 
@@ -123,7 +125,7 @@ def delete_model(name: str, version: str) -> tuple[str, int]:
 
 
 @bp.get("/models/<name>/<version>")
-@documented(Role.TRAINER, Role.AGENT, responses={200: ModelVersionOut}, errors=(404,))
+@documented(*READERS, Role.AGENT, responses={200: ModelVersionOut}, errors=(404,))
 def show_model(name: str, version: str) -> dict[str, Any]:
     """One model version."""
     services = hub_ext.services

@@ -26,7 +26,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from hub.api.params import OPERATION_KEY, refuse_nul_in_url
 from hub.api.schemas import Error
 from hub.auth import require_roles
-from hub.config import Role
+from hub.roles import Role
 
 F = TypeVar("F", bound=Callable[..., Any])
 ATTR = "__api_operation__"

@@ -15,11 +15,11 @@ from hub.api.openapi import documented
 from hub.api.params import QueryModel, parse_body, parse_query
 from hub.api.params import validation_message as validation_message  # re-exported for the dashboard
 from hub.api.schemas import AuditList, HistoryList, RolloutDetail, RolloutList
-from hub.config import Role
 from hub.db.models import Rollout, RolloutHistory
 from hub.errors import ApiError
 from hub.extensions import hub_ext
 from hub.mqtt.publisher import BrokerUnavailable
+from hub.roles import OPERATORS, READERS
 from hub.rollouts.report import audit_json, history_json, rollout_json
 from hub.rollouts.spec import RolloutRequest, RolloutState
 from shared.topics import TopicError
@@ -73,7 +73,7 @@ def _rollout(rollout_id: str) -> dict[str, Any]:
 
 
 @bp.post("/rollouts")
-@documented(body=RolloutRequest, responses={201: RolloutDetail}, errors=(404, 409, 422, 503))
+@documented(*OPERATORS, body=RolloutRequest, responses={201: RolloutDetail}, errors=(404, 409, 422, 503))
 def start_rollout() -> tuple[Response, int]:
     """Start a staged rollout; 201 with the rollout (404 model, 409 agents busy, 422 no targets)."""
     body = parse_body(RolloutRequest)
@@ -85,7 +85,7 @@ def start_rollout() -> tuple[Response, int]:
 
 
 @bp.get("/rollouts")
-@documented(Role.TRAINER, query=RolloutsQuery, responses={200: RolloutList})
+@documented(*READERS, query=RolloutsQuery, responses={200: RolloutList})
 def list_rollouts() -> dict[str, Any]:
     """Rollouts newest first; ``?state=running`` filters."""
     state = parse_query(RolloutsQuery).state
@@ -97,14 +97,14 @@ def list_rollouts() -> dict[str, Any]:
 
 
 @bp.get("/rollouts/<rollout_id>")
-@documented(Role.TRAINER, responses={200: RolloutDetail}, errors=(404,))
+@documented(*READERS, responses={200: RolloutDetail}, errors=(404,))
 def show_rollout(rollout_id: str) -> dict[str, Any]:
     """One rollout with its stages, failures and every target."""
     return _rollout(rollout_id)
 
 
 @bp.get("/rollouts/<rollout_id>/history")
-@documented(Role.TRAINER, query=HistoryQuery, responses={200: HistoryList}, errors=(404,))
+@documented(*READERS, query=HistoryQuery, responses={200: HistoryList}, errors=(404,))
 def rollout_history(rollout_id: str) -> dict[str, Any]:
     """State changes of the rollout and its targets, oldest first; ``?agent_id=`` for one target."""
     agent_id = parse_query(HistoryQuery).agent_id
@@ -119,6 +119,7 @@ def rollout_history(rollout_id: str) -> dict[str, Any]:
 
 @bp.post("/rollouts/<rollout_id>/<action>")
 @documented(
+    *OPERATORS,
     path=ActionPath,
     body=ActionBody,
     body_optional=True,
@@ -141,7 +142,7 @@ def rollout_action(rollout_id: str, action: str) -> dict[str, Any]:
 
 
 @bp.get("/audit")
-@documented(query=AuditQuery, responses={200: AuditList})
+@documented(*READERS, query=AuditQuery, responses={200: AuditList})
 def audit_log() -> dict[str, Any]:
     """The audit log newest first; ``?subject=`` keeps a subject prefix, ``?limit=`` 1..1000 (default 100)."""
     q = parse_query(AuditQuery)

@@ -18,10 +18,10 @@ from hub.api.openapi import documented
 from hub.api.params import parse_body
 from hub.api.schemas import AgentHistory, AgentOut, LabList, LabOut
 from hub.api.serialize import agent_json, iso
-from hub.config import Role
 from hub.db.models import Agent, AgentTag, LabTag, ModelEventRecord, RolloutHistory
 from hub.errors import ApiError
 from hub.extensions import hub_ext
+from hub.roles import OPERATORS, READERS
 from hub.rollouts.report import history_json
 
 MAX_EVENTS = 500
@@ -62,7 +62,7 @@ def lab_tags(s: Session) -> dict[str, list[str]]:
 
 
 @bp.put("/agents/<agent_id>/tags")
-@documented(body=TagsBody, responses={200: AgentOut}, errors=(404, 422))
+@documented(*OPERATORS, body=TagsBody, responses={200: AgentOut}, errors=(404, 422))
 def put_agent_tags(agent_id: str) -> dict[str, Any]:
     """Replace an agent's tags; answers the agent."""
     tags = parse_body(TagsBody).tags
@@ -80,7 +80,7 @@ def put_agent_tags(agent_id: str) -> dict[str, Any]:
 
 
 @bp.get("/labs")
-@documented(Role.TRAINER, responses={200: LabList})
+@documented(*READERS, responses={200: LabList})
 def list_labs() -> dict[str, Any]:
     """Every lab agents reported or that has tags, with its agent count and tags."""
     with hub_ext.services.db.session() as s:
@@ -91,7 +91,7 @@ def list_labs() -> dict[str, Any]:
 
 
 @bp.put("/labs/<lab>/tags")
-@documented(body=TagsBody, responses={200: LabOut}, errors=(422,))
+@documented(*OPERATORS, body=TagsBody, responses={200: LabOut}, errors=(422,))
 def put_lab_tags(lab: str) -> dict[str, Any]:
     """Replace a lab's tags (every agent reporting the lab carries them); answers the lab."""
     tags = parse_body(TagsBody).tags
@@ -106,7 +106,7 @@ def put_lab_tags(lab: str) -> dict[str, Any]:
 
 
 @bp.get("/agents/<agent_id>/history")
-@documented(Role.TRAINER, responses={200: AgentHistory}, errors=(404,))
+@documented(*READERS, responses={200: AgentHistory}, errors=(404,))
 def agent_history(agent_id: str) -> dict[str, Any]:
     """The agent's model events (newest first) and its rollout target changes."""
     with hub_ext.services.db.session() as s:

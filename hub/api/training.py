@@ -18,8 +18,8 @@ from hub.api.openapi import documented
 from hub.api.params import QueryModel, parse_body, parse_query
 from hub.api.schemas import ProgressAck, TrainingJobList, TrainingJobOut
 from hub.api.serialize import training_job_json
-from hub.config import Role
 from hub.extensions import hub_ext
+from hub.roles import OPERATORS, READERS, Role
 from shared.training import ClaimRequest, JobFailure, JobFinish, JobProgress, JobState, TrainingJobSpec
 
 MAX_LIST = 1000
@@ -43,7 +43,7 @@ def _worker() -> str:
 
 
 @bp.post("/training-jobs")
-@documented(body=TrainingJobSpec, responses={201: TrainingJobOut}, errors=(409, 422))
+@documented(*OPERATORS, body=TrainingJobSpec, responses={201: TrainingJobOut}, errors=(409, 422))
 def queue_training_job() -> tuple[Response, int]:
     """Queue a job (body: TrainingJobSpec); 201 with the job, 409 when its model version is taken."""
     spec = parse_body(TrainingJobSpec)
@@ -52,7 +52,7 @@ def queue_training_job() -> tuple[Response, int]:
 
 
 @bp.get("/training-jobs")
-@documented(Role.TRAINER, query=JobsQuery, responses={200: TrainingJobList})
+@documented(*READERS, query=JobsQuery, responses={200: TrainingJobList})
 def list_training_jobs() -> dict[str, Any]:
     """Training jobs newest first; ``?state=`` filters, ``?limit=`` (1..1000, default 100)."""
     q = parse_query(JobsQuery)
@@ -72,7 +72,7 @@ def claim_training_job() -> Response | tuple[str, int]:
 
 
 @bp.get("/training-jobs/<job_id>")
-@documented(Role.TRAINER, responses={200: TrainingJobOut}, errors=(404,))
+@documented(*READERS, responses={200: TrainingJobOut}, errors=(404,))
 def show_training_job(job_id: str) -> dict[str, Any]:
     """One training job."""
     return training_job_json(hub_ext.services.training.get(job_id))
@@ -115,7 +115,7 @@ def fail_training_job(job_id: str) -> dict[str, Any]:
 
 
 @bp.post("/training-jobs/<job_id>/cancel")
-@documented(responses={200: TrainingJobOut}, errors=(404, 409))
+@documented(*OPERATORS, responses={200: TrainingJobOut}, errors=(404, 409))
 def cancel_training_job(job_id: str) -> dict[str, Any]:
     """Queued -> cancelled; running -> ``cancel_requested`` (the trainer stops); 409 once ended."""
     job = hub_ext.services.training.cancel(job_id, actor=g.principal.name)

@@ -44,6 +44,11 @@ class Agent(Base):
     desired_model_version: Mapped[str | None] = mapped_column(String(64))
     desired_set_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: when the agent redeemed an enrollment token (None: registered by hand, or never enrolled)
+    enrolled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: when an admin revoked it: its broker login and API tokens are gone and ingest refuses it
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    credentials_rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Classification(Base):
@@ -251,3 +256,97 @@ class TrainingJob(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class User(Base):
+    """A person: a unique user name, one role, an argon2 password hash (never the password).
+
+    ``failed_logins`` counts wrong passwords since the last success; at the configured limit the
+    account is locked until ``locked_until``. A disabled user cannot log in and loses every session
+    and API token at once.
+    """
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WebSession(Base):
+    """A dashboard login. The cookie carries a random id; the hub stores only its SHA-256, so a
+    session ends for good when its row is deleted (logout, password change, user disabled)."""
+
+    __tablename__ = "web_sessions"
+    __table_args__ = (Index("ix_web_sessions_user", "user_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(Integer)
+    remote: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class LoginFailure(Base):
+    """One failed dashboard login, kept for the per-address throttle window."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_address_at", "address", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(64))
+    username: Mapped[str] = mapped_column(String(64), default="")
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ApiTokenRecord(Base):
+    """A bearer token created in the dashboard, the CLI or by enrollment, scoped to one role.
+
+    The token reads ``lkn_<token_id>_<secret>``: ``token_id`` finds the row, and only the SHA-256
+    of the whole token is stored (tokens are 256-bit random, so a fast hash is enough; passwords
+    use argon2). ``user_id`` is the person it acts for, ``agent_id`` the agent it belongs to.
+    """
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (Index("ix_api_tokens_agent", "agent_id"), Index("ix_api_tokens_user", "user_id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_id: Mapped[str] = mapped_column(String(32), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[int | None] = mapped_column(Integer)
+    agent_id: Mapped[str | None] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class EnrollmentToken(Base):
+    """A single-use token an admin hands to one agent install; only its SHA-256 is stored.
+
+    Optionally bound to an ``agent_id`` and a ``lab``: the agent redeeming it must claim them.
+    """
+
+    __tablename__ = "enrollment_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_id: Mapped[str] = mapped_column(String(32), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    agent_id: Mapped[str | None] = mapped_column(String(64))
+    lab: Mapped[str | None] = mapped_column(String(128))
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    used_by: Mapped[str | None] = mapped_column(String(64))

@@ -80,7 +80,7 @@ def hub_config(tmp_path: Path, keys: Keys | None, **overrides: Any) -> HubConfig
         "database_url": f"sqlite:///{tmp_path / 'hub' / 'hub.db'}",
         "public_url": "http://hub.test:8080",
         "secret_key": "test-secret-key-not-for-production",
-        "dashboard_password": DASHBOARD_PASSWORD,
+        "admin_password": DASHBOARD_PASSWORD,
         "tokens": [{"name": f"t-{role}", "token": tok, "role": role} for role, tok in TOKENS.items()],
         "trusted_keys": [str(keys.public)] if keys else [],
         # nothing listens here unless a test points mqtt at a broker

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hub.config import HubConfig, Role
+from hub.config import HubConfig
+from hub.roles import Role
 from shared.config import ConfigError
 
 FROM_ENV = "from-env-0123456789abcdef0123456789"  # secret_key needs at least 32 characters
