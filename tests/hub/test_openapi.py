@@ -93,7 +93,8 @@ def test_document_is_valid_openapi_and_documents_every_api_route(app, client):
 
 def test_roles_in_the_document_are_those_enforced(client):
     doc = client.get(DOC).json
-    assert doc["paths"]["/api/v1/agents"]["get"]["x-roles"] == ["admin", "viewer", "reviewer", "operator", "trainer"]
+    readers = ["admin", "viewer", "reviewer", "operator", "trainer"]
+    assert doc["paths"]["/api/v1/agents"]["get"]["x-roles"] == readers
     assert doc["paths"]["/api/v1/models/{name}/{version}/bundle"]["get"]["x-roles"] == ["admin", "agent"]
     assert doc["paths"]["/api/v1/agents/{agent_id}/desired"]["put"]["x-roles"] == ["admin", "operator"]
     r = client.put("/api/v1/agents/a1/desired", json={}, headers=auth("trainer"))
