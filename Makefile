@@ -33,7 +33,9 @@ lock: $(STAMP)
 	rm -f $(STAMP)
 	$(MAKE) venv
 
+# The demo's hub starts its own Mosquitto (per-agent logins); services.sh demo installs the binary.
 demo: $(STAMP)
+	./services.sh demo
 	$(BIN)/leukonet demo
 
 # Mosquitto, PostgreSQL and Chromium for the suite: installed and started as root, else the

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The services leukonet's test suite needs, made present: `./services.sh test` (run by `make test`
 # and so by .ci/run) makes sure Mosquitto answers on 127.0.0.1:1883, PostgreSQL on 127.0.0.1:5432
-# with loopback trust for the `postgres` user, and headless Chromium is installed. `make demo` needs
-# none of them (SQLite and a broker the hub starts itself).
+# with loopback trust for the `postgres` user, and headless Chromium is installed.
+# `./services.sh demo` (run by `make demo`) only makes sure the mosquitto binary and its dynamic
+# security plugin are installed: the demo's hub starts a broker of its own on loopback (SQLite, no
+# system broker needed), with a login per agent.
 #
 # As root it installs (Debian packages) and starts what is missing. Without root it changes
 # nothing: it stops at once and prints the exact commands to run.
@@ -24,6 +26,15 @@ apt_install() {
 }
 
 have_mosquitto() { command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; }
+have_dynsec_plugin() {
+  local f
+  for f in /usr/lib/*/mosquitto_dynamic_security.so /usr/lib/mosquitto_dynamic_security.so \
+    /usr/local/lib/mosquitto_dynamic_security.so; do
+    [ -f "$f" ] && return 0
+  done
+  return 1
+}
+mosquitto_version() { "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -h 2>/dev/null | awk 'NR==1 {print $3}'; }
 pg_version() { ls /etc/postgresql 2>/dev/null | sort -V | tail -1; }
 psql_ok() { psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null 2>&1; }
 start_mosquitto_cmd() {
@@ -44,6 +55,17 @@ ensure_mosquitto() {
   $(start_mosquitto_cmd)
   wait_port 1883 || { log "FAIL: Mosquitto is not reachable on 127.0.0.1:1883"; exit 1; }
   log "mosquitto up on 127.0.0.1:1883"
+}
+
+# The demo's hub runs mosquitto itself (hub/broker/embedded.py): the binary and the plugin are enough.
+ensure_mosquitto_binary() {
+  if have_mosquitto && have_dynsec_plugin; then log "mosquitto $(mosquitto_version) with dynamic security"; return; fi
+  if ! is_root; then need "apt-get install -y mosquitto"; return; fi
+  log "installing mosquitto (the demo hub starts it on loopback; the system broker is not needed)"
+  apt_install mosquitto
+  # Debian starts the system broker on install where systemd runs; the demo does not use it
+  have_dynsec_plugin || { log "FAIL: mosquitto has no mosquitto_dynamic_security.so (Mosquitto >= 2.0 needed)"; exit 1; }
+  log "mosquitto $(mosquitto_version) with dynamic security"
 }
 
 ensure_postgres() {
@@ -86,23 +108,32 @@ ensure_chromium() {
   apt_install chromium
 }
 
-case "${1:-}" in
+target="${1:-}"
+case "$target" in
   test)
     ensure_mosquitto
     ensure_postgres
     ensure_chromium
+    what="the test suite needs services"
+    ;;
+  demo)
+    ensure_mosquitto_binary
+    what="the demo needs Mosquitto (with its dynamic security plugin)"
     ;;
   *)
-    echo "usage: $0 test   (make sure Mosquitto, PostgreSQL and Chromium are there for make test)" >&2
+    {
+      echo "usage: $0 test   (make sure Mosquitto, PostgreSQL and Chromium are there for make test)"
+      echo "       $0 demo   (make sure the mosquitto binary is installed for make demo)"
+    } >&2
     exit 2
     ;;
 esac
 
 if [ "${#todo[@]}" -gt 0 ]; then
   {
-    echo "[services] the test suite needs services this user cannot install or start. As root, run:"
+    echo "[services] $what this user cannot install or start. As root, run:"
     for cmd in "${todo[@]}"; do echo "    $cmd"; done
-    echo "[services] or run 'sudo ./services.sh test', which does all of it, then 'make test' again."
+    echo "[services] or run 'sudo ./services.sh $target', which does all of it, then 'make $target' again."
   } >&2
   exit 1
 fi

@@ -1,21 +1,38 @@
 """No Docker engine runs here, so check what can be checked: the compose file parses, every path
-it and the Dockerfiles reference exists, and every container runs a `leukonet` command that exists
-(the same entry points the tests and the demo run)."""
+it and the Dockerfiles reference exists, every variable it reads is in .env.example, every container
+runs a `leukonet` command that exists (the same entry points the tests and the demo run), and the
+broker enforces identities. The broker itself is real: docker/make-certs.sh makes the TLS files and
+docker/mosquitto-start.sh starts Mosquitto on docker/mosquitto.conf (paths and ports moved to a
+temporary folder and free loopback ports), then the hub's admin and an agent log in over TLS."""
 
+import os
 import re
 import shlex
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 import pytest
 import yaml
 
+from hub.broker.dynsec import DynSecAccounts
+from hub.broker.dynsec_config import HUB_USERNAME, find_dynsec_plugin
+from hub.broker.embedded import find_mosquitto
 from shared.cli import main as leukonet_cli
+from shared.mqtt import MqttSettings, make_client, reason_ok
+from tests.conftest import free_port, wait_port
+from tests.hub.mqtt_peers import Peer
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 # Files the operator creates from the documented steps (secrets, never committed).
-USER_SUPPLIED = {"passwd", ".env"}
+USER_SUPPLIED = {".env"}
+# Made by docker/make-certs.sh, which git-ignores its own output folder (checked below).
+MADE_BY_SCRIPT = {"certs", "ca.crt"}
+AGENT_RUN = "leukonet agent run --config /etc/leukonet/agent.yaml"
 
 
 def compose() -> dict:
@@ -42,16 +59,77 @@ def test_compose_parses_and_has_the_services():
     assert expected <= set(services)
 
 
-def test_compose_registers_every_agent_it_runs():
-    services = compose()["services"]
-    script = services["register-agents"]["command"][2]
-    agent_ids = {
-        svc["environment"]["LEUKONET_AGENT_AGENT_ID"]
-        for svc in services.values()
+def agent_services() -> dict[str, dict]:
+    return {
+        name: svc
+        for name, svc in compose()["services"].items()
         if "agent" in svc.get("build", {}).get("dockerfile", "")
     }
-    assert agent_ids and all(f"agents add {a} " in script for a in agent_ids)
-    assert services["hub"]["depends_on"]["register-agents"] == {"condition": "service_completed_successfully"}
+
+
+def env_example() -> dict[str, str]:
+    lines = (DOCKER / ".env.example").read_text().splitlines()
+    pairs = [line.partition("=") for line in lines if line.strip() and not line.startswith("#")]
+    return {name.strip(): value for name, _, value in pairs}
+
+
+def test_every_variable_compose_reads_is_in_the_env_example():
+    text = (DOCKER / "compose.yaml").read_text()
+    used = set(re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)", text))  # $${...} is a literal $
+    assert used and used <= set(env_example()), sorted(used - set(env_example()))
+
+
+def test_agents_enroll_with_their_own_token_and_share_no_login():
+    agents = agent_services()
+    assert len(agents) >= 2
+    token_vars = set()
+    state_dir = yaml.safe_load((DOCKER / "config" / "agent.yaml").read_text())["state_dir"]
+    for name, svc in agents.items():
+        env = svc["environment"]
+        assert not any(
+            k.startswith(("LEUKONET_AGENT_MQTT__USERNAME", "LEUKONET_AGENT_MQTT__PASSWORD")) for k in env
+        )
+        assert "LEUKONET_AGENT_HUB__TOKEN" not in env, f"{name} still gets a shared API token"
+        m = re.fullmatch(r"\$\{(LEUKONET_ENROLL_TOKEN_[A-Z0-9_]+):-\}", env["LEUKONET_ENROLL_TOKEN"])
+        assert m, env["LEUKONET_ENROLL_TOKEN"]
+        token_vars.add(m.group(1))
+        script = svc["command"][2]
+        assert f"[ ! -f {state_dir}/credentials.json ]" in script
+        assert "leukonet agent enroll --config /etc/leukonet/agent.yaml" in script
+        assert script.endswith(f"exec {AGENT_RUN}"), script
+        assert (env["LEUKONET_AGENT_MQTT__TLS"], env["LEUKONET_AGENT_MQTT__PORT"]) == ("true", "8883")
+        assert f"./certs/ca.crt:{env['LEUKONET_AGENT_MQTT__CA_FILE']}:ro" in svc["volumes"]
+    assert len(token_vars) == len(agents), "two agents share one enrollment token"
+
+
+def test_the_hub_is_the_brokers_dynsec_admin_and_only_tls_is_published():
+    services = compose()["services"]
+    hub = services["hub"]["environment"]
+    assert hub["LEUKONET_HUB_MQTT__USERNAME"] == HUB_USERNAME
+    assert hub["LEUKONET_HUB_ENROLLMENT__DYNAMIC_SECURITY"] == "true"
+    broker = services["mosquitto"]
+    # one password: the broker's first start makes the hub's login from the hub's own setting
+    assert hub["LEUKONET_HUB_MQTT__PASSWORD"].startswith("${LEUKONET_HUB_MQTT__PASSWORD:?")
+    assert broker["environment"]["MOSQUITTO_HUB_PASSWORD"].startswith("${LEUKONET_HUB_MQTT__PASSWORD:?")
+    assert broker["ports"] == ["8883:8883"]
+    assert broker["command"] == ["sh", "/leukonet/mosquitto-start.sh"]
+    assert "./mosquitto-start.sh:/leukonet/mosquitto-start.sh:ro" in broker["volumes"]
+
+
+def test_broker_config_enforces_identities():
+    conf = (DOCKER / "mosquitto.conf").read_text()
+    lines = [line.strip() for line in conf.splitlines() if line.strip() and not line.startswith("#")]
+    assert "allow_anonymous false" in lines and "per_listener_settings false" in lines
+    assert not any(line.startswith(("password_file", "acl_file")) for line in lines)
+    assert "plugin /usr/lib/mosquitto_dynamic_security.so" in lines  # eclipse-mosquitto's path
+    assert "plugin_opt_config_file /mosquitto/data/dynamic-security.json" in lines  # the data volume
+    tls = lines[lines.index("listener 8883") + 1 :]
+    assert tls[:3] == [
+        "certfile /mosquitto/certs/server.crt",
+        "keyfile /mosquitto/certs/server.key",
+        "cafile /mosquitto/certs/ca.crt",
+    ]
+    assert [line for line in lines if line.startswith("listener")] == ["listener 1883", "listener 8883"]
 
 
 def test_compose_paths_exist():
@@ -65,6 +143,8 @@ def test_compose_paths_exist():
             src = vol.split(":")[0]
             if src.startswith("."):
                 p = DOCKER / src
+                if p.name in MADE_BY_SCRIPT:
+                    continue
                 if p.name in USER_SUPPLIED:
                     assert (
                         p.name in (ROOT / ".gitignore").read_text()
@@ -97,10 +177,12 @@ def test_compose_commands_are_real_entry_points():
         if cmd and cmd[0] == "leukonet":
             resolve_command(cmd)
         elif cmd and cmd[:2] == ["sh", "-c"]:
-            steps = [shlex.split(step) for step in cmd[2].split("&&")]
-            assert steps and all(step[0] == "leukonet" for step in steps), cmd
-            for step in steps:
-                resolve_command(step)
+            calls = re.findall(r"leukonet [^;|&]+", cmd[2])
+            assert calls, cmd
+            for call in calls:
+                resolve_command(shlex.split(call))
+        elif name == "mosquitto":
+            assert (DOCKER / Path(cmd[1]).name).is_file()
         elif name == "trainer":
             resolve_command(["leukonet", "trainer", "run"])
         elif name == "trainer-service":
@@ -119,3 +201,161 @@ def test_broker_config_raises_the_queue_limit():
     conf = (DOCKER / "mosquitto.conf").read_text()
     m = re.search(r"^max_queued_messages (\d+)$", conf, re.M)
     assert m and int(m.group(1)) > 1000
+
+
+# --- the broker, for real: make-certs.sh, mosquitto-start.sh and mosquitto.conf ------------------
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> Path:
+    out = tmp_path / "certs"
+    done = subprocess.run(
+        ["sh", str(DOCKER / "make-certs.sh"), str(out), "broker.lab.example"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def openssl(*args: str) -> str:
+    done = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_make_certs_names_the_broker_and_keeps_keys_out_of_git(certs: Path):
+    assert (certs / ".gitignore").read_text() == "*\n"
+    for key in ("ca.key", "server.key"):
+        assert (certs / key).stat().st_mode & 0o077 == 0, f"{key} is readable by others"
+    assert "server.crt: OK" in openssl("verify", "-CAfile", str(certs / "ca.crt"), str(certs / "server.crt"))
+    san = openssl("x509", "-in", str(certs / "server.crt"), "-noout", "-ext", "subjectAltName")
+    for name in ("DNS:mosquitto", "DNS:localhost", "IP Address:127.0.0.1", "DNS:broker.lab.example"):
+        assert name in san, san
+
+
+class ComposeBroker:
+    """docker/mosquitto-start.sh on docker/mosquitto.conf, with the container's paths moved to ``root``
+    and its listeners to free loopback ports (1883 -> ``plain``, 8883 -> ``tls``)."""
+
+    def __init__(self, root: Path, certs: Path) -> None:
+        exe = find_mosquitto()
+        assert exe is not None, "mosquitto is not installed: run `make test` (services.sh)"
+        self.root, self.plain, self.tls = root, free_port(), free_port()
+        moves = {
+            "plugin /usr/lib/mosquitto_dynamic_security.so": f"plugin {find_dynsec_plugin(exe)}",
+            "/mosquitto/data": str(root / "data"),
+            "/mosquitto/certs": str(root / "broker-certs"),
+            "listener 1883\n": f"listener {self.plain} 127.0.0.1\n",
+            "listener 8883\n": f"listener {self.tls} 127.0.0.1\n",
+        }
+        conf = (DOCKER / "mosquitto.conf").read_text()
+        for old, new in moves.items():
+            assert old in conf, f"docker/mosquitto.conf no longer has {old!r}"
+            conf = conf.replace(old, new)
+        # as root mosquitto would switch to its own user, which cannot enter pytest's 0700 tmp_path
+        user = "user root\n" if os.geteuid() == 0 else ""
+        (root / "mosquitto.conf").write_text(user + conf)
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin",
+            "MOSQUITTO_CONF": str(root / "mosquitto.conf"),
+            "MOSQUITTO_DATA": str(root / "data"),
+            "MOSQUITTO_CERTS_IN": str(certs),
+            "MOSQUITTO_CERTS": str(root / "broker-certs"),
+            "MOSQUITTO_OWNER": str(os.getuid()),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def run_script(self, hub_password: str) -> subprocess.Popen[bytes]:
+        log = (self.root / "broker.log").open("ab")
+        env = self.env | {"MOSQUITTO_HUB_PASSWORD": hub_password}
+        cmd = ["sh", str(DOCKER / "mosquitto-start.sh")]
+        self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self.process
+
+    def start(self, hub_password: str) -> None:
+        process = self.run_script(hub_password)
+        if not wait_port("127.0.0.1", self.tls, 10):
+            process.kill()
+            pytest.fail(f"the compose broker did not start: {(self.root / 'broker.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    def settings(self, username: str | None, password: str | None, ca: Path) -> MqttSettings:
+        """Over TLS to ``localhost``, as an agent outside the compose network would connect."""
+        return MqttSettings(
+            host="localhost", port=self.tls, username=username, password=password, tls=True, ca_file=ca
+        )
+
+
+@pytest.fixture
+def compose_broker(tmp_path: Path, certs: Path) -> Iterator[ComposeBroker]:
+    (tmp_path / "broker").mkdir()
+    broker = ComposeBroker(tmp_path / "broker", certs)
+    yield broker
+    broker.stop()
+
+
+def tls_login(settings: MqttSettings, client_id: str) -> bool:
+    """True when the broker accepts ``settings``' login over TLS (CA and host name checked)."""
+    reasons: list[object] = []
+    answered = threading.Event()
+
+    def on_connect(_c: object, _u: object, _f: object, reason: object, _p: object) -> None:
+        reasons.append(reason)
+        answered.set()
+
+    client = make_client(settings, client_id, persistent=False)
+    client.on_connect = on_connect
+    client.connect(settings.host, settings.port)
+    client.loop_start()
+    try:
+        assert answered.wait(10), f"no CONNACK from {settings.host}:{settings.port}"
+        return reason_ok(reasons[0])
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_the_compose_broker_enforces_identities_over_tls(compose_broker: ComposeBroker, certs: Path):
+    hub_password = f"hub-{uuid.uuid4().hex}"
+    compose_broker.start(hub_password)
+    dynsec_file = compose_broker.root / "data" / "dynamic-security.json"
+    assert dynsec_file.stat().st_mode & 0o077 == 0
+    assert hub_password not in dynsec_file.read_text()
+    ca = certs / "ca.crt"
+    admin = compose_broker.settings(HUB_USERNAME, hub_password, ca)
+    assert tls_login(admin, "leukonet-hub-tls-check")
+    accounts = DynSecAccounts(admin, timeout_s=5)  # the hub's account manager, over TLS
+    try:
+        accounts.ensure_hub_role(HUB_USERNAME)
+        accounts.add_agent("lab-a-scope-1", "lab-a-password-0123")
+    finally:
+        accounts.close()
+    assert tls_login(compose_broker.settings("lab-a-scope-1", "lab-a-password-0123", ca), "lab-a-scope-1")
+    assert not tls_login(compose_broker.settings(None, None, ca), "anonymous-tls")
+    assert not tls_login(compose_broker.settings("lab-a-scope-1", "wrong-password", ca), "lab-a-scope-1")
+    plain = Peer(compose_broker.plain, HUB_USERNAME, hub_password, "leukonet-hub-plain")
+    plain.close()
+    assert plain.accepted, "the hub's plain listener refused the hub"
+    # a restart keeps the file the first start made: the password in the environment is not read again
+    compose_broker.stop()
+    compose_broker.start("another-password-that-is-ignored")
+    assert tls_login(admin, "leukonet-hub-tls-check")
+
+
+def test_the_broker_start_refuses_a_placeholder_password_and_missing_certs(
+    compose_broker: ComposeBroker, tmp_path: Path
+):
+    process = compose_broker.run_script("change-me-hub-mqtt-password")
+    assert process.wait(timeout=30) == 1
+    assert not (compose_broker.root / "data" / "dynamic-security.json").exists()
+    assert "LEUKONET_HUB_MQTT__PASSWORD" in (compose_broker.root / "broker.log").read_text()
+    compose_broker.env["MOSQUITTO_CERTS_IN"] = str(tmp_path / "no-certs")
+    assert compose_broker.run_script(f"hub-{uuid.uuid4().hex}").wait(timeout=30) == 1
+    assert "make-certs.sh" in (compose_broker.root / "broker.log").read_text()
