@@ -1,4 +1,4 @@
-"""``leukonet agent ...``: run, check, classify and rollback.
+"""``leukonet agent ...``: run, check, classify, rollback, enroll and rotate-credentials.
 
 Every command that takes ``--config`` loads :class:`agents.config.AgentConfig` once; a bad config
 exits with status 2 and the :class:`shared.config.ConfigError` text naming the field.
@@ -94,6 +94,7 @@ def check(config_path: Path) -> None:
     from agents.backends import BackendError, create_backend
     from agents.backends.openvino_backend import import_openvino
     from agents.backends.precision import probe as probe_precision
+    from agents.enroll import credentials_check
     from shared.bundle import BundleError, load_public_key
 
     config = _load_config(config_path)
@@ -131,7 +132,14 @@ def check(config_path: Path) -> None:
             report(True, "model_public_key", str(config.model_public_key))
         except (OSError, BundleError) as exc:
             report(False, "model_public_key", str(exc))
-    ok, detail = _check_broker(config.mqtt, f"{config.agent_id}-check")
+    creds, found = credentials_check(config)
+    for level, detail in found:
+        if level == "warn":
+            click.echo(f"warn credentials: {detail}")
+        else:
+            report(level == "ok", "credentials", detail)
+    login = (creds.mqtt_username, creds.mqtt_password) if creds else None
+    ok, detail = _check_broker(config.mqtt, f"{config.agent_id}-check", login=login)
     report(ok, "broker", detail)
     url = f"{config.hub.url}/healthz"
     try:
@@ -140,18 +148,19 @@ def check(config_path: Path) -> None:
     except requests.RequestException as exc:
         report(False, "hub", f"GET {url}: {exc}")
     else:
-        if config.hub.token is None:
-            report(False, "hub token", "hub.token is not set: the agent cannot download models")
+        if creds is None or creds.api_token is None:
+            report(False, "hub token", "none (see credentials above): the agent cannot download models")
         else:
             models_url = f"{config.hub.url}/api/v1/models"
+            hint = " (re-enroll?)" if creds.source == "file" else " (is it a token with the agent role?)"
             try:
-                auth = {"Authorization": f"Bearer {config.hub.token.get_secret_value()}"}
-                resp = requests.get(models_url, headers=auth, timeout=5)
+                auth = {"Authorization": f"Bearer {creds.api_token}"}
+                resp = requests.get(models_url, headers=auth, timeout=5, allow_redirects=False)
                 report(
                     resp.status_code == 200,
                     "hub token",
                     f"GET {models_url} -> HTTP {resp.status_code}"
-                    + ("" if resp.status_code == 200 else " (is it a token with the agent role?)"),
+                    + ("" if resp.status_code == 200 else hint),
                 )
             except requests.RequestException as exc:
                 report(False, "hub token", f"GET {models_url}: {exc}")
@@ -172,13 +181,23 @@ def check(config_path: Path) -> None:
         raise click.ClickException(f"{failures} check(s) failed")
 
 
-def _check_broker(mqtt_config: Any, client_id: str, timeout: float = 5.0) -> tuple[bool, str]:
-    """Open a real MQTT session (credentials, TLS) and wait for the broker's CONNACK."""
+def _check_broker(
+    mqtt_config: Any,
+    client_id: str,
+    timeout: float = 5.0,
+    login: tuple[str | None, str | None] | None = None,
+) -> tuple[bool, str]:
+    """Open a real MQTT session (credentials, TLS) and wait for the broker's CONNACK.
+
+    ``login`` (username, password), when given, replaces the login of ``mqtt_config``.
+    """
 
     where = f"mqtt://{mqtt_config.host}:{mqtt_config.port}"
     from shared.mqtt import make_client
 
     client = make_client(mqtt_config, client_id, persistent=False)
+    if login is not None:
+        client.username_pw_set(*login)
     answer: list[Any] = []
     got = threading.Event()
 
@@ -197,7 +216,7 @@ def _check_broker(mqtt_config: Any, client_id: str, timeout: float = 5.0) -> tup
             return False, f"{where}: no CONNACK within {timeout:g} s"
         code = answer[0]
         if code.is_failure:
-            return False, f"{where}: connection refused ({code}); check mqtt.username/password"
+            return False, f"{where}: connection refused ({code}); check the broker login (credentials above)"
         return True, f"{where}: MQTT session accepted"
     finally:
         client.disconnect()
@@ -329,3 +348,53 @@ def rollback(config_path: Path) -> None:
         f"rolled back: active model is now {loaded.name} {loaded.version}; "
         "the agent reports it when it next starts"
     )
+
+
+@cli.command("enroll")
+@CONFIG_OPTION
+@click.option(
+    "--token",
+    envvar="LEUKONET_ENROLL_TOKEN",
+    help="The single-use enrollment token (lke_...); env LEUKONET_ENROLL_TOKEN. Prefer --token-file.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A file holding the enrollment token (kept out of the process list and shell history).",
+)
+@click.option("--hub", help="The hub's URL as the enrollment token came with it; must be hub.url's origin.")
+@click.option("--force", is_flag=True, help="Replace credentials this agent already has.")
+def enroll_command(
+    config_path: Path, token: str | None, token_file: Path | None, hub: str | None, force: bool
+) -> None:
+    """Redeem an enrollment token: store this agent's own MQTT login and API token (mode 0600)."""
+    from agents.credentials import CredentialsError
+    from agents.enroll import EnrollError, enroll, read_token, summary
+
+    config = _load_config(config_path)
+    try:
+        value = read_token(token, token_file)
+    except EnrollError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        stored = enroll(config, value, hub, force)
+    except (EnrollError, CredentialsError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in summary(stored, config_path, "enrolled"):
+        click.echo(line)
+
+
+@cli.command("rotate-credentials")
+@CONFIG_OPTION
+def rotate_credentials(config_path: Path) -> None:
+    """Get a new MQTT password and API token from the hub (the old token stops working at once)."""
+    from agents.credentials import CredentialsError
+    from agents.enroll import EnrollError, rotate, summary
+
+    config = _load_config(config_path)
+    try:
+        stored = rotate(config)
+    except (EnrollError, CredentialsError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in summary(stored, config_path, "rotated"):
+        click.echo(line)

@@ -5,6 +5,9 @@ the outbox, the model manager and the pipeline (which report to the hub through 
 :class:`agents.uplink.Uplink`), the image sources the config enables (from the registry
 :data:`agents.sources.SOURCES`: the watch folder always, the HTTP endpoint and a camera when their
 sections say ``enabled``), the status report, and last the MQTT link, which attaches to the uplink.
+The agent's credentials come from one :class:`agents.credentials.CredentialSource` (its
+``credentials.json``, else the config's bootstrap login and token): the link asks it for the broker
+login before every (re)connect, bundle downloads for the API token before every try.
 
 Every source feeds one :class:`agents.pipeline.Pipeline` (decode threads -> asynchronous inference
 -> batched outbox commits) on its own thread; the outbox pump (:mod:`agents.link`) publishes
@@ -24,6 +27,7 @@ import cv2
 
 from agents.backends import Backend, BackendError, create_backend
 from agents.config import AgentConfig
+from agents.credentials import CredentialSource
 from agents.link import Link
 from agents.models import ModelError, ModelManager
 from agents.outbox import Outbox
@@ -145,9 +149,14 @@ def build_agent(config: AgentConfig, connect: bool = True) -> Agent:
     Raises:
         ValueError: unknown backend name.
         BackendError: the backend cannot run on this machine (e.g. unknown OpenVINO device).
+        agents.credentials.CredentialsError: (``connect=True``) ``credentials.json`` exists but is
+            refused: open to others, corrupt, or for another agent or hub (the message says which).
     """
     state_dir = config.state_path
     state_dir.mkdir(parents=True, exist_ok=True)
+    credentials = CredentialSource.from_config(config)
+    if connect:
+        credentials.load()  # a refused credentials file stops start-up, naming the file and the fix
     precision = config.effective_precision()
     # Fail at start-up, not at the first model: unknown backend names and devices.
     create_backend(config.backend, config.device, precision, config.performance_hint).close()
@@ -175,7 +184,7 @@ def build_agent(config: AgentConfig, connect: bool = True) -> Agent:
         state_dir=state_dir,
         make_backend=make_backend,
         public_key_path=config.model_public_key,
-        hub_token=config.hub.token.get_secret_value() if config.hub.token else None,
+        hub_token=credentials.api_token,
         hub_url=config.hub.url,
         precision=precision,
         publish_event=uplink.publish_event,
@@ -211,6 +220,7 @@ def build_agent(config: AgentConfig, connect: bool = True) -> Agent:
             models.submit,
             status_interval_s=config.status_interval_s,
             loops=loops,
+            mqtt_login=credentials.mqtt_login,
         )
         uplink.attach(link)
     return Agent(config, outbox, models, pipeline, sources, status, halt, link)

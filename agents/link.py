@@ -4,7 +4,10 @@ One paho-mqtt 2.x client (``CallbackAPIVersion.VERSION2``) with client id = agen
 ``clean_session=False``, so the broker keeps the agent's QoS 1 subscription to its ``desired``
 topic while it is away. The last will is a retained ``AgentStatus(state=offline)`` on the status
 topic; every (re)connect publishes a retained ``online`` status and re-subscribes. paho reconnects
-by itself with exponential backoff between ``reconnect_min_s`` and ``reconnect_max_s``.
+by itself with exponential backoff between ``reconnect_min_s`` and ``reconnect_max_s``. The broker
+login is asked of ``mqtt_login`` before every connect and reconnect (paho's ``on_pre_connect``), so
+credentials rotated while the agent runs (:class:`agents.credentials.CredentialSource`) are used from
+the next reconnect on; the session that is up keeps running.
 
 Results flow from the :class:`agents.outbox.Outbox` through a single pump thread: it publishes
 rows in sequence order (QoS 1, at most ``window`` unacknowledged) and deletes a row when the
@@ -35,10 +38,16 @@ log = logging.getLogger(__name__)
 
 StatusFn = Callable[[AgentState], AgentStatus]
 DesiredFn = Callable[[DesiredModel], None]
+#: the broker login to use now: (username, password); (None, None) connects anonymously
+LoginFn = Callable[[], tuple[str | None, str | None]]
 
 
 class Link:
-    """MQTT session of one agent. ``start()`` connects in the background; ``stop()`` says goodbye."""
+    """MQTT session of one agent. ``start()`` connects in the background; ``stop()`` says goodbye.
+
+    ``mqtt_login``, when given, is asked for the broker login before every (re)connect; without it
+    the login of ``mqtt_config`` is used throughout.
+    """
 
     def __init__(
         self,
@@ -50,9 +59,11 @@ class Link:
         status_interval_s: float = 30.0,
         window: int = 100,
         loops: Loops | None = None,
+        mqtt_login: LoginFn | None = None,
     ) -> None:
         self.agent_id = agent_id
         self._cfg = mqtt_config
+        self._mqtt_login = mqtt_login
         #: desired messages refused (bad topic, bad payload, or an error while handling one)
         self.rejected_messages = 0
         self.loops = loops or Loops()
@@ -82,6 +93,8 @@ class Link:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        if self._mqtt_login is not None:
+            client.on_pre_connect = self._apply_login
         return client
 
     def start(self) -> None:
@@ -107,6 +120,16 @@ class Link:
         self._wake.set()
 
     # --- paho callbacks (network thread) ------------------------------------------------------
+
+    def _apply_login(self, client: mqtt.Client, userdata: Any) -> None:
+        """Before every (re)connect: the current login (a rotated password from the next connect on)."""
+        assert self._mqtt_login is not None
+        try:
+            username, password = self._mqtt_login()
+        except Exception as exc:  # noqa: BLE001 - an exception here would end paho's network thread
+            log.error(kv("mqtt_login_failed", error=repr(exc)[:300], action="connecting with the last login"))
+            return
+        client.username_pw_set(username, password)
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any

@@ -4,7 +4,10 @@ The token goes to the configured hub only. A ``bundle_url`` whose origin (scheme
 compared normalised by :func:`url_origin`) is not the hub's, or that carries a user name, is refused
 before any request (:class:`~agents.models.errors.ModelRefused`); the request itself is addressed to
 the hub's origin with the ``bundle_url``'s path, so no URL parser's reading of an odd ``bundle_url``
-can send it elsewhere, and redirects are not followed.
+can send it elsewhere, and redirects are not followed. The token is asked for before every try
+(``hub_token`` may be a function: :meth:`agents.credentials.CredentialSource.api_token`), so a token
+rotated by ``leukonet agent rotate-credentials`` meanwhile is used by the next try; a 401 answered
+to a token that has been rotated since counts as a broken try, not as a refusal.
 
 A desired bundle is written to ``downloads/<sha256>.part``. The partial file survives failed tries
 and agent restarts; every try asks the hub for the missing tail (``Range: bytes=<size>-``), waiting
@@ -20,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
@@ -37,6 +41,8 @@ MAX_BUNDLE_BYTES = 4 * 1024**3
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 Origin = tuple[str, str, int]
+#: the hub bearer token, or a function returning the current one (None: no token)
+HubToken = str | Callable[[], str | None] | None
 
 
 def url_origin(url: str) -> Origin:
@@ -67,7 +73,8 @@ class BundleDownloader:
 
     Args:
         downloads_dir: where ``<sha256>.part`` files are kept (created when needed).
-        hub_token: bearer token for the hub; without it every download is refused.
+        hub_token: bearer token for the hub, or a function returning the current one (asked before
+            every try); without one every download is refused.
         timeout_s: connect/read timeout of each request.
         attempts: tries per download; each resumes the partial file with an HTTP Range.
         retry_backoff_s: wait before the first retry, doubled after each failed try.
@@ -82,7 +89,7 @@ class BundleDownloader:
     def __init__(
         self,
         downloads_dir: Path,
-        hub_token: str | None,
+        hub_token: HubToken,
         timeout_s: float,
         attempts: int,
         retry_backoff_s: float,
@@ -90,7 +97,12 @@ class BundleDownloader:
         hub_url: str | None = None,
     ) -> None:
         self.downloads_dir = downloads_dir
-        self._hub_token = hub_token
+        self._hub_token: Callable[[], str | None]
+        if callable(hub_token):
+            self._hub_token = hub_token
+        else:
+            fixed = hub_token
+            self._hub_token = lambda: fixed
         self._hub = urlsplit(hub_url.strip()) if hub_url else None
         try:
             self._hub_origin = url_origin(hub_url) if hub_url else None
@@ -149,10 +161,10 @@ class BundleDownloader:
                 bundle over 4 GiB, or a sha256 mismatch (the partial file is deleted then).
         """
         url = self.request_url(desired)
-        if not self._hub_token:
+        if not self._hub_token():
             raise ModelError(
-                "hub.token is not set in the agent config: cannot download "
-                f"{desired.bundle_url}; set it to a token with the agent role"
+                f"no hub API token: cannot download {desired.bundle_url}; enroll the agent (`leukonet "
+                "agent enroll`), or set hub.token in the agent config to a token with the agent role"
             )
         self.downloads_dir.mkdir(parents=True, exist_ok=True)
         part = self.downloads_dir / f"{desired.bundle_sha256}.part"
@@ -199,7 +211,10 @@ class BundleDownloader:
         token is sent to that origin only.
         """
         have = part.stat().st_size if part.exists() else 0
-        headers = {"Authorization": f"Bearer {self._hub_token}"}
+        token = self._hub_token()
+        if not token:
+            raise ModelError(f"no hub API token for {desired.bundle_url} any more (credentials removed?)")
+        headers = {"Authorization": f"Bearer {token}"}
         if have:
             headers["Range"] = f"bytes={have}-"
         with requests.get(
@@ -214,6 +229,10 @@ class BundleDownloader:
                     f"hub itself, which serves them directly (is hub.url the hub's final address?)"
                 )
             if resp.status_code not in (200, 206):
+                if resp.status_code == 401 and self._hub_token() != token:
+                    raise requests.HTTPError(
+                        f"HTTP 401 from {desired.bundle_url}: the API token was rotated meanwhile"
+                    )
                 if resp.status_code in (408, 429) or resp.status_code >= 500:
                     raise requests.HTTPError(f"HTTP {resp.status_code} from {desired.bundle_url}")
                 part.unlink(missing_ok=True)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from agents.backends import Backend, BackendError
 from agents.models.active import ActiveModel, ActiveSlot
-from agents.models.download import BundleDownloader
+from agents.models.download import BundleDownloader, HubToken
 from agents.models.errors import DownloadError, ModelError, ModelRefused, Refusal
 from agents.models.smoke import smoke_test
 from agents.models.store import ModelRef, ModelStore
@@ -61,7 +61,7 @@ class ModelManager:
         state_dir: model store and ``active.json`` live here (see :class:`agents.models.store.ModelStore`).
         make_backend: returns a fresh, unloaded backend (one per model).
         public_key_path: the trainer's Ed25519 public key; without it no bundle is accepted.
-        hub_token: bearer token for bundle downloads.
+        hub_token: bearer token for bundle downloads, or a function returning the current one.
         hub_url: the hub's base URL (``hub.url``); bundles are downloaded from its origin only, and
             without it no desired model is downloaded.
         precision: the IR precision asked of the backend; the reference tolerance follows the one the
@@ -82,7 +82,7 @@ class ModelManager:
         state_dir: Path,
         make_backend: BackendMaker,
         public_key_path: Path | None,
-        hub_token: str | None = None,
+        hub_token: HubToken = None,
         hub_url: str | None = None,
         precision: str = "FP32",
         publish_event: EventFn | None = None,
