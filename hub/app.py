@@ -2,7 +2,8 @@
 
 ``create_app(config)`` binds the process's services (:func:`hub.services.build_services`: database
 engine, bundle store + registry, token table, MQTT publisher, rollout engine, training-job queue)
-``init_app`` style; nothing happens at import time. ``serve`` builds the services itself, runs the
+``init_app`` style, and the dashboard (:func:`hub.web.init_app`: its blueprints and Flask-Login);
+nothing happens at import time. ``serve`` builds the services itself, runs the
 ingest worker and ticker on them and passes them in. Call :func:`close_app` when done. Every response
 carries :data:`SECURITY_HEADERS`.
 """
@@ -20,7 +21,7 @@ from hub.errors import register_error_handlers
 from hub.extensions import hub_ext
 from hub.health import bp as health_bp
 from hub.services import MIB, Services, build_services
-from hub.web import bp as web_bp
+from hub.web import init_app as init_web
 
 # Scripts and styles come only from hub/static (the templates have no inline <script>, style= or
 # on*= handlers, and must not get any); nothing may frame the hub, post its forms elsewhere or be
@@ -50,6 +51,14 @@ def _add_security_headers(response: Response) -> Response:
     return response
 
 
+def secure_cookies(config: HubConfig) -> bool:
+    """Whether cookies get the ``Secure`` flag: ``login.secure_cookies``, by default when
+    ``public_url`` is https (TLS in front of the hub)."""
+    if config.login.secure_cookies is not None:
+        return config.login.secure_cookies
+    return config.public_url.startswith("https://")
+
+
 def create_app(config: HubConfig, services: Services | None = None) -> Flask:
     """Build a hub web app for ``config``.
 
@@ -72,8 +81,13 @@ def create_app(config: HubConfig, services: Services | None = None) -> Flask:
         MAX_FORM_MEMORY_SIZE=None,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=config.public_url.startswith("https://"),
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        SESSION_COOKIE_SECURE=secure_cookies(config),
+        # Flask-Login's remember cookie is never set (no "remember me"); flagged all the same
+        REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_SECURE=secure_cookies(config),
+        # the cookie may live as long as the session row does (login.session_hours after login)
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=config.login.session_hours),
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
     hub_ext.init_app(app, services)
@@ -82,7 +96,7 @@ def create_app(config: HubConfig, services: Services | None = None) -> Flask:
 
     app.register_blueprint(api_bp)
     app.register_blueprint(api_docs_bp)
-    app.register_blueprint(web_bp)
+    init_web(app)
     app.register_blueprint(health_bp)
     return app
 

@@ -2,8 +2,9 @@
 
 API routes take ``Authorization: Bearer <token>``: a token created in the dashboard, the CLI or by
 enrollment (``lkn_...``, checked against its hash in the database), or one of the config file's
-bootstrap tokens. A logged-in dashboard session counts with its user's role for safe (GET/HEAD)
-requests only, so the dashboard's fetch() calls work without exposing writes to cross-site requests.
+bootstrap tokens. A logged-in dashboard session (Flask-Login, see :mod:`hub.identity.sessions`)
+counts with its user's own role for safe (GET/HEAD) requests only, so the dashboard's fetch() calls
+work without exposing writes to cross-site requests.
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar, cast
 
-from flask import g, request, session
+from flask import g, request
+from flask_login import current_user
 
 from hub.config import ApiToken
 from hub.errors import ApiError
 from hub.extensions import hub_ext
+from hub.identity.sessions import SessionUser
 from hub.identity.tokens import TokenStore
 from hub.roles import Principal, Role
 
 F = TypeVar("F", bound=Callable[..., Any])
-SESSION_USER = "dashboard_user"
 
 
 class TokenAuth:
@@ -55,11 +57,20 @@ class TokenAuth:
         return found
 
 
+def session_user() -> SessionUser | None:
+    """The person signed in to the dashboard in this request, or None."""
+    user = current_user._get_current_object()
+    return user if isinstance(user, SessionUser) else None
+
+
 def current_principal(auth: TokenAuth) -> Principal | None:
-    """The caller of this request: bearer token first, then a dashboard session for GET/HEAD."""
+    """The caller of this request: bearer token first, then a dashboard session for GET/HEAD,
+    with the session user's own role."""
     principal = auth.authenticate(request.headers.get("Authorization"))
-    if principal is None and request.method in ("GET", "HEAD") and session.get(SESSION_USER):
-        principal = Principal("dashboard", Role.ADMIN)
+    if principal is None and request.method in ("GET", "HEAD"):
+        user = session_user()
+        if user is not None:
+            principal = Principal(user.username, user.role, via="session", user_id=user.user_id)
     return principal
 
 
@@ -75,15 +86,15 @@ def require_roles(*roles: Role) -> Callable[[F], F]:
                 raise ApiError(
                     401,
                     "unauthorized",
-                    "missing or unknown credentials: send 'Authorization: Bearer <token>' "
-                    "with a token from the hub config",
+                    "missing or unknown credentials: send 'Authorization: Bearer <token>' with a "
+                    "token from the dashboard's Account page or `leukonet hub tokens create`",
                 )
             if principal.role not in allowed:
                 names = ", ".join(sorted(r.value for r in allowed))
                 raise ApiError(
                     403,
                     "forbidden",
-                    f"token {principal.name!r} has role {principal.role.value}; "
+                    f"{principal.name!r} has role {principal.role.value}; "
                     f"this endpoint needs one of: {names}",
                 )
             g.principal = principal

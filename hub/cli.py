@@ -1,4 +1,5 @@
-"""``leukonet hub ...``: serve, migrate, ingest, check, agents. Each command is a composition root.
+"""``leukonet hub ...``: serve, migrate, ingest, check, agents, users, tokens. Each command is a
+composition root.
 
 A bad config exits with status 1 and the :class:`~shared.config.ConfigError` text.
 """
@@ -6,7 +7,6 @@ A bad config exits with status 1 and the :class:`~shared.config.ConfigError` tex
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from hub.cli_agents import agents_cli
 from hub.cli_common import config_option, load_config
+from hub.cli_users import tokens_cli, users_cli
 from hub.config import HubConfig
 from hub.ports import port_free
 from shared.config import ConfigError
@@ -31,6 +32,8 @@ def cli() -> None:
 
 
 cli.add_command(agents_cli)
+cli.add_command(users_cli)
+cli.add_command(tokens_cli)
 
 
 @cli.command()
@@ -55,16 +58,23 @@ def migrate(config_path: Path | None) -> None:
     """Upgrade the database schema to the newest revision (Alembic ``upgrade head``)."""
     from hub.db.migrate import upgrade
     from hub.db.session import Database
+    from hub.identity.users import ensure_first_admin
+    from shared.clock import utcnow
 
     config = load_config(config_path)
     db = Database(config.db_url)
     try:
         revision = upgrade(db)
+        with db.session() as s:
+            created = ensure_first_admin(s, config, utcnow())
+            s.commit()
     except SQLAlchemyError as exc:
         raise click.ClickException(f"migrating {_safe_url(config)} failed: {exc}") from exc
     finally:
         db.dispose()
     click.echo(f"database at revision {revision}")
+    if created:
+        click.echo(f"created the first admin {created!r} (admin_password)")
 
 
 @cli.command()
@@ -137,16 +147,7 @@ def check(config_path: Path | None) -> None:
     finally:
         db.dispose()
     if config.broker.embedded:
-        exe = shutil.which("mosquitto")
-        impl = config.broker.implementation
-        kind = "mosquitto" if exe and impl != "amqtt" else "amqtt"
-        free = port_free(config.broker.port)
-        report(
-            free and not (impl == "mosquitto" and not exe),
-            "broker",
-            f"embedded {kind} on 127.0.0.1:{config.broker.port}"
-            + ("" if free else " -- port already in use"),
-        )
+        _check_embedded_broker(config, report)
     else:
         publisher = MqttPublisher(config.mqtt)
         try:
@@ -160,6 +161,35 @@ def check(config_path: Path | None) -> None:
     log.debug(kv("check_done", failures=failures))
     if failures:
         raise click.exceptions.Exit(1)
+
+
+def _check_embedded_broker(config: HubConfig, report: Callable[[bool, str, str], None]) -> None:
+    """The embedded broker can start: mosquitto with its dynamic security plugin (or amqtt, asked
+    for by name, which enforces no identities), on a free port."""
+    from hub.broker.embedded import BrokerStartError, find_dynsec_plugin, find_mosquitto
+
+    port = config.broker.port
+    free = port_free(port)
+    busy = "" if free else " -- port already in use"
+    if config.broker.implementation == "amqtt":
+        report(
+            free, "broker", f"embedded amqtt on 127.0.0.1:{port} (anonymous: identities NOT enforced){busy}"
+        )
+        return
+    exe = find_mosquitto()
+    if exe is None:
+        report(
+            False,
+            "broker",
+            "embedded mosquitto: not installed (./services.sh demo or apt-get install mosquitto)",
+        )
+        return
+    try:
+        plugin = find_dynsec_plugin(exe)
+    except BrokerStartError as exc:
+        report(False, "broker", str(exc))
+        return
+    report(free, "broker", f"embedded mosquitto on 127.0.0.1:{port}, dynamic security {plugin}{busy}")
 
 
 def _check_running_hub(config: HubConfig, report: Callable[[bool, str, str], None]) -> None:

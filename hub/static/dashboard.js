@@ -95,7 +95,7 @@
       status.textContent = "Refresh failed: " + err.message;
     }
   }
-  document.querySelectorAll("td.time[data-time]").forEach((td) => { td.textContent = when(td.dataset.time); });
+  document.querySelectorAll(".time[data-time]").forEach((el) => { el.textContent = when(el.dataset.time); });
   // the fleet page refreshes its tables; other pages only use the time formatting above
   if (document.getElementById("agents") && document.getElementById("results")) setInterval(refresh, REFRESH_MS);
 })();

@@ -6,7 +6,7 @@
   const REFRESH_MS = 3000;
   const table = document.getElementById("jobs");
   const status = document.getElementById("refresh-status");
-  const csrf = table.dataset.csrf;
+  const csrf = table.dataset.csrf;  // empty for roles that may not cancel: no Cancel buttons then
   let shown = null;
 
   function when(iso) {
@@ -88,7 +88,7 @@
     tr.appendChild(cell(when(j.created_at), "time"));
 
     const actions = document.createElement("td");
-    if (j.state === "queued" || j.state === "running") {
+    if (csrf && (j.state === "queued" || j.state === "running")) {
       const form = document.createElement("form");
       form.method = "post";
       form.action = "/training/" + encodeURIComponent(j.job_id) + "/cancel";
@@ -123,7 +123,8 @@
         } else {
           const tr = document.createElement("tr");
           tr.className = "empty";
-          const td = cell("No training jobs yet (queue one above, or leukonet training queue).");
+          const td = cell(csrf ? "No training jobs yet (queue one above, or leukonet training queue)."
+                               : "No training jobs yet.");
           td.colSpan = 11;
           tr.appendChild(td);
           tbody.replaceChildren(tr);

@@ -1,5 +1,22 @@
-"""The dashboard: password login, logout, and the fleet + latest-results page."""
+"""The dashboard: sign-in (:mod:`hub.web.login`), the fleet pages (:mod:`hub.web.views`), each
+person's account (:mod:`hub.web.account`), and the admin pages for people and tokens
+(:mod:`hub.web.people`) and agents (:mod:`hub.web.admin_agents`)."""
 
-from hub.web.views import bp
+from __future__ import annotations
 
-__all__ = ["bp"]
+from flask import Flask
+
+from hub.web import account, admin_agents, login, people, views
+from hub.web.guards import template_globals
+
+bp = views.bp
+
+__all__ = ["bp", "init_app"]
+
+
+def init_app(app: Flask) -> None:
+    """Register the dashboard's blueprints, Flask-Login and the template globals on ``app``."""
+    login.login_manager.init_app(app)
+    app.context_processor(template_globals)
+    for blueprint in (views.bp, login.bp, account.bp, people.bp, admin_agents.bp):
+        app.register_blueprint(blueprint)

@@ -1,36 +1,23 @@
-"""Dashboard views. Pages need a session from ``/login``; pages refresh themselves via the API.
+"""Dashboard views of the fleet. Pages need a session from ``/login`` (:mod:`hub.web.login`);
+pages refresh themselves via the API with the session, which reads with the person's own role.
 
 Pages: fleet (``/``), models with metrics side by side and a compare view (``/models``), rollouts
 (``/rollouts``, ``/rollouts/<id>`` with groups, progress, failures and reasons, and pause / resume /
 abort / rollback buttons), training jobs (``/training``: the queue with progress, a form to queue
-a job and cancel buttons), and one agent with its model history (``/agents/<id>``). Rollout and
-training actions are form POSTs protected by a per-session CSRF token; the audit log records them
-with the actor ``dashboard``. All user data reaches the HTML through Jinja autoescaping (templates) or
-``textContent`` (JS).
+a job and cancel buttons), and one agent with its model history (``/agents/<id>``). Every signed-in
+role reads them all; rollout and training actions are for operators and admins only (the buttons
+and forms are not shown to others, and a POST from them is answered 403). Actions are form POSTs
+protected by a per-session CSRF token; the audit log records them with the person's user name as
+the actor. All user data reaches the HTML through Jinja autoescaping (templates) or ``textContent``
+(JS).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
-import logging
-import secrets
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar, cast, get_args
-from urllib.parse import urlsplit
+from typing import Any, get_args
 
-from flask import (
-    Blueprint,
-    abort,
-    flash,
-    get_flashed_messages,
-    redirect,
-    render_template,
-    request,
-    session,
-    url_for,
-)
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from pydantic import ValidationError
 from sqlalchemy import select
 from werkzeug.wrappers import Response
@@ -40,7 +27,6 @@ from hub.api.models import compare_rows
 from hub.api.rollouts import validation_message
 from hub.api.serialize import agent_json, classification_json, iso, model_json, training_job_json
 from hub.api.tags import agent_tags, lab_tags
-from hub.auth import SESSION_USER
 from hub.db.models import Agent, Classification, ModelEventRecord, Rollout, RolloutHistory
 from hub.extensions import hub_ext
 from hub.mqtt.publisher import BrokerUnavailable
@@ -49,16 +35,14 @@ from hub.rollouts.engine import RolloutError
 from hub.rollouts.report import audit_json, history_json, rollout_json
 from hub.training.report import progress_text
 from hub.training.rows import TrainingError
-from shared.logs import kv
+from hub.web.guards import actor, check_csrf, login_required, operator_required
+from hub.web.guards import csrf_token as csrf_token  # re-exported: forms elsewhere use it from here
 from shared.training import TrainingJobSpec
 
-log = logging.getLogger(__name__)
 bp = Blueprint(
     "web", __name__, template_folder="../templates", static_folder="../static", static_url_path="/static"
 )
-F = TypeVar("F", bound=Callable[..., Any])
 LATEST = 50
-CSRF_KEY = "csrf_token"
 ROLLOUT_ACTIONS = ("pause", "resume", "abort", "rollback")
 HISTORY_ROWS = 200
 TRAINING_ROWS = 100
@@ -79,49 +63,6 @@ TRAINING_FORM = (
 )
 
 
-def login_required(fn: F) -> F:
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not session.get(SESSION_USER):
-            return redirect(url_for("web.login", next=request.path))
-        return fn(*args, **kwargs)
-
-    return cast(F, wrapper)
-
-
-def _safe_next(target: str | None) -> str:
-    # only same-site paths, so the login form cannot be used as an open redirect
-    if target and target.startswith("/") and not target.startswith("//") and not urlsplit(target).netloc:
-        return target
-    return url_for("web.index")
-
-
-@bp.route("/login", methods=["GET", "POST"])
-def login() -> Response | str | tuple[str, int]:
-    password = hub_ext.services.config.dashboard_password
-    if password is None:
-        return render_template("login.html", disabled=True, error=None), 403
-    error = None
-    if request.method == "POST":
-        given = request.form.get("password", "").encode()
-        if hmac.compare_digest(given, password.get_secret_value().encode()):
-            session.clear()
-            session[SESSION_USER] = "dashboard"
-            session.permanent = True
-            log.info(kv("dashboard_login", remote=request.remote_addr))
-            return redirect(_safe_next(request.args.get("next")))
-        log.warning(kv("dashboard_login_failed", remote=request.remote_addr))
-        error = "Wrong password."
-        return render_template("login.html", disabled=False, error=error), 401
-    return render_template("login.html", disabled=False, error=error)
-
-
-@bp.post("/logout")
-def logout() -> Response:
-    session.clear()
-    return redirect(url_for("web.login"))
-
-
 @bp.get("/")
 @login_required
 def index() -> str:
@@ -136,27 +77,6 @@ def index() -> str:
             )
         ]
     return render_template("index.html", agents=agents, results=results, latest=LATEST)
-
-
-def csrf_token() -> str:
-    """The session's CSRF token for dashboard forms (created on first use)."""
-    token = session.get(CSRF_KEY)
-    if not token:
-        token = secrets.token_urlsafe(32)
-        session[CSRF_KEY] = token
-    return str(token)
-
-
-def check_csrf() -> None:
-    """Abort with 400 unless the posted form carries this session's CSRF token."""
-    given = request.form.get(CSRF_KEY, "")
-    if not given or not hmac.compare_digest(given, csrf_token()):
-        abort(400, description="the form expired; reload the page and try again")
-
-
-@bp.app_context_processor
-def _template_globals() -> dict[str, Any]:
-    return {"csrf_token": csrf_token, "flashes": get_flashed_messages}
 
 
 @bp.app_template_filter("fmt")
@@ -244,15 +164,15 @@ def rollout_page(rollout_id: str) -> str:
 
 
 @bp.post("/rollouts/<rollout_id>/<action>")
-@login_required
+@operator_required
 def rollout_action(rollout_id: str, action: str) -> Response:
-    """Pause / resume / abort / rollback from the dashboard (actor ``dashboard``), CSRF-checked."""
+    """Pause / resume / abort / rollback (operators, admins; actor: the person), CSRF-checked."""
     if action not in ROLLOUT_ACTIONS:
         abort(404)
     check_csrf()
     engine = hub_ext.services.rollouts
     try:
-        getattr(engine, action)(rollout_id, "dashboard", request.form.get("reason", "")[:1024])
+        getattr(engine, action)(rollout_id, actor(), request.form.get("reason", "")[:1024])
         flash(f"{action}: done")
     except RolloutError as exc:
         flash(f"{action} refused: {exc.message}")
@@ -317,14 +237,15 @@ def _training_page(form: dict[str, str]) -> str:
 
 
 @bp.post("/training")
-@login_required
+@operator_required
 def training_queue() -> Response | tuple[str, int]:
-    """Queue a job from the form (actor ``dashboard``), CSRF-checked; errors keep the form filled."""
+    """Queue a job from the form (operators, admins; actor: the person), CSRF-checked; errors keep
+    the form filled."""
     check_csrf()
     form = {k: request.form.get(k, "").strip() for k in TRAINING_FORM}
     try:
         spec = TrainingJobSpec.model_validate({k: v for k, v in form.items() if v})
-        job = hub_ext.services.training.queue(spec, "dashboard")
+        job = hub_ext.services.training.queue(spec, actor())
     except ValidationError as exc:
         flash(f"Not queued: {validation_message(exc)}")
         return _training_page(form), 422
@@ -336,12 +257,13 @@ def training_queue() -> Response | tuple[str, int]:
 
 
 @bp.post("/training/<job_id>/cancel")
-@login_required
+@operator_required
 def training_cancel(job_id: str) -> Response:
-    """Cancel a queued job, or ask a running job's trainer to stop (actor ``dashboard``), CSRF-checked."""
+    """Cancel a queued job, or ask a running job's trainer to stop (operators, admins; actor: the
+    person), CSRF-checked."""
     check_csrf()
     try:
-        job = hub_ext.services.training.cancel(job_id, "dashboard")
+        job = hub_ext.services.training.cancel(job_id, actor())
     except TrainingError as exc:
         flash(f"cancel refused: {exc.message}")
     else:

@@ -1,10 +1,13 @@
 """Hub fixtures: a config on a temp SQLite file, the ``app`` / ``client`` / ``runner`` trio, keys and
-test bundles signed with a key generated per test, and helpers to publish agent messages."""
+test bundles signed with a key generated per test, helpers to publish agent messages, and people:
+the first admin (``admin`` / :data:`ADMIN_PASSWORD`, created as ``leukonet hub serve`` does), a user
+of any role (:func:`add_user`) and a dashboard login through the form (:func:`login`)."""
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,6 +28,7 @@ from hub.config import HubConfig
 from hub.db.migrate import upgrade
 from hub.db.session import Database
 from hub.extensions import hub_ext
+from hub.identity.users import create_user, ensure_first_admin, find_user
 from hub.ingest.writer import IngestWriter
 from shared.bundle import (
     Manifest,
@@ -34,6 +38,7 @@ from shared.bundle import (
     generate_keypair,
     load_private_key,
 )
+from shared.clock import utcnow
 from shared.preprocessing_spec import PreprocessingSpec
 from shared.schemas import (
     AgentState,
@@ -50,7 +55,10 @@ TOKENS = {
     "trainer": "trainer-token-0123456789abcdef",
     "agent": "agent-token-0123456789abcdef",
 }
-DASHBOARD_PASSWORD = "correct horse battery staple"
+ADMIN_USER = "admin"  # the config's admin_username (its default)
+ADMIN_PASSWORD = "correct horse battery staple"  # the config's admin_password: the first admin's
+USER_PASSWORD = "a user's password, long enough"  # what add_user gives people unless told otherwise
+PEOPLE = ("viewer", "reviewer", "operator", "admin")
 
 
 def auth(role: str) -> dict[str, str]:
@@ -80,7 +88,7 @@ def hub_config(tmp_path: Path, keys: Keys | None, **overrides: Any) -> HubConfig
         "database_url": f"sqlite:///{tmp_path / 'hub' / 'hub.db'}",
         "public_url": "http://hub.test:8080",
         "secret_key": "test-secret-key-not-for-production",
-        "admin_password": DASHBOARD_PASSWORD,
+        "admin_password": ADMIN_PASSWORD,
         "tokens": [{"name": f"t-{role}", "token": tok, "role": role} for role, tok in TOKENS.items()],
         "trusted_keys": [str(keys.public)] if keys else [],
         # nothing listens here unless a test points mqtt at a broker
@@ -108,9 +116,12 @@ def broker_config(tmp_path: Path, keys: Keys | None, port: int) -> HubConfig:
 
 
 def migrated_app(config: HubConfig) -> Flask:
-    """The hub app on ``config``'s database, migrated to the newest revision (close it with close_app)."""
+    """The hub app on ``config``'s database, migrated to the newest revision and with the first
+    admin created, as ``leukonet hub serve`` starts (close it with close_app)."""
     db = Database(config.db_url)
     upgrade(db)
+    with db.transaction() as s:
+        ensure_first_admin(s, config, utcnow())
     db.dispose()
     return create_app(config)
 
@@ -145,6 +156,50 @@ def db(app: Flask) -> Database:
     from hub.extensions import hub_ext
 
     return hub_ext.for_app(app).db
+
+
+# --- people ----------------------------------------------------------------------------------
+
+
+def add_user(app: Flask, username: str, role: str, password: str = USER_PASSWORD) -> str:
+    """Create a user with ``role`` directly in ``app``'s database (actor ``test``); returns the name."""
+    with hub_ext.for_app(app).db.transaction() as s:
+        create_user(s, username, role, password, "test", utcnow())
+    return username
+
+
+def csrf(html: str) -> str:
+    """The CSRF token of the (first) form in a dashboard page."""
+    m = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert m, "no CSRF token in the page"
+    return m.group(1)
+
+
+def login(
+    client: FlaskClient, username: str = ADMIN_USER, password: str = ADMIN_PASSWORD, next: str | None = None
+) -> Any:
+    """Sign in through the login form as a browser does (GET for the CSRF token, then POST)."""
+    token = csrf(client.get("/login").data.decode())
+    url = "/login" if next is None else f"/login?next={next}"
+    return client.post(url, data={"csrf_token": token, "username": username, "password": password})
+
+
+def login_as(app: Flask, client: FlaskClient, role: str) -> str:
+    """Sign ``client`` in as a user called ``role`` with that role (created on first use)."""
+    with hub_ext.for_app(app).db.session() as s:
+        exists = find_user(s, role) is not None
+    if not exists:
+        add_user(app, role, role)
+    r = login(client, role, USER_PASSWORD if role != ADMIN_USER else ADMIN_PASSWORD)
+    assert r.status_code == 302, r.data
+    return role
+
+
+def browser_login(page: Any, username: str = ADMIN_USER, password: str = ADMIN_PASSWORD) -> None:
+    """Fill and send the login form shown in ``page``."""
+    page.fill("#username", username)
+    page.fill("#password", password)
+    page.click("#login-form button[type=submit]")
 
 
 # --- bundles ----------------------------------------------------------------------------------

@@ -1,14 +1,11 @@
-"""Dashboard: login with the password, the page lists agents and results, user data is escaped."""
+"""Dashboard: sign in with a user name and password, the page lists agents and results, user data is
+escaped, and the page's API reads use the session with the person's role (never for writes)."""
 
 from __future__ import annotations
 
 from hub.ingest.writer import IngestWriter
 from shared.schemas import AgentState, AgentStatus
-from tests.hub.conftest import DASHBOARD_PASSWORD, make_result
-
-
-def login(client, password=DASHBOARD_PASSWORD):
-    return client.post("/login", data={"password": password})
+from tests.hub.conftest import ADMIN_PASSWORD, csrf, login, login_as, make_result
 
 
 def test_index_redirects_to_login(client):
@@ -18,8 +15,8 @@ def test_index_redirects_to_login(client):
 
 
 def test_wrong_password_is_refused(client):
-    r = login(client, "nope")
-    assert r.status_code == 401 and b"Wrong password" in r.data
+    r = login(client, password="nope")
+    assert r.status_code == 401 and b"Wrong user name or password." in r.data
     assert client.get("/").status_code == 302
     assert client.get("/api/v1/agents").status_code == 401
 
@@ -77,8 +74,23 @@ def test_dashboard_renders_agents_and_results_after_login(client, db):
 
 
 def test_logout_and_open_redirect_guard(client):
-    r = client.post("/login?next=//evil.example/x", data={"password": DASHBOARD_PASSWORD})
-    assert r.status_code == 302 and "evil.example" not in r.headers["Location"]
+    for target in ("//evil.example/x", "https://evil.example/x", "/\\evil.example/x"):
+        r = login(client, "admin", ADMIN_PASSWORD, next=target)
+        assert r.status_code == 302 and "evil.example" not in r.headers["Location"], target
+    assert login(client, next="/models").headers["Location"] == "/models"
     assert client.get("/").status_code == 200
-    client.post("/logout")
+    token = csrf(client.get("/").data.decode())
+    assert client.post("/logout").status_code == 400  # without the form's CSRF token: nothing happens
+    assert client.get("/").status_code == 200
+    client.post("/logout", data={"csrf_token": token})
     assert client.get("/").status_code == 302
+
+
+def test_api_reads_through_the_session_carry_the_persons_role(app, client):
+    login_as(app, client, "viewer")
+    assert client.get("/api/v1/agents").status_code == 200
+    assert client.get("/api/v1/audit").status_code == 200
+    entry = client.get("/api/v1/audit").json["items"][0]
+    assert (entry["actor"], entry["action"]) == ("viewer", "login.ok")
+    r = client.put("/api/v1/agents/x/tags", json={"tags": ["a"]})
+    assert r.status_code == 401  # a session never writes through the API (CSRF), whatever the role

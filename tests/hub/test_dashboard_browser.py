@@ -10,7 +10,7 @@ from playwright.sync_api import expect
 
 from hub.ingest.writer import IngestWriter
 from shared.schemas import AgentState, AgentStatus
-from tests.hub.conftest import DASHBOARD_PASSWORD, make_result, serve_app
+from tests.hub.conftest import browser_login, make_result, serve_app
 from tests.hub.test_web_security import csp_violations
 
 pytestmark = pytest.mark.browser
@@ -50,12 +50,10 @@ def test_dashboard_login_tables_and_live_refresh(live_hub, page, db, tmp_path):
     violations = csp_violations(page)
     page.goto(live_hub + "/")
     assert "/login" in page.url  # the dashboard needs a session
-    page.fill("#password", "wrong password")
-    page.click("button[type=submit]")
-    assert "/login" in page.url
+    browser_login(page, "admin", "wrong password")
+    assert "/login" in page.url and "Wrong user name or password" in page.inner_text("#login-error")
 
-    page.fill("#password", DASHBOARD_PASSWORD)
-    page.click("button[type=submit]")
+    browser_login(page)
     page.wait_for_selector("#agents tbody tr")
     agents_text = page.inner_text("#agents")
     assert "scope-1" in agents_text and "online" in agents_text and "1.0.0" in agents_text

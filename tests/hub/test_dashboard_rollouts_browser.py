@@ -1,5 +1,5 @@
 """The rollout page in headless Chromium: live progress and failure reasons without a reload, no
-markup injection from agent-supplied text, and the Pause button (CSRF form) audited as dashboard."""
+markup injection from agent-supplied text, and the Pause button (CSRF form) audited with the person's name."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from shared.schemas import ModelEventKind
-from tests.hub.conftest import DASHBOARD_PASSWORD, auth, serve_app
+from tests.hub.conftest import auth, browser_login, serve_app
 from tests.hub.test_web_security import csp_violations
 
 pytestmark = pytest.mark.browser
@@ -26,8 +26,7 @@ def test_rollout_page_live_progress_and_pause(env, live, page, tmp_path):
     r = env.start(stages=[50, 100], success_threshold=1.0, error_threshold=0.5)
     violations = csp_violations(page)
     page.goto(f"{live}/rollouts/{r['rollout_id']}")
-    page.fill("#password", DASHBOARD_PASSWORD)
-    page.click("button[type=submit]")
+    browser_login(page)
     page.wait_for_selector("#groups tbody tr")
     assert "running" in page.inner_text("#rollout-state")
     assert "No failures." in page.inner_text("#failures")
@@ -46,6 +45,6 @@ def test_rollout_page_live_progress_and_pause(env, live, page, tmp_path):
     assert "pause: done" in page.inner_text(".notice")
     assert page.inner_text("#rollout-state") == "paused"
     entry = env.client.get("/api/v1/audit", headers=auth("admin")).json["items"][0]
-    assert (entry["actor"], entry["action"]) == ("dashboard", "rollout.pause")
+    assert (entry["actor"], entry["action"]) == ("admin", "rollout.pause")
     page.screenshot(path=str(tmp_path / "rollout.png"), full_page=True)
     assert violations == []  # rollout.js and the stylesheet work under the Content-Security-Policy

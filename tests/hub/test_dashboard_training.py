@@ -1,12 +1,14 @@
 """The dashboard's training page through the test client: the job table, the queue form (CSRF,
-validation errors flashed naming the field, audited as ``dashboard``) and the Cancel buttons."""
+validation errors flashed naming the field, audited with the person's name) and the Cancel buttons,
+shown to operators and admins only (others read the table and get 403 for the actions)."""
 
 from __future__ import annotations
 
 import re
 
-from tests.hub.conftest import auth, upload_bundle
-from tests.hub.test_dashboard_rollouts import csrf, login
+import pytest
+
+from tests.hub.conftest import auth, csrf, login, login_as, upload_bundle
 from tests.hub.test_training_jobs import claim, report
 
 FORM = {
@@ -70,7 +72,7 @@ def test_queue_form_checks_csrf_validates_and_audits(client):
     assert f"queued: leuko 1.1.0 (job {job['job_id']})" in page
     assert (job["state"], job["created_by"], job["spec"]["steps"], job["spec"]["learning_rate"]) == (
         "queued",
-        "dashboard",
+        "admin",
         250,
         0.02,
     )
@@ -79,7 +81,7 @@ def test_queue_form_checks_csrf_validates_and_audits(client):
     assert f'data-job="{job["job_id"]}"' in page and "all-idb2-import" in page
     entry = client.get("/api/v1/audit", headers=auth("admin")).json["items"][0]
     assert (entry["actor"], entry["action"], entry["subject"]) == (
-        "dashboard",
+        "admin",
         "training.queue",
         f"training-job/{job['job_id']}",
     )
@@ -135,4 +137,33 @@ def test_cancel_buttons_progress_errors_and_model_links(client, make_bundle):
     actors = [
         (a["actor"], a["action"]) for a in client.get("/api/v1/audit", headers=auth("admin")).json["items"]
     ]
-    assert actors.count(("dashboard", "training.cancel")) == 2
+    assert actors.count(("admin", "training.cancel")) == 2
+
+
+@pytest.mark.parametrize("role", ["viewer", "reviewer"])
+def test_readers_see_jobs_but_no_queue_form_or_cancel(app, client, role):
+    login(client)
+    token = csrf(client.get("/training").data.decode())
+    assert client.post("/training", data={**FORM, "csrf_token": token}).status_code == 302
+    [job] = jobs(client)
+    login_as(app, client, role)
+    page = client.get("/training").data.decode()
+    assert f'data-job="{job["job_id"]}"' in page  # the table is there
+    assert 'id="queue-form"' not in page and 'class="cancel"' not in page
+    assert 'data-csrf=""' in page  # training.js draws no Cancel button either
+    token = csrf(page)
+    queued = client.post("/training", data={**FORM, "version": "9.9.9", "csrf_token": token})
+    assert queued.status_code == 403
+    cancelled = client.post(f"/training/{job['job_id']}/cancel", data={"csrf_token": token})
+    assert cancelled.status_code == 403
+    assert [(j["state"], j["spec"]["version"]) for j in jobs(client)] == [("queued", "1.1.0")]
+
+
+def test_an_operator_queues_and_is_the_audit_actor(app, client):
+    login_as(app, client, "operator")
+    page = client.get("/training").data.decode()
+    assert 'id="queue-form"' in page
+    r = client.post("/training", data={**FORM, "csrf_token": csrf(page)})
+    assert r.status_code == 302
+    [job] = jobs(client)
+    assert job["created_by"] == "operator"

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import expect
 
-from tests.hub.conftest import DASHBOARD_PASSWORD, auth, serve_app
+from tests.hub.conftest import auth, browser_login, serve_app
 from tests.hub.test_training_jobs import claim, report
 from tests.hub.test_web_security import csp_violations
 
@@ -24,8 +24,7 @@ def live(app) -> Iterator[str]:
 def test_queue_see_progress_and_cancel(live, page, client, tmp_path):
     violations = csp_violations(page)
     page.goto(f"{live}/training")
-    page.fill("#password", DASHBOARD_PASSWORD)
-    page.click("button[type=submit]")
+    browser_login(page)
     page.wait_for_selector("#queue-form")
 
     page.fill("#f-name", "leuko")
@@ -39,7 +38,7 @@ def test_queue_see_progress_and_cancel(live, page, client, tmp_path):
     [job] = client.get("/api/v1/training-jobs", headers=auth("admin")).json["items"]
     row = page.locator(f'#jobs tr[data-job="{job["job_id"]}"]')
     assert "queued" in row.inner_text() and "leuko 1.1.0" in row.inner_text()
-    assert job["created_by"] == "dashboard" and job["spec"]["steps"] == 200
+    assert job["created_by"] == "admin" and job["spec"]["steps"] == 200
 
     # a second job; a trainer claims the first and reports while the page is open
     page.fill("#f-name", "leuko")

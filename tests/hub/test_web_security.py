@@ -1,7 +1,7 @@
 """Web hardening: security headers on every response (API, dashboard, /healthz, errors, static
 files), a versionless ``Server`` header from ``hub serve``'s web server, session cookie flags, the
-dashboard working in a real browser under the Content-Security-Policy, and secrets refused at config
-load when they are short or are the placeholders docker/.env.example ships."""
+dashboard (admin pages included) working in a real browser under the Content-Security-Policy, and
+secrets refused at config load when they are short or are the placeholders docker/.env.example ships."""
 
 from __future__ import annotations
 
@@ -34,14 +34,15 @@ from shared.config import ConfigError
 from shared.schemas import AgentState, AgentStatus
 from tests.conftest import serve_in_thread
 from tests.hub.conftest import (
-    DASHBOARD_PASSWORD,
     TOKENS,
     Keys,
     auth,
+    browser_login,
     hub_config,
     migrated_app,
     serve_app,
 )
+from tests.hub.conftest import login as form_login
 
 ENV_EXAMPLE = Path(__file__).resolve().parents[2] / "docker" / ".env.example"
 EXPECTED_HEADERS = {
@@ -60,7 +61,7 @@ def assert_security_headers(headers: Any, what: str) -> None:
 
 
 def login(client: FlaskClient) -> Any:
-    r = client.post("/login", data={"password": DASHBOARD_PASSWORD})
+    r = form_login(client)
     assert r.status_code == 302
     return r
 
@@ -119,7 +120,8 @@ def test_security_headers_on_api_dashboard_health_static_and_errors(app, client)
     html_404 = client.get("/agents/ghost")
     assert html_404.status_code == 404 and html_404.mimetype == "text/html"
     assert_security_headers(html_404.headers, "dashboard 404")
-    assert_security_headers(client.post("/login", data={"password": "wrong"}).headers, "login 401")
+    assert_security_headers(form_login(client, password="wrong").headers, "login 401")
+    assert_security_headers(client.post("/login", data={}).headers, "login without CSRF token (400)")
     crash = client.get("/boom-for-test")
     assert crash.status_code == 500 and crash.json["error"]["code"] == "internal_error"
     assert_security_headers(crash.headers, "unexpected error (500)")
@@ -127,7 +129,8 @@ def test_security_headers_on_api_dashboard_health_static_and_errors(app, client)
 
 def test_the_served_pages_have_no_inline_script_style_or_handlers(client):
     login(client)
-    for path in ("/login", "/", "/models", "/rollouts", "/training", "/api/docs"):
+    pages = ("/login", "/", "/models", "/rollouts", "/training", "/api/docs", "/account")
+    for path in (*pages, "/admin/users", "/admin/tokens", "/admin/agents"):
         html = client.get(path).data.decode()
         assert "<script>" not in html and "<style" not in html and " style=" not in html, path
         assert " onclick=" not in html and " onload=" not in html and "javascript:" not in html, path
@@ -150,10 +153,19 @@ def test_server_header_of_hub_serve_names_no_version(app):
 
 
 @pytest.mark.parametrize(
-    ("public_url", "secure"), [("http://hub.test:8080", False), ("https://hub.test", True)]
+    ("public_url", "setting", "secure"),
+    [
+        ("http://hub.test:8080", None, False),
+        ("https://hub.test", None, True),
+        ("http://hub.test:8080", True, True),  # TLS ends at a proxy that talks http to the hub
+        ("https://hub.test", False, False),
+    ],
 )
-def test_session_cookie_flags(tmp_path: Path, keys: Keys, public_url: str, secure: bool):
-    application = migrated_app(hub_config(tmp_path, keys, public_url=public_url))
+def test_session_cookie_flags(
+    tmp_path: Path, keys: Keys, public_url: str, setting: bool | None, secure: bool
+):
+    login_section = {} if setting is None else {"secure_cookies": setting}
+    application = migrated_app(hub_config(tmp_path, keys, public_url=public_url, login=login_section))
     try:
         cookie = login(application.test_client()).headers["Set-Cookie"]
     finally:
@@ -161,6 +173,11 @@ def test_session_cookie_flags(tmp_path: Path, keys: Keys, public_url: str, secur
     attributes = {a.strip().split("=")[0].lower(): a.strip() for a in cookie.split(";")[1:]}
     assert "httponly" in attributes and attributes["samesite"] == "SameSite=Lax"
     assert ("secure" in attributes) is secure
+    assert "remember_token" not in cookie  # no "remember me" cookie
+    assert (application.config["REMEMBER_COOKIE_SECURE"], application.config["REMEMBER_COOKIE_HTTPONLY"]) == (
+        secure,
+        True,
+    )
 
 
 # --- the dashboard in a browser under the policy -----------------------------------------------
@@ -179,12 +196,12 @@ def test_every_page_works_in_chromium_without_a_csp_violation(live_hub, page, db
     page.goto(live_hub + "/login")
     # style.css (style-src 'self') applies: the brand has the accent colour
     assert page.eval_on_selector(".brand", "e => getComputedStyle(e).color") == "rgb(139, 30, 63)"
-    page.fill("#password", DASHBOARD_PASSWORD)
-    page.click("button[type=submit]")
+    browser_login(page)
     page.wait_for_selector("#agents tbody tr")
     # dashboard.js (script-src 'self') runs: its refresh reports back
     expect(page.locator("#refresh-status")).to_have_text(UPDATED, timeout=15000)
-    for path in ("/models", "/rollouts", "/agents/scope-1", "/api/docs"):
+    pages = ("/models", "/rollouts", "/agents/scope-1", "/api/docs", "/account", "/admin/users")
+    for path in (*pages, "/admin/tokens", "/admin/agents", "/admin/agents/scope-1/revoke"):
         page.goto(live_hub + path)  # returns once the page and its script and stylesheet have loaded
         assert page.url == live_hub + path
     page.goto(live_hub + "/training")
@@ -226,14 +243,14 @@ def test_the_placeholder_list_is_the_env_example_values():
 
 def test_the_env_example_as_is_cannot_start_a_hub(tmp_path, monkeypatch):
     hub_env = {k: v for k, v in env_example().items() if k.startswith("LEUKONET_HUB_")}
-    secrets_ = {"LEUKONET_HUB_SECRET_KEY", "LEUKONET_HUB_DASHBOARD_PASSWORD", "LEUKONET_HUB_TOKENS"}
+    secrets_ = {"LEUKONET_HUB_SECRET_KEY", "LEUKONET_HUB_ADMIN_PASSWORD", "LEUKONET_HUB_TOKENS"}
     assert secrets_ <= set(hub_env)
     for name, value in hub_env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError) as refused:
         HubConfig.load(None, data_dir=tmp_path)
     message = str(refused.value)
-    for field in ("secret_key", "dashboard_password", "tokens.0.token", "tokens.1.token", "mqtt.password"):
+    for field in ("secret_key", "admin_password", "tokens.0.token", "tokens.1.token", "mqtt.password"):
         assert f"\n  {field}: " in message, field
     assert "placeholder from docker/.env.example" in message
     for command in ("check", "serve"):
@@ -246,7 +263,7 @@ def test_the_env_example_as_is_cannot_start_a_hub(tmp_path, monkeypatch):
     ("values", "field"),
     [
         ({"secret_key": "change-me-to-64-random-characters"}, "secret_key"),
-        ({"dashboard_password": "change-me"}, "dashboard_password"),
+        ({"admin_password": "change-me"}, "admin_password"),
         (
             {"tokens": [{"name": "ops", "token": "change-me-admin-token-32chars", "role": "admin"}]},
             "tokens.0.token",
@@ -262,7 +279,7 @@ def test_placeholders_are_refused_naming_the_field(tmp_path, values, field):
 
 @pytest.mark.parametrize(
     ("field", "minimum"),
-    [("secret_key", SECRET_KEY_MIN_CHARS), ("dashboard_password", PASSWORD_MIN_CHARS)],
+    [("secret_key", SECRET_KEY_MIN_CHARS), ("admin_password", PASSWORD_MIN_CHARS)],
 )
 def test_short_secrets_are_refused_naming_the_field_and_minimum(tmp_path, field, minimum):
     assert (SECRET_KEY_MIN_CHARS, PASSWORD_MIN_CHARS) == (32, 12)
@@ -280,6 +297,6 @@ def test_short_tokens_are_refused_and_the_test_secrets_pass(tmp_path, keys):
         HubConfig.load(None, data_dir=tmp_path, tokens=[short])
     # the shared test config (tests/hub/conftest.py) satisfies every rule
     cfg = hub_config(tmp_path, keys)
-    assert cfg.require_secret_key() and cfg.dashboard_password is not None
+    assert cfg.require_secret_key() and cfg.admin_password is not None
     assert all(len(t) >= TOKEN_MIN_CHARS for t in TOKENS.values())
-    assert HubConfig.load(None, data_dir=tmp_path, secret_key=STRONG, dashboard_password=STRONG)
+    assert HubConfig.load(None, data_dir=tmp_path, secret_key=STRONG, admin_password=STRONG)
