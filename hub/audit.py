@@ -1,8 +1,9 @@
 """The audit log: who did what, written in the same transaction as the change it describes.
 
-``actor`` is the API token's name, ``dashboard`` for the dashboard session, or ``engine`` for the
-hub's own decisions (rollout advance, pause on errors, automatic rollback; training jobs failed for
-a silent or restarted trainer).
+``actor`` is the person (their user name, from a dashboard session or a personal API token), a
+service token's name, an agent id, ``cli:<os user>`` for the hub's local commands, ``config`` for the
+first admin made from the config, or ``engine`` for the hub's own decisions (rollout advance, pause
+on errors, automatic rollback; training jobs failed for a silent or restarted trainer).
 """
 
 from __future__ import annotations

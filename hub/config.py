@@ -34,7 +34,9 @@ PLACEHOLDER_SECRETS = frozenset(
         "change-me-to-64-random-characters",
         "change-me-admin-token-32chars",
         "change-me-trainer-token-32ch",
-        "change-me-agent-token-32chars",
+        "change-me-hub-mqtt-password",
+        "change-me-enroll-token-lab-a",
+        "change-me-enroll-token-lab-b",
     }
 )
 
@@ -113,7 +115,9 @@ class BrokerSection(_Section):
     embedded: bool = Field(False, title="start a broker inside the hub (`serve` only)")
     port: int = Field(1883, ge=1, le=65535, title="loopback port of the embedded broker")
     implementation: Literal["auto", "mosquitto", "amqtt"] = Field(
-        "auto", title="auto = child mosquitto when on PATH, else in-process amqtt"
+        "auto",
+        title="auto/mosquitto = a child mosquitto with dynamic security (refused when not installed); "
+        "amqtt = in-process and anonymous, for a demo without Mosquitto only",
     )
     max_queued_messages: int = Field(100_000, ge=1000, title="mosquitto per-client queue limit")
 

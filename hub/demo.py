@@ -3,7 +3,8 @@
 Starts the hub (SQLite + the broker it runs itself), generates a synthetic blood-smear data set,
 queues a training job on the hub that ``leukonet trainer serve`` takes (a small TF-Slim Inception
 V3: trained, frozen, exported to OpenVINO with the parity check, signed and published to the hub),
-activates the model for two agents watching two folders, feeds them held-out images, and prints a
+enrolls two agents (each redeems a single-use token for its own broker login and API token),
+activates the model for them as they watch two folders, feeds them held-out images, and prints a
 summary. Every step runs the same ``leukonet`` entry points a user would, as child
 processes, so the demo exercises exactly what is shipped. Nothing here imports Flask or TensorFlow.
 """
@@ -27,7 +28,6 @@ import click
 import requests
 import yaml
 
-from hub.ports import pick_port
 from shared.bundle import generate_keypair
 from shared.hubclient import HubClient, HubError
 
@@ -41,7 +41,7 @@ class DemoError(RuntimeError):
     """A step of the demo failed; the message says which and where its log is."""
 
 
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
     click.echo(f"[demo {time.strftime('%H:%M:%S')}] {msg}", err=True)
 
 
@@ -78,7 +78,7 @@ class Demo:
         While it runs the child is one of :attr:`children`, so an interrupted demo stops it with
         SIGTERM (letting ``trainer serve`` stop its own training child) rather than SIGKILL.
         """
-        _say(f"{name}: {' '.join(args[3:])}")
+        say(f"{name}: {' '.join(args[3:])}")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, env=env, start_new_session=True)  # noqa: S603
         self.children[name] = proc
@@ -109,7 +109,7 @@ class Demo:
                 try:
                     proc.wait(timeout=20)
                 except subprocess.TimeoutExpired:
-                    _say(f"{name} did not stop in 20 s; killing it")
+                    say(f"{name} did not stop in 20 s; killing it")
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(timeout=10)
 
@@ -144,7 +144,7 @@ class Demo:
             (self.work / sub).mkdir(parents=True)
         self.secrets_ = {
             k: secrets.token_urlsafe(24)
-            for k in ("admin_token", "trainer_token", "agent_token", "secret_key", "dashboard_password")
+            for k in ("admin_token", "trainer_token", "secret_key", "admin_password")
         }
         generate_keypair(self.work / "keys" / "signing.pem", self.work / "keys" / "signing.pub.pem")
 
@@ -156,11 +156,12 @@ class Demo:
             "port": self.hub_port,
             "public_url": self.hub_url,
             "secret_key": self.secrets_["secret_key"],
-            "dashboard_password": self.secrets_["dashboard_password"],
+            "admin_username": "admin",
+            "admin_password": self.secrets_["admin_password"],
+            # bootstrap tokens for the demo's own steps; agents enroll for their own credentials
             "tokens": [
                 {"name": "demo-admin", "token": self.secrets_["admin_token"], "role": "admin"},
                 {"name": "demo-trainer", "token": self.secrets_["trainer_token"], "role": "trainer"},
-                {"name": "demo-agents", "token": self.secrets_["agent_token"], "role": "agent"},
             ],
             "trusted_keys": [str((self.work / "keys" / "signing.pub.pem").resolve())],
             "mqtt": {"host": "127.0.0.1", "port": self.broker_port},
@@ -169,7 +170,7 @@ class Demo:
         path = self.work / "hub" / "hub.yaml"
         path.write_text(yaml.safe_dump(cfg))
         path.chmod(0o600)
-        _say(f"starting hub on {self.hub_url} (SQLite, embedded broker on port {self.broker_port})")
+        say(f"starting hub on {self.hub_url} (SQLite, embedded broker on port {self.broker_port})")
         self.start("hub", self.cli("hub", "serve", "--config", str(path)))
 
         def healthy() -> bool:
@@ -226,7 +227,7 @@ class Demo:
                 "steps": self.steps,
             },
         )
-        _say(f"queued training job {job['job_id']} on the hub; starting `leukonet trainer serve` for it")
+        say(f"queued training job {job['job_id']} on the hub; starting `leukonet trainer serve` for it")
         self.run_step(
             "trainer-serve",
             self.cli("trainer", "serve", "--max-jobs", "1"),
@@ -251,13 +252,7 @@ class Demo:
         return result
 
     def start_agents(self) -> None:
-        hub_config = str(self.work / "hub" / "hub.yaml")
         for agent_id in AGENTS:
-            # The hub takes messages only from registered agents, as in production.
-            self.run_step(
-                f"register-{agent_id}",
-                self.cli("hub", "agents", "add", agent_id, "--lab", LABS[agent_id], "--config", hub_config),
-            )
             watch = self.work / "scopes" / agent_id
             watch.mkdir(parents=True, exist_ok=True)
             cfg = {
@@ -268,7 +263,7 @@ class Demo:
                 "backend": "openvino",
                 "device": "AUTO",
                 "mqtt": {"host": "127.0.0.1", "port": self.broker_port},
-                "hub": {"url": self.hub_url, "token": self.secrets_["agent_token"]},
+                "hub": {"url": self.hub_url},
                 "model_public_key": str((self.work / "keys" / "signing.pub.pem").resolve()),
                 "status_interval_s": 5,
                 "settle_s": 0.3,
@@ -276,8 +271,18 @@ class Demo:
             path = self.work / "agents" / f"{agent_id}.yaml"
             path.write_text(yaml.safe_dump(cfg))
             path.chmod(0o600)
+            # As in production: an admin issues a single-use token bound to this agent, and the
+            # agent redeems it for its own broker login and API token (its state dir, mode 0600).
+            issued = self.api(
+                "POST", "/agents/enrollment-tokens", json={"agent_id": agent_id, "lab": LABS[agent_id]}
+            )
+            self.run_step(
+                f"enroll-{agent_id}",
+                self.cli("agent", "enroll", "--config", str(path), "--hub", self.hub_url),
+                env_extra={"LEUKONET_ENROLL_TOKEN": issued["token"]},
+            )
             self.start(agent_id, self.cli("agent", "run", "--config", str(path)))
-        _say(f"started agents {', '.join(AGENTS)}")
+        say(f"started agents {', '.join(AGENTS)}")
 
     def activate(self) -> None:
         for agent_id in AGENTS:
@@ -286,7 +291,7 @@ class Demo:
                 f"/agents/{agent_id}/desired",
                 json={"model_name": MODEL_NAME, "model_version": MODEL_VERSION},
             )
-        _say(f"desired model {MODEL_NAME} {MODEL_VERSION} set for both agents; waiting for them to report it")
+        say(f"desired model {MODEL_NAME} {MODEL_VERSION} set for both agents; waiting for them to report it")
 
         def all_active() -> bool:
             items = self.api("GET", "/agents")["items"]
@@ -311,7 +316,7 @@ class Demo:
             tmp = dest / f".{name}.part"
             shutil.copyfile(f, tmp)
             os.replace(tmp, dest / name)  # appear whole, as a microscope's export would
-        _say(f"fed {len(files)} held-out images to the two scopes")
+        say(f"fed {len(files)} held-out images to the two scopes")
         return truth
 
     def collect(self, truth: dict[str, str]) -> list[dict[str, Any]]:
@@ -352,93 +357,3 @@ class Demo:
         }
         (self.work / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
-
-
-def _interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-def _print_summary(s: dict[str, Any], demo: Demo) -> None:
-    click.echo("")
-    click.echo("leukonet demo summary")
-    click.echo(
-        f"  images classified      {s['images_classified']} "
-        f"({', '.join(f'{k}: {v}' for k, v in sorted(s['per_agent'].items()))})"
-    )
-    click.echo(
-        f"  held-out accuracy      {s['held_out_accuracy']:.3f} ({s['correct']}/{s['images_classified']})"
-    )
-    click.echo(f"  low-confidence flags   {s['low_confidence']}")
-    click.echo(f"  model                  {s['model']}; parity {s['parity']}")
-    click.echo(
-        f"  dashboard              {s['dashboard_url']}  (password: "
-        f"{demo.secrets_['dashboard_password']}; also in {demo.work / 'hub' / 'hub.yaml'})"
-    )
-    click.echo(f"  admin API token        in {demo.work / 'hub' / 'hub.yaml'}")
-    click.echo(f"  elapsed                {s['elapsed_s']} s; logs in {demo.work / 'logs'}")
-
-
-@click.command("demo")
-@click.option(
-    "--work",
-    type=click.Path(path_type=Path),
-    default=Path("var/demo"),
-    show_default=True,
-    help="Folder for everything the demo writes (wiped per run).",
-)
-@click.option("--per-class", default=120, show_default=True, help="Training images per class.")
-@click.option("--heldout-per-class", default=30, show_default=True, help="Held-out images per class.")
-@click.option("--image-size", default=128, show_default=True, help="Model input size (299 = full size).")
-@click.option("--depth-multiplier", default=0.35, show_default=True, help="Inception V3 width multiplier.")
-@click.option("--steps", default=300, show_default=True, help="Training steps.")
-@click.option("--hub-port", default=8080, show_default=True, help="Preferred hub port (a free one if taken).")
-@click.option("--broker-port", default=18830, show_default=True, help="Preferred embedded broker port.")
-@click.option("--no-wait", is_flag=True, help="Exit after the summary instead of serving until Ctrl-C.")
-def cli(
-    work: Path,
-    per_class: int,
-    heldout_per_class: int,
-    image_size: int,
-    depth_multiplier: float,
-    steps: int,
-    hub_port: int,
-    broker_port: int,
-    no_wait: bool,
-) -> None:
-    """Run the whole loop on one machine and print a summary."""
-    started = time.monotonic()
-    # SIGTERM (docker stop, systemd, kill) stops the demo like Ctrl-C: children are stopped too.
-    signal.signal(signal.SIGTERM, _interrupt)
-    demo = Demo(
-        work=work.resolve(),
-        per_class=per_class,
-        heldout_per_class=heldout_per_class,
-        image_size=image_size,
-        depth_multiplier=depth_multiplier,
-        steps=steps,
-        hub_port=pick_port(hub_port),
-        broker_port=pick_port(broker_port),
-        timeout_s=1800,
-    )
-    try:
-        demo.prepare()
-        demo.start_hub()
-        train = demo.train_and_publish()
-        _say(f"published {MODEL_NAME} {MODEL_VERSION}: test metrics {train.get('metrics', {})}")
-        demo.start_agents()
-        demo.activate()
-        truth = demo.feed()
-        results = demo.collect(truth)
-        summary = demo.summarise(train, results, truth, started)
-        _print_summary(summary, demo)
-        if not no_wait:
-            click.echo("\nServing the dashboard; press Ctrl-C to stop.")
-            while True:
-                demo.check_alive()
-                time.sleep(1)
-    except KeyboardInterrupt:
-        click.echo("\nstopping")
-    except DemoError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        demo.stop_all()

@@ -1,10 +1,12 @@
 """``leukonet hub serve``: the one-process composition root.
 
-Order on start: migrate the database, start the embedded broker (if configured), start the
-ingest worker thread (which feeds agents' model reports to the rollout engine), the rollout tick
-thread (timeouts, retries), then serve the web app (werkzeug ``make_server``, threaded). SIGINT and
-SIGTERM stop them in reverse order. For production run the web app under gunicorn
-(``gunicorn 'hub.wsgi:app'`` with ``LEUKONET_HUB_CONFIG``) and ``leukonet hub ingest`` workers.
+Order on start: start the embedded broker (if configured; the hub then logs in to it with the
+account the broker made for it), migrate the database, create the first admin (``admin_password``)
+when there is no user yet, start the ingest worker thread (which feeds agents' model reports to
+the rollout engine), the rollout tick thread (timeouts, retries), then serve the web app
+(werkzeug ``make_server``, threaded). SIGINT and SIGTERM stop them in reverse order. For
+production run the web app under gunicorn (``gunicorn 'hub.wsgi:app'`` with
+``LEUKONET_HUB_CONFIG``) and ``leukonet hub ingest`` workers.
 """
 
 from __future__ import annotations
@@ -15,16 +17,19 @@ import threading
 from types import FrameType
 
 from flask import Flask
+from pydantic import SecretStr
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from hub.app import create_app
 from hub.broker.embedded import EmbeddedBroker, start_embedded_broker
 from hub.config import HubConfig
 from hub.db.migrate import upgrade
+from hub.identity.users import ensure_first_admin
 from hub.ingest.stats import IngestStats
 from hub.ingest.worker import IngestWorker
 from hub.rollouts.ticker import RolloutTicker
-from hub.services import build_services
+from hub.services import Services, build_services
+from shared.clock import utcnow
 from shared.logs import kv
 
 log = logging.getLogger(__name__)
@@ -64,20 +69,46 @@ def make_web_server(host: str, port: int, app: Flask, timeout_s: float) -> BaseW
     return make_server(host, port, app, threaded=True, request_handler=HubRequestHandler)
 
 
+def with_embedded_broker(config: HubConfig, broker: EmbeddedBroker) -> HubConfig:
+    """``config`` pointed at the embedded broker: its loopback port, the hub's own login there, and
+    enrollment through its dynamic security when it enforces identities (mosquitto)."""
+    mqtt = config.mqtt.model_copy(
+        update={
+            "host": "127.0.0.1",
+            "port": broker.port,
+            "username": broker.hub_username,
+            "password": SecretStr(broker.hub_password) if broker.hub_password else None,
+            "tls": False,
+            "ca_file": None,
+            "cert_file": None,
+            "key_file": None,
+        }
+    )
+    enrollment = config.enrollment.model_copy(update={"dynamic_security": broker.enforces_identity})
+    return config.model_copy(update={"mqtt": mqtt, "enrollment": enrollment})
+
+
 def serve(config: HubConfig, stop: threading.Event | None = None) -> None:
     """Run broker (optional) + ingest + web until ``stop`` is set or a signal arrives."""
     config.require_secret_key()
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         install_stop_handlers(stop)
-    services = build_services(config, ingest_stats=IngestStats())
     broker: EmbeddedBroker | None = None
+    if config.broker.embedded:
+        broker = start_embedded_broker(config.broker, config.data_dir / "broker")
+        config = with_embedded_broker(config, broker)
+    services: Services | None = None
     worker: IngestWorker | None = None
     ticker: RolloutTicker | None = None
     try:
+        services = build_services(config, ingest_stats=IngestStats())
         upgrade(services.db)
-        if config.broker.embedded:
-            broker = start_embedded_broker(config.broker, config.data_dir / "broker")
+        with services.db.session() as s:
+            created = ensure_first_admin(s, config, utcnow())
+            s.commit()
+        if created:
+            log.info(kv("first_admin_created", username=created))
         worker = IngestWorker(
             config, services.db, services.ingest_stats, on_commit=services.rollouts.on_ingest
         )
@@ -109,7 +140,8 @@ def serve(config: HubConfig, stop: threading.Event | None = None) -> None:
             ticker.stop()
         if worker is not None:
             worker.stop()
-        services.close()
+        if services is not None:
+            services.close()
         if broker is not None:
             broker.stop()
         log.info(kv("hub_stopped"))

@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hub.auth import TokenAuth
+from hub.broker.dynsec import BrokerAccounts, DynSecAccounts, UnenforcedAccounts
 from hub.config import HubConfig
 from hub.db.session import Database
+from hub.identity.enrollment import Enrollment
 from hub.identity.tokens import TokenStore
 from hub.ingest.stats import IngestStats
 from hub.mqtt.publisher import MqttPublisher
@@ -36,18 +38,24 @@ class Services:
     publisher: MqttPublisher
     rollouts: RolloutEngine
     training: TrainingJobs
+    #: the broker's account manager (per-agent logins and ACLs) that enrollment works through
+    accounts: BrokerAccounts
+    enrollment: Enrollment
     #: counters of an ingest worker running in this process (``serve``); None in a web-only one
     ingest_stats: IngestStats | None = None
 
     def close(self) -> None:
-        """Release the MQTT publisher's connection and the database engine. Idempotent."""
+        """Release the MQTT connections (publisher, broker accounts) and the database engine. Idempotent."""
         self.publisher.close()
+        self.accounts.close()
         self.db.dispose()
 
 
 def build_services(config: HubConfig, *, ingest_stats: IngestStats | None = None) -> Services:
     """Compose the hub for ``config``: database engine, bundle store + registry (its delete guard
-    asks the rollouts), token table, MQTT publisher, rollout engine and training-job queue.
+    asks the rollouts), token table, MQTT publisher, rollout engine, training-job queue, and agent
+    enrollment through the broker's dynamic security (``enrollment.dynamic_security``) or, for a
+    broker that does not enforce identities, an unenforced stand-in that says so in the log.
 
     Raises:
         ConfigError: a trusted key file cannot be loaded.
@@ -62,6 +70,9 @@ def build_services(config: HubConfig, *, ingest_stats: IngestStats | None = None
         limits=config.bundle_limits(),
         usage_checks=[model_users],
     )
+    accounts: BrokerAccounts = (
+        DynSecAccounts(config.mqtt) if config.enrollment.dynamic_security else UnenforcedAccounts()
+    )
     return Services(
         config=config,
         db=db,
@@ -70,5 +81,7 @@ def build_services(config: HubConfig, *, ingest_stats: IngestStats | None = None
         publisher=publisher,
         rollouts=RolloutEngine(db, publisher, config.public_url, config.rollouts),
         training=TrainingJobs(db, registry, config.training),
+        accounts=accounts,
+        enrollment=Enrollment(db, accounts, config.enrollment),
         ingest_stats=ingest_stats,
     )

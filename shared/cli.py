@@ -21,7 +21,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "agents": ("hub.operator.agents:agents", "Inspect agents (talks to the hub API)."),
     "rollout": ("hub.operator.rollout:rollout", "Staged model rollouts (talks to the hub API)."),
     "training": ("hub.operator.training:training", "Training jobs for `trainer serve` (hub API)."),
-    "demo": ("hub.demo", "Run the whole loop on one machine with embedded defaults."),
+    "demo": ("hub.demo_cli", "Run the whole loop on one machine with embedded defaults."),
 }
 
 

@@ -5,8 +5,19 @@ classifications, ingest stats, training jobs; and its documentation (``/api/v1/o
 Importing this package registers every route module on :data:`bp`.
 """
 
-from hub.api import agents, classifications, ingest, models, rollouts, tags, training
+from hub.api import agents, classifications, enrollment, ingest, models, rollouts, tags, training
 from hub.api.blueprint import bp
 from hub.api.docs import bp as docs_bp
 
-__all__ = ["agents", "bp", "classifications", "docs_bp", "ingest", "models", "rollouts", "tags", "training"]
+__all__ = [
+    "agents",
+    "bp",
+    "classifications",
+    "docs_bp",
+    "enrollment",
+    "ingest",
+    "models",
+    "rollouts",
+    "tags",
+    "training",
+]

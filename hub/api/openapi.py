@@ -66,6 +66,8 @@ class Operation:
     query: type[BaseModel] | None = None
     path: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
+    #: callable without credentials (enrollment: the body carries its own single-use token)
+    public: bool = False
 
     def models(self) -> list[tuple[type[BaseModel], JsonSchemaMode]]:
         """Every model the operation names, with the mode its JSON schema is read in."""
@@ -84,6 +86,7 @@ def documented(
     query: type[BaseModel] | None = None,
     path: type[BaseModel] | None = None,
     errors: tuple[int, ...] = (),
+    public: bool = False,
 ) -> Callable[[F], F]:
     """Decorator for an ``/api/v1`` view: ``require_roles(*roles)`` plus its OpenAPI operation.
 
@@ -100,9 +103,13 @@ def documented(
         query: query-string model (a :class:`~hub.api.params.QueryModel`).
         path: model describing path parameters beyond a plain segment (e.g. an enum).
         errors: error statuses it may answer besides 400 / 401 / 403 / 413.
+        public: no credentials needed (``roles`` must then be empty); the view authenticates
+            what its body carries itself.
     """
+    if public and roles:
+        raise ValueError("a public operation takes no roles")
     op = Operation(
-        roles=(Role.ADMIN, *roles),
+        roles=() if public else (Role.ADMIN, *roles),
         responses=responses,
         body=body,
         body_optional=body_optional,
@@ -110,6 +117,7 @@ def documented(
         query=query,
         path=path,
         errors=errors,
+        public=public,
     )
 
     def decorator(view: F) -> F:
@@ -119,7 +127,7 @@ def documented(
             refuse_nul_in_url()
             return view(*args, **kwargs)
 
-        guarded = require_roles(*roles)(checked)
+        guarded = checked if public else require_roles(*roles)(checked)
         setattr(guarded, ATTR, op)
         return cast(F, guarded)
 
@@ -221,7 +229,7 @@ def _summary(doc: str, endpoint: str) -> tuple[str, str]:
 def _operation(entry: _Entry, schemas: _Schemas) -> dict[str, Any]:
     op = entry.op
     summary, details = _summary(entry.doc, entry.endpoint)
-    roles = ", ".join(r.value for r in op.roles)
+    roles = ", ".join(r.value for r in op.roles) or "none (public)"
     path_params = schemas.parameters("path", op.path)
     parameters = [
         path_params.get(name, {"name": name, "in": "path", "required": True, "schema": dict(PATH_SEGMENT)})
@@ -236,6 +244,8 @@ def _operation(entry: _Entry, schemas: _Schemas) -> dict[str, Any]:
         "x-roles": [r.value for r in op.roles],
         "parameters": parameters,
     }
+    if op.public:
+        out["security"] = []  # overrides the document's bearerAuth requirement
     if op.body is not None:
         out["requestBody"] = {
             "required": not op.body_optional,
@@ -246,7 +256,7 @@ def _operation(entry: _Entry, schemas: _Schemas) -> dict[str, Any]:
             "required": True,
             "content": {"multipart/form-data": {"schema": schemas.ref(op.form, "validation")}},
         }
-    errors = {401, 403, *op.errors}
+    errors = set(op.errors) if op.public else {401, 403, *op.errors}
     if parameters or "requestBody" in out:
         errors.add(400)
     if "requestBody" in out:
@@ -285,13 +295,14 @@ def build_spec(app: Flask) -> dict[str, Any]:
         openapi_version="3.1.0",
         info={
             "description": "Edge-to-hub leukemia screening: agents, models, rollouts, classifications, "
-            "training jobs. Send `Authorization: Bearer <token>` with a token from the hub config; "
+            "training jobs. Send `Authorization: Bearer <token>` with an API token (Account page, "
+            "`leukonet hub tokens create`, or the config's bootstrap tokens); "
             'every error is `{"error": {"code": ..., "message": ...}}`.'
         },
         security=[{SECURITY: []}],
     )
     spec.components.security_scheme(
-        SECURITY, {"type": "http", "scheme": "bearer", "description": "a token from the hub config"}
+        SECURITY, {"type": "http", "scheme": "bearer", "description": "an API token scoped to one role"}
     )
     parameter_models = {
         schemas.name(m, "validation") for e in entries for m in (e.op.query, e.op.path) if m is not None

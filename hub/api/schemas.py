@@ -89,7 +89,7 @@ class AgentOut(_Out):
 
     agent_id: str
     lab: str
-    state: str = Field(title="online, offline, or unknown before its first status")
+    state: str = Field(title="online, offline, unknown before its first status, or revoked")
     model_name: str | None
     model_version: str | None
     desired_model_name: str | None
@@ -101,6 +101,8 @@ class AgentOut(_Out):
     last_seen: datetime | None
     vitals: dict[str, Any]
     tags: list[str]
+    enrolled_at: datetime | None = Field(title="when it redeemed an enrollment token")
+    revoked_at: datetime | None = Field(title="when an admin revoked it (its messages are refused)")
 
 
 class AgentDetail(AgentOut):

@@ -48,6 +48,8 @@ def agent_json(a: Agent, tags: list[str] | None = None) -> dict[str, Any]:
         "last_seen": iso(a.last_seen),
         "vitals": a.vitals or {},
         "tags": tags or [],
+        "enrolled_at": iso(a.enrolled_at),
+        "revoked_at": iso(a.revoked_at),
     }
 
 

@@ -205,7 +205,8 @@ class RolloutHistory(Base):
 
 
 class AuditEntry(Base):
-    """Who did what: an operator action (token name or ``dashboard``) or an automatic decision."""
+    """Who did what: a person's, service's or agent's action, or an automatic decision (see
+    :mod:`hub.audit` for what ``actor`` holds)."""
 
     __tablename__ = "audit_log"
     __table_args__ = (Index("ix_audit_log_at", "at"),)

@@ -1,8 +1,10 @@
 """Which validated agent messages the hub takes, decided per batch inside the writer's transaction.
 
 * A message from an agent id the hub has never registered is refused (``unknown_agent``) unless
-  ``ingest.auto_register_agents`` is on (the demo and tests). Agents are registered with
-  ``leukonet hub agents add``; enrollment will replace that.
+  ``ingest.auto_register_agents`` is on (tests). Agents are registered by enrollment
+  (``leukonet agent enroll``) or by hand (``leukonet hub agents add``).
+* A message from a revoked agent is refused (``revoked_agent``), whatever the settings: the broker
+  has already dropped its account, this is the hub's own line of defence behind it.
 * A result whose ``probabilities`` keys differ from the labels the registry holds for its model
   version is refused (``labels_mismatch``). A model the registry does not hold is not checked.
 
@@ -37,13 +39,15 @@ class Admission:
     def admit(self, s: Session, messages: Sequence[Message]) -> tuple[list[Message], Counter[str]]:
         """The messages to store, in order, and the refused ones counted by reason."""
         refused: Counter[str] = Counter()
-        known = self._known_agents(s, {m.agent_id for m in messages})
+        known, revoked = self._agents(s, {m.agent_id for m in messages})
         labels = self._model_labels(
             s, {(m.model_name, m.model_version) for m in messages if isinstance(m, ClassificationResult)}
         )
         kept: list[Message] = []
         for m in messages:
-            if known is not None and m.agent_id not in known:
+            if m.agent_id in revoked:
+                refused["revoked_agent"] += 1
+            elif known is not None and m.agent_id not in known:
                 refused["unknown_agent"] += 1
             elif isinstance(m, ClassificationResult) and not _labels_fit(m, labels):
                 refused["labels_mismatch"] += 1
@@ -51,10 +55,13 @@ class Admission:
                 kept.append(m)
         return kept, refused
 
-    def _known_agents(self, s: Session, ids: set[str]) -> set[str] | None:
-        if self.auto_register or not ids:
-            return None
-        return set(s.scalars(select(Agent.agent_id).where(Agent.agent_id.in_(ids))))
+    def _agents(self, s: Session, ids: set[str]) -> tuple[set[str] | None, set[str]]:
+        """Of ``ids``: the registered ones (None: any id goes) and the revoked ones."""
+        if not ids:
+            return None, set()
+        rows = s.execute(select(Agent.agent_id, Agent.revoked_at).where(Agent.agent_id.in_(ids))).all()
+        revoked = {agent_id for agent_id, revoked_at in rows if revoked_at is not None}
+        return (None if self.auto_register else {agent_id for agent_id, _ in rows}), revoked
 
     def _model_labels(self, s: Session, refs: set[tuple[str, str]]) -> dict[tuple[str, str], frozenset[str]]:
         missing = refs - set(self._labels)
