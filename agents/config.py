@@ -91,6 +91,28 @@ class OutboxConfig(BaseModel):
         200.0, ge=0, title="free space the state_dir disk must keep; intake pauses below it"
     )
     alarm_interval_s: float = Field(60.0, gt=0, le=86400, title="repeat the 'outbox full' error this often")
+    drain_rate_per_s: float = Field(
+        0.0,
+        ge=0,
+        le=1_000_000,
+        title="most results per second published while a backlog drains (0: no limit); live results "
+        "are never held back",
+    )
+    backlog_rows: int = Field(
+        1000, ge=1, title="an outbox deeper than this counts as a backlog (drained at drain_rate_per_s)"
+    )
+
+
+class MetricsConfig(BaseModel):
+    """Prometheus metrics of the agent on an HTTP port of its own; off by default."""
+
+    model_config = ConfigDict(extra="forbid", title="metrics")
+
+    enabled: bool = Field(False, title="serve /metrics (Prometheus text format)")
+    host: str = Field(
+        "127.0.0.1", min_length=1, title="bind address (0.0.0.0 lets a Prometheus elsewhere scrape)"
+    )
+    port: int = Field(9108, ge=0, le=65535, title="TCP port (0: any free port)")
 
 
 class HttpConfig(BaseModel):
@@ -159,6 +181,7 @@ class AgentConfig(StrictConfig):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, title="outbox limits")
     http: HttpConfig = Field(default_factory=HttpConfig, title="HTTP endpoint")
     camera: CameraConfig = Field(default_factory=CameraConfig, title="camera/video source")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, title="Prometheus metrics port")
 
     @field_validator("agent_id")
     @classmethod

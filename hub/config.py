@@ -216,6 +216,20 @@ class EnrollmentSection(_Section):
     )
 
 
+class RetentionSection(_Section):
+    """How long results and evidence are kept; older ones are archived, then deleted."""
+
+    results_days: int | None = Field(
+        None, ge=1, le=36500, title="delete results captured longer ago than this (None: keep for ever)"
+    )
+    archive_dir: Path | None = Field(
+        None,
+        title="where results are exported (gzipped JSON lines) before deletion; required with results_days",
+    )
+    batch_size: int = Field(5000, ge=100, le=100_000, title="results archived and deleted per transaction")
+    interval_s: int = Field(3600, ge=60, le=7 * 86400, title="how often `hub serve` applies the policy")
+
+
 class HubConfig(StrictConfig):
     """Everything the hub processes (serve, ingest, migrate, check) need."""
 
@@ -264,6 +278,7 @@ class HubConfig(StrictConfig):
     training: TrainingSection = Field(default_factory=TrainingSection, title="training job queue")
     login: LoginSection = Field(default_factory=LoginSection, title="dashboard login")
     enrollment: EnrollmentSection = Field(default_factory=EnrollmentSection, title="agent enrollment")
+    retention: RetentionSection = Field(default_factory=RetentionSection, title="result retention")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", title="log level")
 
     def bundle_limits(self) -> BundleLimits:

@@ -1,4 +1,10 @@
-"""Thread-safe ingest counters, shown by ``/healthz`` and ``GET /api/v1/ingest/stats``."""
+"""Thread-safe ingest counters, shown by ``/healthz``, ``GET /api/v1/ingest/stats`` and ``/metrics``.
+
+Besides the counters, three latency histograms (Prometheus client objects that belong to no
+registry; ``/metrics`` exposes them through a collector of its own): a batch from its first message
+to its PUBACKs (``batch_seconds``), the database commit alone (``commit_seconds``), and each stored
+result's lag, receipt minus ``captured_at`` (``lag_seconds``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,14 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
+from prometheus_client import Histogram
+
 from shared.loops import Loops
+
+#: bucket edges (seconds) of the batch and commit histograms
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: bucket edges (seconds) of the lag histogram: from live (under a second) to an outbox drained after a day
+LAG_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 6 * 3600.0, 86400.0)
 
 
 class IngestStats:
@@ -29,6 +42,24 @@ class IngestStats:
         self.reconcile_errors = 0
         #: liveness of the worker's loops: ``ingest-mqtt`` (paho's network thread), ``ingest-writer``
         self.loops = Loops()
+        self.batch_seconds = Histogram(
+            "leukonet_ingest_batch_seconds",
+            "Time from a batch's first message to its acknowledgements",
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        self.commit_seconds = Histogram(
+            "leukonet_ingest_commit_seconds",
+            "Time of one batch's database transaction",
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        self.lag_seconds = Histogram(
+            "leukonet_ingest_lag_seconds",
+            "Receipt time minus captured_at of each stored result",
+            buckets=LAG_BUCKETS,
+            registry=None,
+        )
 
     def add(self, **increments: int) -> None:
         """Add to named counters, e.g. ``add(stored=3, duplicates=1)``."""
