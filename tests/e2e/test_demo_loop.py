@@ -62,3 +62,13 @@ def test_demo_loop_end_to_end(tmp_path: Path):
     assert json.loads(serve_log.strip().splitlines()[-1])["jobs"] == 1
     # The dashboard was up and protected: the demo prints where it is.
     assert summary["dashboard_url"].startswith("http://127.0.0.1:")
+    # ... and how to sign in to it, as the first admin the hub created from its config
+    assert "log in as              admin / " in proc.stdout
+    # Each agent enrolled itself: its own broker login and API token, private to it.
+    for agent in ("lab-a-scope-1", "lab-b-scope-1"):
+        creds = work / "agents" / agent / "credentials.json"
+        assert creds.exists() and creds.stat().st_mode & 0o077 == 0, agent
+        assert json.loads(creds.read_text())["agent_id"] == agent
+    # The embedded broker enforced identities: dynamic security, no anonymous access.
+    conf = (work / "hub" / "broker" / "mosquitto.conf").read_text()
+    assert "allow_anonymous false" in conf and "dynamic_security" in conf
