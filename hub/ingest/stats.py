@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -67,6 +68,11 @@ class IngestStats:
             for name, n in increments.items():
                 setattr(self, name, getattr(self, name) + n)
 
+    def add_received(self) -> None:
+        """One message more from the broker (paho's thread: the cheapest counter)."""
+        with self._lock:
+            self.received += 1
+
     def add_invalid(self, reason: str, n: int = 1) -> None:
         with self._lock:
             self.invalid[reason] += n
@@ -79,6 +85,15 @@ class IngestStats:
             self.events += events
             self.batches += 1
             self.last_commit_at = datetime.now(timezone.utc)
+
+    def observe_batch(self, batch_s: float, commit_s: float, lags: Iterable[float]) -> None:
+        """Time one acknowledged batch: first message to PUBACKs, its transaction, and the lag of each
+        result it stored (a negative lag, an agent clock ahead of the hub's, counts as 0)."""
+        self.batch_seconds.observe(batch_s)
+        self.commit_seconds.observe(commit_s)
+        observe = self.lag_seconds.observe
+        for lag in lags:
+            observe(lag if lag > 0.0 else 0.0)
 
     def set_flags(self, *, connected: bool | None = None, running: bool | None = None) -> None:
         with self._lock:

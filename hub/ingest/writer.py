@@ -1,29 +1,36 @@
 """Writing validated agent messages to the database, one transaction per batch.
 
-Results are deduplicated by ``result_id``: against the rest of the batch, against rows already
-stored, and (for concurrent workers) by ``INSERT .. ON CONFLICT DO NOTHING`` on SQLite and
-PostgreSQL, falling back to one savepoint per row on other dialects. Status messages upsert the
-agent; model events are stored once per ``event_id`` and ``activated`` updates the agent's
-reported model.
+Results are deduplicated by ``result_id``: against the rest of the batch here, then against rows
+already stored (by earlier batches or concurrent workers) by the database itself, all of a batch's
+results in one set-based statement (:mod:`hub.ingest.results`); no ORM object is built for them.
+Their agents are touched once per batch each: one ``UPDATE`` of ``last_seen`` for all of them, the
+lab filled in where the agent has none, and (with ``auto_register_agents``) a row inserted for an
+agent never seen. Status messages upsert the agent; model events are stored once per ``event_id``
+and ``activated`` updates the agent's reported model.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, Update, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from hub.db.models import Agent, Classification, ModelEventRecord
+from hub.db.models import Agent, ModelEventRecord
 from hub.db.session import Database
 from hub.ingest.admission import Admission, Message
+from hub.ingest.results import insert_results
+from shared.logs import kv
 from shared.schemas import (
     AgentState,
     AgentStatus,
@@ -33,6 +40,28 @@ from shared.schemas import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _agents() -> Table:
+    table = Agent.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+@functools.cache
+def _seen_statement() -> Update:
+    """``last_seen = :now`` for the agents ``:ids``, unless a concurrent batch already set it later;
+    built once (a Core statement with expanding parameters skips per-call construction)."""
+    table = _agents()
+    now = bindparam("now", type_=table.c.last_seen.type)
+    return (
+        update(table)
+        .where(
+            table.c.agent_id.in_(bindparam("ids", expanding=True)),
+            or_(table.c.last_seen.is_(None), table.c.last_seen < now),
+        )
+        .values(last_seen=now)
+    )
 
 
 @dataclass
@@ -45,28 +74,8 @@ class BatchOutcome:
     events: int = 0
     #: messages refused by :class:`hub.ingest.admission.Admission`, by reason
     refused: Counter[str] = field(default_factory=Counter)
-
-
-def _result_row(r: ClassificationResult, now: datetime) -> dict[str, Any]:
-    return {
-        "result_id": r.result_id,
-        "agent_id": r.agent_id,
-        "lab": r.lab,
-        "image_name": r.image_name,
-        "image_sha256": r.image_sha256,
-        "label": r.label,
-        "confidence": r.confidence,
-        "probabilities": dict(r.probabilities),
-        "low_confidence": r.low_confidence,
-        "model_name": r.model_name,
-        "model_version": r.model_version,
-        "device": r.device,
-        "precision": r.precision,
-        "execution_precision": r.execution_precision,
-        "timings": r.timings.model_dump(),
-        "captured_at": r.captured_at,
-        "received_at": now,
-    }
+    #: receipt minus ``captured_at`` (seconds) of each result stored
+    lags: list[float] = field(default_factory=list)
 
 
 class IngestWriter:
@@ -75,31 +84,78 @@ class IngestWriter:
     Args:
         admission: which messages are taken; the ingest worker passes the configured one. The
             default takes every agent (tools and tests that write trusted messages).
+        keep_connection: hold one connection from batch to batch (the ingest worker's writer
+            thread; :meth:`close` returns it). A connection taken from the pool per batch costs the
+            pool's pre-ping, three round trips more per batch. It is dropped after an error that
+            says the database went away, and the next batch takes a fresh one.
     """
 
-    def __init__(self, db: Database, admission: Admission | None = None) -> None:
+    def __init__(
+        self, db: Database, admission: Admission | None = None, keep_connection: bool = False
+    ) -> None:
         self.db = db
         self.admission = admission or Admission(auto_register=True)
+        self.keep_connection = keep_connection
+        self._connection: Connection | None = None
+
+    def close(self) -> None:
+        """Return the connection kept between batches, if any, to the pool."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
 
     def write(self, messages: list[Message]) -> BatchOutcome:
         """Store ``messages`` (in order) in one transaction.
 
+        A kept connection that turns out dead (the database restarted since the last batch) is
+        replaced and the batch tried once more, as the pool's pre-ping would have done.
+
         Raises:
             sqlalchemy.exc.SQLAlchemyError: nothing was committed; the caller retries or splits.
         """
+        reused = self._connection is not None
+        try:
+            return self._write(messages)
+        except DBAPIError as exc:
+            if not (reused and exc.connection_invalidated):
+                raise
+            log.info(kv("ingest_db_reconnect", error=str(exc)[:200]))
+            return self._write(messages)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        if not self.keep_connection:
+            with self.db.transaction() as s:
+                yield s
+            return
+        connection = self._connection
+        if connection is None or connection.closed or connection.invalidated:
+            self.close()
+            connection = self._connection = self.db.engine.connect()
+        try:
+            with Session(bind=connection, expire_on_commit=False) as s, s.begin():
+                yield s
+        except (OperationalError, InterfaceError):
+            self.close()
+            raise
+
+    def _write(self, messages: list[Message]) -> BatchOutcome:
         now = datetime.now(timezone.utc)
         outcome = BatchOutcome()
-        with self.db.transaction() as s:
-            messages, outcome.refused = self.admission.admit(s, messages)
-            agents: dict[str, Agent] = {}
-            results = [m for m in messages if isinstance(m, ClassificationResult)]
+        with self._transaction() as s:
+            admitted = self.admission.admit(s, messages)
+            outcome.refused = admitted.refused
+            results = [m for m in admitted.kept if isinstance(m, ClassificationResult)]
             if results:
-                self._write_results(s, results, now, outcome)
+                unique: dict[uuid.UUID, ClassificationResult] = {}
                 for r in results:
-                    agent = self._agent(s, agents, r.agent_id, r.lab)
-                    if agent.last_seen is None or agent.last_seen < now:
-                        agent.last_seen = now
-            for m in messages:
+                    unique.setdefault(r.result_id, r)
+                outcome.lags = insert_results(s, list(unique.values()), now)
+                outcome.stored = len(outcome.lags)
+                outcome.duplicates = len(results) - outcome.stored
+                self._touch_agents(s, results, admitted.registered, now)
+            agents: dict[str, Agent] = {}
+            for m in admitted.kept:
                 if isinstance(m, AgentStatus):
                     self._apply_status(s, agents, m, now)
                     outcome.statuses += 1
@@ -107,49 +163,46 @@ class IngestWriter:
                     outcome.events += 1
         return outcome
 
-    # --- results ----------------------------------------------------------------------------
-    def _write_results(
-        self, s: Session, results: list[ClassificationResult], now: datetime, outcome: BatchOutcome
+    # --- agents of results --------------------------------------------------------------------
+    def _touch_agents(
+        self, s: Session, results: list[ClassificationResult], registered: dict[str, str], now: datetime
     ) -> None:
-        unique: dict[uuid.UUID, ClassificationResult] = {}
+        """Once per agent of ``results``: register it when new, fill in an empty lab, set ``last_seen``."""
+        labs: dict[str, str] = {}
         for r in results:
-            unique.setdefault(r.result_id, r)
-        outcome.duplicates += len(results) - len(unique)
-        existing = set(
-            s.scalars(select(Classification.result_id).where(Classification.result_id.in_(list(unique))))
-        )
-        fresh = [r for rid, r in unique.items() if rid not in existing]
-        outcome.duplicates += len(unique) - len(fresh)
-        if not fresh:
-            return
-        rows = [_result_row(r, now) for r in fresh]
-        inserted = self._insert_ignoring_duplicates(s, rows)
-        outcome.stored += inserted
-        outcome.duplicates += len(rows) - inserted
-
-    def _insert_ignoring_duplicates(self, s: Session, rows: list[dict[str, Any]]) -> int:
-        table = Classification.__table__
-        assert isinstance(table, Table)
-        dialect = s.get_bind().dialect.name
-        if dialect in ("sqlite", "postgresql"):
-            insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
-            stmt = (
-                insert(table)
-                .on_conflict_do_nothing(index_elements=["result_id"])
-                .returning(table.c.result_id)
+            if not labs.get(r.agent_id):
+                labs[r.agent_id] = r.lab  # the first result naming a lab gives it
+        table = _agents()
+        new = [a for a in labs if a not in registered]
+        if new:
+            self._register(s, table, [(a, labs[a]) for a in new], now)
+        s.execute(_seen_statement(), {"ids": list(labs), "now": now})
+        fill = [{"b_agent": a, "b_lab": lab} for a, lab in labs.items() if lab and not registered.get(a)]
+        if fill:
+            s.execute(
+                update(table)
+                .where(table.c.agent_id == bindparam("b_agent"), table.c.lab == "")
+                .values(lab=bindparam("b_lab")),
+                fill,
             )
-            return len(s.execute(stmt, rows).all())
-        inserted = 0
-        for row in rows:
-            try:
-                with s.begin_nested():
-                    s.add(Classification(**row))
-                inserted += 1
-            except IntegrityError:
-                log.debug("duplicate result %s (concurrent writer)", row["result_id"])
-        return inserted
 
-    # --- agents -----------------------------------------------------------------------------
+    @staticmethod
+    def _register(s: Session, table: Table, agents: list[tuple[str, str]], now: datetime) -> None:
+        """Rows for agents seen for the first time (``auto_register_agents``); a concurrent worker's
+        row for the same agent wins on PostgreSQL and SQLite."""
+        rows = [
+            {"agent_id": a, "lab": lab, "state": "unknown", "vitals": {}, "last_seen": now}
+            for a, lab in agents
+        ]
+        dialect = s.get_bind().dialect.name
+        if dialect in ("postgresql", "sqlite"):
+            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            s.execute(insert(table).on_conflict_do_nothing(index_elements=["agent_id"]), rows)
+        else:
+            s.add_all(Agent(**row) for row in rows)
+            s.flush()
+
+    # --- agents of statuses and events ----------------------------------------------------------
     def _agent(self, s: Session, cache: dict[str, Agent], agent_id: str, lab: str = "") -> Agent:
         agent = cache.get(agent_id)
         if agent is None:
