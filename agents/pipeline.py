@@ -40,11 +40,13 @@ import queue
 import shutil
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import numpy as np
+from prometheus_client import Histogram
 
 from agents.backends import BackendError
 from agents.config import OutboxConfig, PipelineConfig
@@ -116,6 +118,11 @@ class Pipeline:
         self._disk_low = ""
         self._alarm_reason = ""
         self._alarm_at = 0.0
+        # for agents.metrics: jobs by outcome, and a histogram no registry owns (as the hub's IngestStats)
+        self._outcomes: Counter[OutcomeKind] = Counter()
+        self.inference_seconds = Histogram(
+            "leukonet_agent_inference_seconds", "Inference time per classified image", registry=None
+        )
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -192,6 +199,11 @@ class Pipeline:
                 self._pending -= 1
             return False
         return True
+
+    def outcomes(self) -> dict[OutcomeKind, int]:
+        """Jobs finished since start, by outcome (a copy)."""
+        with self._pending_lock:
+            return dict(self._outcomes)
 
     def blocked_reason(self) -> str:
         """Why sources must not take images now ('' when they may): outbox cap, low disk, errors.
@@ -389,6 +401,7 @@ class Pipeline:
         self._notify()
         for ctx, result, ms in ready:
             self.stats.record(ms)
+            self.inference_seconds.observe(ms / 1e3)
             log.info(
                 kv(
                     "classified",
@@ -407,6 +420,7 @@ class Pipeline:
                 return
             job.finished = True
             self._pending -= 1
+            self._outcomes[outcome.kind] += 1
         if job.on_done is None:
             return
         try:

@@ -20,6 +20,7 @@ from hub.config import HubConfig
 from hub.errors import register_error_handlers
 from hub.extensions import hub_ext
 from hub.health import bp as health_bp
+from hub.metrics import bp as metrics_bp
 from hub.services import MIB, Services, build_services
 from hub.web import init_app as init_web
 
@@ -98,6 +99,7 @@ def create_app(config: HubConfig, services: Services | None = None) -> Flask:
     app.register_blueprint(api_docs_bp)
     init_web(app)
     app.register_blueprint(health_bp)
+    app.register_blueprint(metrics_bp)  # builds the app's own metrics registry
     return app
 
 

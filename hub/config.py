@@ -37,6 +37,8 @@ PLACEHOLDER_SECRETS = frozenset(
         "change-me-hub-mqtt-password",
         "change-me-enroll-token-lab-a",
         "change-me-enroll-token-lab-b",
+        "change-me-prometheus-token",
+        "change-me-grafana-password",
     }
 )
 
@@ -217,7 +219,8 @@ class EnrollmentSection(_Section):
 
 
 class RetentionSection(_Section):
-    """How long results and evidence are kept; older ones are archived, then deleted."""
+    """How long results and evidence are kept; older ones are archived, then deleted (see
+    :mod:`hub.retention`)."""
 
     results_days: int | None = Field(
         None, ge=1, le=36500, title="delete results captured longer ago than this (None: keep for ever)"
@@ -228,6 +231,15 @@ class RetentionSection(_Section):
     )
     batch_size: int = Field(5000, ge=100, le=100_000, title="results archived and deleted per transaction")
     interval_s: int = Field(3600, ge=60, le=7 * 86400, title="how often `hub serve` applies the policy")
+
+    @model_validator(mode="after")
+    def _archive_before_delete(self) -> RetentionSection:
+        if self.results_days is not None and self.archive_dir is None:
+            raise ValueError(
+                "retention.archive_dir is required when retention.results_days is set: results are "
+                "exported there before they are deleted (set it, or unset results_days to keep every result)"
+            )
+        return self
 
 
 class HubConfig(StrictConfig):

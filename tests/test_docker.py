@@ -5,11 +5,13 @@ broker enforces identities. The broker itself is real: docker/make-certs.sh make
 docker/mosquitto-start.sh starts Mosquitto on docker/mosquitto.conf (paths and ports moved to a
 temporary folder and free loopback ports), then the hub's admin and an agent log in over TLS."""
 
+import json
 import os
 import re
 import shlex
 import subprocess
 import threading
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -359,3 +361,169 @@ def test_the_broker_start_refuses_a_placeholder_password_and_missing_certs(
     compose_broker.env["MOSQUITTO_CERTS_IN"] = str(tmp_path / "no-certs")
     assert compose_broker.run_script(f"hub-{uuid.uuid4().hex}").wait(timeout=30) == 1
     assert "make-certs.sh" in (compose_broker.root / "broker.log").read_text()
+
+
+# --- monitoring: Prometheus + Grafana (profile "monitoring") and the metrics they query ---------
+
+PROMETHEUS = DOCKER / "prometheus" / "prometheus.yml"
+GRAFANA = DOCKER / "grafana"
+METRIC = re.compile(r"\bleukonet_[a-z0-9_]+")
+
+
+def monitoring_service(name: str) -> dict:
+    svc = compose()["services"][name]
+    assert svc["profiles"] == ["monitoring"], f"{name} must run only with --profile monitoring"
+    return svc
+
+
+def scrape_jobs() -> dict[str, dict]:
+    return {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]}
+
+
+def test_prometheus_scrapes_the_hub_with_a_token_file_and_the_agents_ports():
+    from agents.config import MetricsConfig
+
+    hub = scrape_jobs()["leukonet-hub"]
+    assert hub["metrics_path"] == "/metrics"
+    hub_port = compose()["services"]["hub"]["ports"][0].split(":")[-1]
+    assert [t for c in hub["static_configs"] for t in c["targets"]] == [f"hub:{hub_port}"]
+    authz = hub["authorization"]
+    assert authz.get("type", "Bearer") == "Bearer" and set(authz) <= {"type", "credentials_file"}
+    assert "bearer_token" not in hub and "bearer_token_file" not in hub  # the old, deprecated keys
+    # the file is the compose secret, made from a variable of docker/.env: no token in any file
+    prometheus = monitoring_service("prometheus")
+    secret = Path(authz["credentials_file"])
+    assert secret.parent == Path("/run/secrets") and secret.name in prometheus["secrets"]
+    assert compose()["secrets"][secret.name]["environment"] in env_example()
+    assert "./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    assert all(p.startswith("127.0.0.1:") for p in prometheus["ports"]), "Prometheus has no login"
+    # every agent of the compose file serves metrics on the compose network, none publishes the port
+    agents = scrape_jobs()["leukonet-agents"]
+    port = MetricsConfig().port
+    targets = {t for c in agents["static_configs"] for t in c["targets"]}
+    assert targets == {f"{name}:{port}" for name in agent_services()}
+    for name, svc in agent_services().items():
+        env = svc["environment"]
+        assert (env["LEUKONET_AGENT_METRICS__ENABLED"], env["LEUKONET_AGENT_METRICS__HOST"]) == (
+            "true",
+            "0.0.0.0",
+        )
+        assert "ports" not in svc, f"{name} publishes a port"
+
+
+def test_grafana_is_provisioned_and_refuses_its_placeholder_password():
+    grafana = monitoring_service("grafana")
+    source = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yaml").read_text())
+    (datasource,) = source["datasources"]
+    assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
+    (provider,) = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "leukonet.yaml").read_text())[
+        "providers"
+    ]
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in grafana["volumes"] if v.startswith("."))
+    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    assert mounts["./grafana/dashboards"] == provider["options"]["path"]
+    panels = dashboard_panels()
+    assert panels and all(p["datasource"]["uid"] == datasource["uid"] for p in panels)
+    password = grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    var = re.fullmatch(r"\$\{([A-Z_]+):\?.+\}", password)
+    assert var, password
+    assert f"= {env_example()[var.group(1)]} ]" in grafana["entrypoint"][2]
+
+
+def dashboard_panels() -> list[dict]:
+    dashboard = json.loads((GRAFANA / "dashboards" / "leukonet.json").read_text())
+    return [p for p in dashboard["panels"] if p["type"] != "row"]
+
+
+def dashboard_queries() -> list[str]:
+    return [t["expr"] for p in dashboard_panels() for t in p["targets"]]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, str]:
+    """``{metric family: type}`` from a live scrape of a hub (with an ingest worker's counters) and of
+    an agent (with a model), each parsed by the Prometheus client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from agents.config import AgentConfig
+    from agents.daemon import build_agent
+    from hub.extensions import hub_ext
+    from hub.ingest.stats import IngestStats
+    from tests.agents.helpers import make_bundle, make_keys
+    from tests.hub.conftest import auth, close_app, hub_config, migrated_app
+
+    tmp = tmp_path_factory.mktemp("scrape")
+    app = migrated_app(hub_config(tmp / "hub", None))
+    try:
+        stats = IngestStats()
+        stats.committed(1, 0, 0, 0)  # the last-commit gauge appears after the first commit
+        hub_ext.for_app(app).ingest_stats = stats
+        r = app.test_client().get("/metrics", headers=auth("admin"))
+        assert r.status_code == 200
+        texts = [r.data.decode()]
+    finally:
+        close_app(app)
+    keys = make_keys(tmp / "keys")
+    bundle, _ = make_bundle(tmp / "bundles", keys)
+    cfg = AgentConfig.load(
+        None,
+        agent_id="scrape-1",
+        watch_dir=tmp / "in",
+        state_dir=tmp / "state",
+        backend="fake",
+        model_public_key=keys.public,
+        initial_model=bundle,
+        metrics={"enabled": True, "port": 0},
+    )
+    agent = build_agent(cfg, connect=False)
+    agent.start()
+    try:
+        assert agent.metrics is not None
+        with urllib.request.urlopen(f"http://127.0.0.1:{agent.metrics.port}/metrics", timeout=10) as resp:
+            texts.append(resp.read().decode())
+    finally:
+        agent.close()
+    return {f.name: f.type for text in texts for f in text_string_to_metric_families(text)}
+
+
+def series_names(families: dict[str, str]) -> set[str]:
+    """What PromQL selects: ``x_total`` of a counter, ``x_bucket``/``_count``/``_sum`` of a histogram."""
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}
+    return {name + s for name, kind in families.items() for s in suffixes.get(kind, [""])}
+
+
+def test_every_dashboard_query_selects_a_metric_the_hub_or_an_agent_exports(exported):
+    names = series_names(exported)
+    queries = dashboard_queries()
+    assert len(queries) >= 15
+    for expr in queries:
+        used = set(METRIC.findall(expr))
+        assert used, f"no leukonet metric in {expr!r}"
+        assert used <= names, f"{expr!r} selects {sorted(used - names)}, which nothing exports"
+    used = {m for expr in queries for m in METRIC.findall(expr)}
+    asked = {  # what the dashboard must show (hub: ingest, latencies, states; agents: throughput)
+        "leukonet_ingest_stored_total",
+        "leukonet_ingest_refused_total",
+        "leukonet_ingest_batch_seconds_bucket",
+        "leukonet_ingest_commit_seconds_bucket",
+        "leukonet_ingest_lag_seconds_bucket",
+        "leukonet_rollouts",
+        "leukonet_training_jobs",
+        "leukonet_agents",
+        "leukonet_agent_images_classified_total",
+        "leukonet_agent_inference_seconds_bucket",
+        "leukonet_agent_outbox_depth",
+    }
+    assert asked <= used, sorted(asked - used)
+
+
+def test_operations_md_lists_every_metric_and_its_promql_selects_real_ones(exported):
+    page = (ROOT / "docs" / "operations.md").read_text()
+    section = page.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `(leukonet_[a-z0-9_]+)` \|", section, re.M))
+    families = {name: kind for name, kind in exported.items() if not name.endswith("_created")}
+    shown = {name + ("_total" if kind == "counter" else "") for name, kind in families.items()}
+    assert listed == shown
+    promql = "\n".join(re.findall(r"^```promql\n(.*?)^```", section, re.M | re.S))
+    used = set(METRIC.findall(promql))
+    assert used and used <= series_names(exported), sorted(used - series_names(exported))
