@@ -92,11 +92,11 @@ class OutboxConfig(BaseModel):
     )
     alarm_interval_s: float = Field(60.0, gt=0, le=86400, title="repeat the 'outbox full' error this often")
     drain_rate_per_s: float = Field(
-        0.0,
+        500.0,
         ge=0,
         le=1_000_000,
-        title="most results per second published while a backlog drains (0: no limit); live results "
-        "are never held back",
+        title="most backlog results per second while the outbox is deeper than backlog_rows (0: no "
+        "limit); results classified meanwhile go first, at once",
     )
     backlog_rows: int = Field(
         1000, ge=1, title="an outbox deeper than this counts as a backlog (drained at drain_rate_per_s)"

@@ -14,7 +14,8 @@ Every source feeds one :class:`agents.pipeline.Pipeline` (decode threads -> asyn
 committed results over MQTT. Without an active model, watch-folder files wait; while the outbox is
 at its cap or the disk is low, every source waits (see :meth:`agents.pipeline.Pipeline.blocked_reason`).
 A source whose input is gone for good (the watch folder cannot be read) stops the agent with that
-error (:class:`agents.sources.Halt`).
+error (:class:`agents.sources.Halt`). With ``metrics.enabled`` the agent also serves Prometheus
+metrics (:mod:`agents.metrics`) from start to close.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from agents.backends import Backend, BackendError, create_backend
 from agents.config import AgentConfig
 from agents.credentials import CredentialSource
 from agents.link import Link
+from agents.metrics import AgentCollector, MetricsServer
 from agents.models import ModelError, ModelManager
 from agents.outbox import Outbox
 from agents.pipeline import Pipeline
@@ -51,6 +53,7 @@ class Agent:
         status: computes the agent's status (published by ``link``).
         halt: where a source reports an error that must stop the agent.
         link: the MQTT link; None for an agent without MQTT.
+        metrics: the Prometheus metrics port; None when ``metrics.enabled`` is false.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class Agent:
         status: StatusReport,
         halt: Halt,
         link: Link | None = None,
+        metrics: MetricsServer | None = None,
     ) -> None:
         self.config = config
         self.outbox = outbox
@@ -70,6 +74,7 @@ class Agent:
         self.pipeline = pipeline
         self.sources = sources
         self.link = link
+        self.metrics = metrics
         self._status = status
         self._halt = halt
         self._started = False
@@ -81,7 +86,8 @@ class Agent:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Restore or install the model, start the pipeline, the model worker, the link, the sources."""
+        """Restore or install the model, start the pipeline, the model worker, the link, the metrics
+        port, the sources."""
         try:
             restored = self.models.load_active()
         except (ModelError, BackendError, ValueError, OSError) as exc:
@@ -99,6 +105,8 @@ class Agent:
         self.models.start()
         if self.link is not None:
             self.link.start()
+        if self.metrics is not None:
+            self.metrics.start()
         for source in self.sources.values():
             source.start()
 
@@ -127,24 +135,28 @@ class Agent:
             self.close()
 
     def close(self) -> None:
-        """Stop the sources, drain the pipeline, say goodbye on MQTT, stop the model worker, close outbox."""
+        """Stop the sources, drain the pipeline, say goodbye on MQTT, close the metrics port, stop the
+        model worker, close the outbox."""
         for source in reversed(self.sources.values()):
             source.stop()
         if self._started:
             self.pipeline.close()
         if self.link is not None:
             self.link.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.models.close()
         self.outbox.close()
         log.info(kv("agent_stopped", agent_id=self.config.agent_id))
 
 
 def build_agent(config: AgentConfig, connect: bool = True) -> Agent:
-    """Compose an agent from ``config``: outbox, model manager, pipeline, sources, status, MQTT link.
+    """Compose an agent from ``config``: outbox, model manager, pipeline, sources, status, MQTT link
+    and (``metrics.enabled``) the metrics port.
 
-    Nothing starts until :meth:`Agent.run` (or :meth:`Agent.start`); the HTTP port is bound by
-    ``start``. ``connect=False`` builds an agent without MQTT (used by ``leukonet agent rollback``
-    and offline tests).
+    Nothing starts until :meth:`Agent.run` (or :meth:`Agent.start`); the HTTP and metrics ports are
+    bound by ``start``. ``connect=False`` builds an agent without MQTT (used by
+    ``leukonet agent rollback`` and offline tests).
 
     Raises:
         ValueError: unknown backend name.
@@ -221,6 +233,23 @@ def build_agent(config: AgentConfig, connect: bool = True) -> Agent:
             status_interval_s=config.status_interval_s,
             loops=loops,
             mqtt_login=credentials.mqtt_login,
+            drain_rate_per_s=config.outbox.drain_rate_per_s,
+            backlog_rows=config.outbox.backlog_rows,
         )
         uplink.attach(link)
-    return Agent(config, outbox, models, pipeline, sources, status, halt, link)
+    metrics = None
+    if config.metrics.enabled:
+        collector = AgentCollector(
+            config.agent_id,
+            config.lab,
+            state_dir,
+            pipeline,
+            stats,
+            outbox,
+            config.outbox.max_rows,
+            models,
+            loops,
+            link,
+        )
+        metrics = MetricsServer(config.metrics, collector, loops)
+    return Agent(config, outbox, models, pipeline, sources, status, halt, link, metrics)

@@ -14,6 +14,11 @@ rows in sequence order (QoS 1, at most ``window`` unacknowledged) and deletes a 
 broker's PUBACK for its message id arrives (``on_publish``). paho re-sends in-flight messages
 itself after a reconnect; rows it never got are published when the connection is back. Callbacks
 never take the pump's state lock while paho holds its own, so the two threads cannot deadlock.
+
+Which rows go next is :class:`agents.drain.BacklogDrain`'s call: in sequence order, except while
+the outbox holds a backlog (deeper than ``backlog_rows``) and ``drain_rate_per_s`` is set; then
+live results go first and the backlog at that rate, so an agent back from an outage does not
+bury every other agent's live results in the hub's queue at the broker (see that module).
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from agents.config import MqttConfig
+from agents.drain import BacklogDrain
 from agents.outbox import Outbox, OutboxError
 from shared.logs import kv
 from shared.loops import Loops, paho_network_alive
@@ -46,7 +53,12 @@ class Link:
     """MQTT session of one agent. ``start()`` connects in the background; ``stop()`` says goodbye.
 
     ``mqtt_login``, when given, is asked for the broker login before every (re)connect; without it
-    the login of ``mqtt_config`` is used throughout.
+    the login of ``mqtt_config`` is used throughout. ``drain_rate_per_s`` (0: no limit) and
+    ``backlog_rows`` set the backlog drain (:class:`agents.drain.BacklogDrain`); ``clock``
+    (monotonic seconds) paces it.
+
+    Raises:
+        ValueError: a negative ``drain_rate_per_s`` or ``backlog_rows`` below 1.
     """
 
     def __init__(
@@ -60,6 +72,9 @@ class Link:
         window: int = 100,
         loops: Loops | None = None,
         mqtt_login: LoginFn | None = None,
+        drain_rate_per_s: float = 0.0,
+        backlog_rows: int = 1000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.agent_id = agent_id
         self._cfg = mqtt_config
@@ -77,9 +92,9 @@ class Link:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
-        # Pump-thread state: message id -> outbox seq of results in flight, and the last seq sent.
+        # Pump-thread state: message id -> outbox seq of results in flight, and what to send next.
         self._inflight: dict[int, int] = {}
-        self._last_seq = 0
+        self.drain = BacklogDrain(outbox, drain_rate_per_s, backlog_rows, clock)
         self._threads: list[threading.Thread] = []
         self.client = self._make_client()
 
@@ -229,7 +244,7 @@ class Link:
 
     def _pump(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(0.5)
+            self._wake.wait(self.drain.wait_s(0.5))
             self._wake.clear()
             self.loops.beat("outbox-pump")
             self._drain_acks()
@@ -257,14 +272,14 @@ class Link:
         room = self._window - len(self._inflight)
         if room <= 0:
             return
-        for row in self._outbox.after(self._last_seq, room):
+        for row in self.drain.next_rows(room):
             info = self.client.publish(row.topic, row.payload, qos=1)
             if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
                 log.error(kv("result_publish_failed", result_id=row.result_id, rc=mqtt.error_string(info.rc)))
                 return  # retried on the next wake-up
             # NO_CONN: paho queued it and sends it after the reconnect; the ack will still come.
             self._inflight[info.mid] = row.seq
-            self._last_seq = row.seq
+            self.drain.sent(row)
         self._drain_acks()
 
     # --- shutdown ----------------------------------------------------------------------------

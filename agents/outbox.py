@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS pending_moves (
     result_id TEXT NOT NULL
 );
 """
+_MAX_SEQ = 2**63 - 1  # SQLite's largest integer: "no upper bound" for :meth:`Outbox.after`
 
 
 class OutboxError(RuntimeError):
@@ -135,14 +136,21 @@ class Outbox:
         except sqlite3.Error as exc:
             raise OutboxError(f"outbox {self.path}: {what}: {exc}" + (f"; {fix}" if fix else "")) from exc
 
-    def after(self, seq: int, limit: int) -> list[OutboxRow]:
-        """Up to ``limit`` rows with a sequence number above ``seq``, in order."""
+    def after(self, seq: int, limit: int, until: int | None = None) -> list[OutboxRow]:
+        """Up to ``limit`` rows with a sequence number above ``seq`` (and at most ``until``), in order."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, result_id, topic, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                (seq, limit),
+                "SELECT seq, result_id, topic, payload FROM outbox WHERE seq > ? AND seq <= ? "
+                "ORDER BY seq LIMIT ?",
+                (seq, _MAX_SEQ if until is None else until, limit),
             ).fetchall()
         return [OutboxRow(int(r[0]), str(r[1]), str(r[2]), bytes(r[3])) for r in rows]
+
+    def newest_seq(self) -> int:
+        """The sequence number of the newest row (0 when the outbox is empty)."""
+        with self._lock:
+            (seq,) = self._db.execute("SELECT MAX(seq) FROM outbox").fetchone()
+        return int(seq or 0)
 
     def ack(self, seq: int) -> None:
         """Delete row ``seq``: the broker has acknowledged it."""

@@ -4,6 +4,9 @@
   "use strict";
   const REFRESH_MS = 5000;
   const status = document.getElementById("refresh-status");
+  const agentsTable = document.getElementById("agents");
+  // outbox depth above which the fleet table flags a backlog (set by the page, index.html)
+  const BACKLOG_ROWS = agentsTable ? Number(agentsTable.dataset.backlogRows) || 1000 : 1000;
 
   function cell(text, cls) {
     const td = document.createElement("td");
@@ -29,6 +32,18 @@
     }
     rows.forEach((tr) => tbody.appendChild(tr));
   }
+  function backlogCell(a) {
+    const depth = a.vitals ? a.vitals.outbox_depth : null;
+    const known = typeof depth === "number";
+    const td = cell(known ? depth.toLocaleString("en-US") : null, "num backlog");
+    if (known && depth > BACKLOG_ROWS) {
+      const flag = document.createElement("span");
+      flag.className = "flag";
+      flag.textContent = "backlog";
+      td.append(" ", flag);
+    }
+    return td;
+  }
   function agentRow(a) {
     const tr = document.createElement("tr");
     const id = cell(null);
@@ -47,6 +62,7 @@
     tr.appendChild(cell(a.model_name ? a.model_name + " " + (a.model_version || "") : ""));
     tr.appendChild(cell(a.desired_model_name ? a.desired_model_name + " " + a.desired_model_version : ""));
     tr.appendChild(cell(a.device));
+    tr.appendChild(backlogCell(a));
     tr.appendChild(cell(when(a.last_seen), "time"));
     return tr;
   }
@@ -83,10 +99,10 @@
     try {
       const [agents, results] = await Promise.all([
         getJson("/api/v1/agents"),
-        getJson("/api/v1/classifications?per_page=50"),
+        getJson("/api/v1/classifications?per_page=50&count=false"),
       ]);
       replaceRows(document.querySelector("#agents tbody"), agents.items.map(agentRow),
-                  "No agents have reported yet.", 7);
+                  "No agents have reported yet.", 8);
       document.getElementById("agents-count").textContent = "(" + agents.items.length + ")";
       replaceRows(document.querySelector("#results tbody"), results.items.map(resultRow),
                   "No classifications yet.", 6);
