@@ -2,8 +2,9 @@
 
 ``actor`` is the person (their user name, from a dashboard session or a personal API token), a
 service token's name, an agent id, ``cli:<os user>`` for the hub's local commands, ``config`` for the
-first admin made from the config, or ``engine`` for the hub's own decisions (rollout advance, pause
-on errors, automatic rollback; training jobs failed for a silent or restarted trainer).
+first admin made from the config, ``retention`` for the retention policy, or ``engine`` for the hub's
+own decisions (rollout advance, pause on errors, automatic rollback; training jobs failed for a
+silent or restarted trainer).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""``leukonet hub ...``: serve, migrate, ingest, check, agents, users, tokens. Each command is a
-composition root.
+"""``leukonet hub ...``: serve, migrate, ingest, check, agents, users, tokens, retention. Each command
+is a composition root.
 
 A bad config exits with status 1 and the :class:`~shared.config.ConfigError` text.
 """
@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from hub.cli_agents import agents_cli
 from hub.cli_common import config_option, load_config
+from hub.cli_retention import retention_cli
 from hub.cli_users import tokens_cli, users_cli
 from hub.config import HubConfig
 from hub.ports import port_free
@@ -34,6 +35,7 @@ def cli() -> None:
 cli.add_command(agents_cli)
 cli.add_command(users_cli)
 cli.add_command(tokens_cli)
+cli.add_command(retention_cli)
 
 
 @cli.command()

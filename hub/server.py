@@ -3,9 +3,10 @@
 Order on start: start the embedded broker (if configured; the hub then logs in to it with the
 account the broker made for it), migrate the database, create the first admin (``admin_password``)
 when there is no user yet, start the ingest worker thread (which feeds agents' model reports to
-the rollout engine), the rollout tick thread (timeouts, retries), then serve the web app
-(werkzeug ``make_server``, threaded). SIGINT and SIGTERM stop them in reverse order. For
-production run the web app under gunicorn (``gunicorn 'hub.wsgi:app'`` with
+the rollout engine), the rollout tick thread (timeouts, retries), the retention thread when
+``retention.results_days`` is set (:mod:`hub.retention`: its failures are logged and counted, never
+fatal), then serve the web app (werkzeug ``make_server``, threaded). SIGINT and SIGTERM stop them
+in reverse order. For production run the web app under gunicorn (``gunicorn 'hub.wsgi:app'`` with
 ``LEUKONET_HUB_CONFIG``) and ``leukonet hub ingest`` workers.
 """
 
@@ -27,6 +28,7 @@ from hub.db.migrate import upgrade
 from hub.identity.users import ensure_first_admin
 from hub.ingest.stats import IngestStats
 from hub.ingest.worker import IngestWorker
+from hub.retention import Retention, RetentionTicker
 from hub.rollouts.ticker import RolloutTicker
 from hub.services import Services, build_services
 from shared.clock import utcnow
@@ -101,6 +103,7 @@ def serve(config: HubConfig, stop: threading.Event | None = None) -> None:
     services: Services | None = None
     worker: IngestWorker | None = None
     ticker: RolloutTicker | None = None
+    retention: RetentionTicker | None = None
     try:
         services = build_services(config, ingest_stats=IngestStats())
         upgrade(services.db)
@@ -115,6 +118,9 @@ def serve(config: HubConfig, stop: threading.Event | None = None) -> None:
         worker.start()
         ticker = RolloutTicker(services.rollouts, config.rollouts.tick_s)
         ticker.start()
+        if config.retention.results_days is not None:
+            retention = RetentionTicker(Retention(services.db, config.retention), config.retention.interval_s)
+            retention.start()
         app = create_app(config, services)
         server = make_web_server(config.host, config.port, app, config.web_timeout_s)
         thread = threading.Thread(target=server.serve_forever, name="web", daemon=True)
@@ -136,6 +142,8 @@ def serve(config: HubConfig, stop: threading.Event | None = None) -> None:
         server.shutdown()
         thread.join(10)
     finally:
+        if retention is not None:
+            retention.stop()
         if ticker is not None:
             ticker.stop()
         if worker is not None:

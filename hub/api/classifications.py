@@ -1,24 +1,45 @@
-"""``GET /classifications``: filtered, paginated results, newest first."""
+"""``GET /classifications``: filtered results, newest first, one page at a time.
+
+Pages follow a keyset cursor on ``(captured_at, id)``: each answer's ``next_cursor`` is passed back
+as ``cursor`` (with the same filters) for the page after it, which the database reads as one range
+of an index ending in ``(captured_at, id)`` (migration 0006), however deep it is. The older
+``page`` parameter (OFFSET) still works for existing clients but reads and skips every row before
+the page. :func:`page_query` and :func:`count_query` are the statements the route runs, so
+tests/integration/test_results_queries.py can hold their PostgreSQL plans to an index scan.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, Field
-from sqlalchemy import func, select
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from sqlalchemy import ColumnElement, Select, func, select, tuple_
 
 from hub.api.blueprint import bp
 from hub.api.openapi import documented
 from hub.api.params import QueryModel, parse_query
-from hub.api.schemas import ClassificationPage
+from hub.api.schemas import ClassificationOut
 from hub.api.serialize import classification_json
 from hub.db.models import Classification
+from hub.errors import ApiError
 from hub.extensions import hub_ext
 from hub.roles import READERS
 
 MAX_PER_PAGE = 500
+MAX_ID = 2**31 - 1  # classifications.id is an INTEGER: PostgreSQL refuses a larger value
 TIME_HINT = "must be an ISO 8601 time such as 2026-01-01T00:00:00Z"
+CURSOR_HINT = (
+    "is not a cursor this hub issued: pass the previous page's next_cursor unchanged, "
+    "or leave cursor out to start from the newest result"
+)
+#: the order of every page, and of the indexes that serve it
+NEWEST_FIRST = (Classification.captured_at.desc(), Classification.id.desc())
 
 
 def _parse_time(raw: Any) -> Any:
@@ -43,40 +64,175 @@ def _as_utc(value: datetime | None) -> datetime | None:
 QueryTime = Annotated[datetime | None, BeforeValidator(_parse_time), AfterValidator(_as_utc)]
 
 
+@dataclass(frozen=True)
+class ResultFilters:
+    """What a results query keeps (every filter optional; ``until`` is exclusive)."""
+
+    agent_id: str | None = None
+    label: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def where(self) -> list[ColumnElement[bool]]:
+        conds: list[ColumnElement[bool]] = []
+        if self.agent_id:
+            conds.append(Classification.agent_id == self.agent_id)
+        if self.label:
+            conds.append(Classification.label == self.label)
+        if self.since is not None:
+            conds.append(Classification.captured_at >= self.since)
+        if self.until is not None:
+            conds.append(Classification.captured_at < self.until)
+        return conds
+
+    def fingerprint(self) -> str:
+        """A short digest of the filters, carried in a cursor so it is not reused with others."""
+        times = [t.isoformat() if t else None for t in (self.since, self.until)]
+        canonical = json.dumps([self.agent_id or None, self.label or None, *times])
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The position after the last row of a page: its ``(captured_at, id)`` and the page's filters."""
+
+    captured_at: datetime
+    id: int
+    filters: str
+
+    def encode(self) -> str:
+        raw = json.dumps([self.captured_at.isoformat(), self.id, self.filters], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> Cursor:
+        """Raises ValueError (:data:`CURSOR_HINT`) for anything :meth:`encode` did not make."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            at, row_id, filters = json.loads(raw)
+            when = datetime.fromisoformat(at)
+            ok = (
+                when.tzinfo is not None
+                and type(row_id) is int
+                and 0 < row_id <= MAX_ID
+                and isinstance(filters, str)
+                and len(filters) == 16
+            )
+            when = when.astimezone(timezone.utc)
+        except (binascii.Error, UnicodeDecodeError, ValueError, TypeError, OverflowError):
+            ok = False
+        if not ok:
+            raise ValueError(CURSOR_HINT)
+        return cls(when, row_id, filters)
+
+
+def page_query(
+    filters: ResultFilters, *, limit: int, after: Cursor | None = None, offset: int = 0
+) -> Select[Classification]:
+    """The rows of one page, newest first: those matching ``filters`` that come after ``after``.
+
+    The keyset condition is a row comparison, ``(captured_at, id) < (:t, :id)``, which PostgreSQL
+    (and SQLite) read as a range of the index ending in ``(captured_at, id)``.
+    """
+    conds = filters.where()
+    if after is not None:
+        conds.append(tuple_(Classification.captured_at, Classification.id) < (after.captured_at, after.id))
+    query = select(Classification).where(*conds).order_by(*NEWEST_FIRST).limit(limit)
+    return query.offset(offset) if offset else query
+
+
+def count_query(filters: ResultFilters) -> Select[int]:
+    """How many rows match ``filters`` (over every page)."""
+    return select(func.count()).select_from(Classification).where(*filters.where())
+
+
+def _cursor_token(value: str | None) -> str | None:
+    if value is not None:
+        Cursor.decode(value)
+    return value
+
+
 class ClassificationsQuery(QueryModel):
-    page: int = Field(1, ge=1, le=10**9, title="1-based page")
+    cursor: Annotated[str | None, AfterValidator(_cursor_token)] = Field(
+        None,
+        max_length=256,
+        title="next_cursor of the previous page: the page after it (repeat the same filters)",
+    )
+    page: int | None = Field(
+        None,
+        ge=1,
+        le=10**9,
+        title="1-based page by offset (deprecated: slower the deeper it goes; follow next_cursor instead)",
+    )
     per_page: int = Field(50, ge=1, le=MAX_PER_PAGE, title="results per page")
+    count: bool = Field(
+        True,
+        title="count the matching results into total (requests without cursor); false skips the count, "
+        "which reads every matching index entry (hundreds of ms at a million results)",
+    )
     agent_id: str | None = Field(None, title="only this agent's results")
     label: str | None = Field(None, title="only results with this predicted label")
     since: QueryTime = Field(None, title="captured at or after (ISO 8601)")
     until: QueryTime = Field(None, title="captured before (ISO 8601, exclusive)")
 
 
+class ClassificationPage(BaseModel):
+    """One page of results, newest first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[ClassificationOut]
+    per_page: int
+    next_cursor: str | None = Field(
+        title="pass as cursor (with the same filters) for the next page; null on the last page"
+    )
+    page: int | None = Field(title="the page number asked for, or 1; null when paging by cursor")
+    total: int | None = Field(
+        title="results matching the filters over every page; null with cursor or count=false"
+    )
+
+
 @bp.get("/classifications")
 @documented(*READERS, query=ClassificationsQuery, responses={200: ClassificationPage})
 def list_classifications() -> dict[str, Any]:
-    """Results newest first, filtered by agent, label and capture time, one page at a time.
+    """Results newest first, filtered by agent, label and capture time; page by next_cursor.
 
     Filters: ``agent_id``, ``label``, ``since`` / ``until`` (captured_at, ISO 8601, until exclusive).
+    Paging: pass the answer's ``next_cursor`` as ``cursor`` with the same filters; ``page`` (offset)
+    is kept for older clients. ``total`` is counted only without ``cursor`` and unless ``count=false``.
     """
     q = parse_query(ClassificationsQuery)
-    conds = []
-    if q.agent_id:
-        conds.append(Classification.agent_id == q.agent_id)
-    if q.label:
-        conds.append(Classification.label == q.label)
-    if q.since is not None:
-        conds.append(Classification.captured_at >= q.since)
-    if q.until is not None:
-        conds.append(Classification.captured_at < q.until)
+    filters = ResultFilters(q.agent_id, q.label, q.since, q.until)
+    after = None
+    if q.cursor is not None:
+        if q.page is not None:
+            raise ApiError(
+                400, "invalid_parameter", "page and cursor exclude each other: follow next_cursor alone"
+            )
+        after = Cursor.decode(q.cursor)
+        if after.filters != filters.fingerprint():
+            raise ApiError(
+                400,
+                "invalid_parameter",
+                "cursor was issued for other filters: repeat that page's agent_id, label, since and "
+                "until with it, or leave cursor out to start again",
+            )
+    offset = ((q.page or 1) - 1) * q.per_page
     with hub_ext.services.db.session() as s:
-        total = s.scalar(select(func.count()).select_from(Classification).where(*conds)) or 0
-        rows = s.scalars(
-            select(Classification)
-            .where(*conds)
-            .order_by(Classification.captured_at.desc(), Classification.id.desc())
-            .offset((q.page - 1) * q.per_page)
-            .limit(q.per_page)
-        ).all()
-        items = [classification_json(c) for c in rows]
-    return {"items": items, "page": q.page, "per_page": q.per_page, "total": total}
+        # one row more than the page says whether another page follows
+        rows = s.scalars(page_query(filters, limit=q.per_page + 1, after=after, offset=offset)).all()
+        total = None
+        if after is None and q.count:
+            total = s.scalar(count_query(filters)) or 0
+        items = [classification_json(c) for c in rows[: q.per_page]]
+    next_cursor = None
+    if len(rows) > q.per_page:
+        last = rows[q.per_page - 1]
+        next_cursor = Cursor(last.captured_at, last.id, filters.fingerprint()).encode()
+    return {
+        "items": items,
+        "per_page": q.per_page,
+        "next_cursor": next_cursor,
+        "page": None if after is not None else q.page or 1,
+        "total": total,
+    }

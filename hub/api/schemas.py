@@ -184,13 +184,6 @@ class ClassificationOut(_Out):
     received_at: datetime
 
 
-class ClassificationPage(_Out):
-    items: list[ClassificationOut]
-    page: int
-    per_page: int
-    total: int = Field(title="results matching the filters, over every page")
-
-
 # --- ingest ------------------------------------------------------------------------------------
 
 

@@ -55,10 +55,14 @@ class Classification(Base):
     """One classified image as an agent reported it."""
 
     __tablename__ = "classifications"
+    # Every read pages newest first on (captured_at, id) (the API's keyset cursor, the dashboard's
+    # latest results) or oldest first (retention); each index ends in that order so a page is an
+    # index range read with no sort, filtered by its leading column. Migration 0006 says which
+    # query each one serves.
     __table_args__ = (
-        Index("ix_classifications_captured_at", "captured_at"),
-        Index("ix_classifications_agent_captured", "agent_id", "captured_at"),
-        Index("ix_classifications_label", "label"),
+        Index("ix_classifications_captured_id", "captured_at", "id"),
+        Index("ix_classifications_agent_captured_id", "agent_id", "captured_at", "id"),
+        Index("ix_classifications_label_captured_id", "label", "captured_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
