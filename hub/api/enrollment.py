@@ -160,7 +160,7 @@ def enroll() -> tuple[Response, int]:
 
 @bp.post("/agents/self/credentials")
 @documented(
-    Role.AGENT, body=EmptyBody, body_optional=True, responses={200: CredentialsOut}, errors=(403, 503)
+    Role.AGENT, body=EmptyBody, body_optional=True, responses={200: CredentialsOut}, errors=(403, 422, 503)
 )
 def rotate_own_credentials() -> dict[str, Any]:
     """Rotate the calling agent's broker password and API token (agent); the old token dies now."""
@@ -172,7 +172,7 @@ def rotate_own_credentials() -> dict[str, Any]:
 
 
 @bp.post("/agents/<agent_id>/revoke")
-@documented(body=EmptyBody, body_optional=True, responses={200: AgentOut}, errors=(404, 503))
+@documented(body=EmptyBody, body_optional=True, responses={200: AgentOut}, errors=(404, 422, 503))
 def revoke_agent(agent_id: str) -> dict[str, Any]:
     """Revoke an agent (admin): disconnect it, delete its broker login, revoke its API tokens.
 

@@ -21,8 +21,11 @@ After every change the current stage is evaluated, failures first:
 
 Operators pause, resume (acknowledging the stage's current failures), abort (no further stages)
 or roll back. Every operator action and automatic decision goes to the audit log; every state
-change to the rollout history. The engine takes a clock so tests drive time; it serialises its
-work with a lock (one hub process) and ``SELECT ... FOR UPDATE`` on the rollout row (PostgreSQL).
+change to the rollout history. The engine takes a clock so tests drive time. Within one process it
+serialises its work with a lock; across processes (N ``leukonet hub ingest`` workers, each
+reconciling and ticking) with row locks on PostgreSQL: ``SELECT ... FOR UPDATE`` on the rollout row
+around every decision, and on the target rows a report or a timeout changes, taken in (rollout,
+target) order so that workers wait for each other instead of deadlocking.
 
 The rules themselves are pure functions in :mod:`hub.rollouts.policy` (thresholds, staging, report
 transitions); the rows and their history in :mod:`hub.rollouts.store`. This module runs them in
@@ -269,11 +272,16 @@ class RolloutEngine:
         with self._lock:
             with self.db.transaction() as s:
                 agent_ids = {m.agent_id for m in reports}
+                # Another ingest worker may be applying a report of the same agent right now (a
+                # shared subscription spreads one agent's messages over the workers): lock the
+                # targets, so a transition starts from the committed state and never overwrites a
+                # newer one or repeats it. Locks are taken in (rollout, target) order, as tick does.
                 rows = s.execute(
                     select(RolloutTarget, Rollout)
                     .join(Rollout, Rollout.rollout_id == RolloutTarget.rollout_id)
                     .where(RolloutTarget.agent_id.in_(agent_ids), RolloutTarget.state.in_(WATCHED))
-                    .order_by(Rollout.id)
+                    .order_by(Rollout.id, RolloutTarget.id)
+                    .with_for_update(of=RolloutTarget)
                 ).all()
                 by_agent: dict[str, list[tuple[RolloutTarget, Rollout]]] = {}
                 for target, rollout in rows:
@@ -311,16 +319,26 @@ class RolloutEngine:
         now = self.clock()
         with self._lock:
             with self.db.transaction() as s:
-                active = list(s.scalars(select(Rollout).where(Rollout.state.in_(ACTIVE_ROLLOUT_STATES))))
+                active = list(
+                    s.scalars(
+                        select(Rollout).where(Rollout.state.in_(ACTIVE_ROLLOUT_STATES)).order_by(Rollout.id)
+                    )
+                )
                 for rollout in active:
                     deadline = now - timedelta(seconds=rollout.timeout_s)
-                    for target in s.scalars(
-                        select(RolloutTarget).where(
+                    # locked, and re-checked by PostgreSQL after a concurrent commit: a target another
+                    # worker has just moved on (an agent's report) is no longer timed out
+                    overdue = s.scalars(
+                        select(RolloutTarget)
+                        .where(
                             RolloutTarget.rollout_id == rollout.rollout_id,
                             RolloutTarget.state.in_(IN_PROGRESS),
                             RolloutTarget.desired_at <= deadline,
                         )
-                    ):
+                        .order_by(RolloutTarget.id)
+                        .with_for_update()
+                    ).all()
+                    for target in overdue:
                         store.set_target_state(
                             s,
                             rollout,

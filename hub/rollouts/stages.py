@@ -84,12 +84,17 @@ class StagePublisher:
     def roll_back(self, s: Session, rollout: Rollout, note: str, now: datetime) -> None:
         """Desire every reached agent's previous model again, as a rollback; pending targets are skipped."""
         store.skip_pending(s, rollout, now)
+        # locked in target order, as the engine's reconciliation locks them: an ingest worker
+        # applying a report to one of them finishes first, and its state is the one read here
         touched = list(
             s.scalars(
-                select(RolloutTarget).where(
+                select(RolloutTarget)
+                .where(
                     RolloutTarget.rollout_id == rollout.rollout_id,
                     RolloutTarget.state.in_((*IN_PROGRESS, *FAILURES, TargetState.SUCCEEDED.value)),
                 )
+                .order_by(RolloutTarget.id)
+                .with_for_update()
             )
         )
         agents = store.agents_by_id(s, [t.agent_id for t in touched])
