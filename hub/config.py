@@ -127,7 +127,7 @@ class BrokerSection(_Section):
 class IngestSection(_Section):
     """Batching of result writes: one transaction per batch, PUBACK after commit."""
 
-    batch_size: int = Field(200, ge=1, le=10_000, title="results per transaction at most")
+    batch_size: int = Field(1000, ge=1, le=10_000, title="results per transaction at most")
     batch_ms: int = Field(200, ge=1, le=60_000, title="longest wait for a batch to fill, in ms")
     auto_register_agents: bool = Field(
         False,

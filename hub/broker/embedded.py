@@ -129,7 +129,7 @@ class MosquittoBroker:
             f"persistence_location {state_dir.resolve()}/\n"
             "autosave_interval 5\n"
             f"max_queued_messages {max_queued_messages}\n"
-            "max_inflight_messages 100\n"
+            "max_inflight_messages 2000\n"
             "log_dest stderr\n"
         )
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - owned for the child's lifetime

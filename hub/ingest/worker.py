@@ -12,9 +12,8 @@ is written measured no faster: both need the one interpreter lock.)
 Invalid messages (topic outside the grammar, not JSON, schema errors, agent id differing from
 the topic, a bug in validation itself) are counted per reason, logged and acknowledged without
 waiting for a commit; they never reach the database and never stop the loop. An empty retained
-payload (a cleared
-retained status) is acknowledged and ignored. After each commit the batch's statuses and model
-events go to ``on_commit`` (the rollout engine's reconciliation).
+payload (a cleared retained status) is acknowledged and ignored. After each commit the batch's
+statuses and model events go to ``on_commit`` (the rollout engine's reconciliation).
 """
 
 from __future__ import annotations

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from hub.db.migrate import upgrade
 from hub.db.models import Agent, Classification, ModelEventRecord
 from hub.db.session import Database
-from hub.ingest import BatchOutcome, IngestStats, IngestWorker
-from hub.ingest.batches import MIN_WINDOW, Batches, Incoming
+from hub.ingest import IngestStats, IngestWorker
 from hub.ingest.writer import IngestWriter
 from shared import topics
 from shared.schemas import AgentState, AgentStatus, ModelEvent, ModelEventKind
@@ -278,225 +275,6 @@ def test_a_failing_reconciliation_hook_is_counted_and_ingest_goes_on(ingest_env)
     assert loops["ingest-mqtt"]["alive"] and loops["ingest-mqtt"]["last_activity_age_s"] is not None
     worker.stop()
     assert worker.stats.loops.dead() == ["ingest-mqtt", "ingest-writer"]
-
-
-# --- the set-based writer, the batches and the histograms ------------------------------------
-
-
-def statements(db: Database) -> list[str]:
-    """Every SQL statement ``db`` sends from now on (a list that fills as they go)."""
-    sent: list[str] = []
-    event.listen(db.engine, "before_cursor_execute", lambda conn, cur, sql, *a: sent.append(sql))
-    return sent
-
-
-def test_agents_are_touched_once_per_batch_and_labs_filled_in(tmp_path):
-    cfg = hub_config(tmp_path, None)
-    db = Database(cfg.db_url)
-    upgrade(db)
-    try:
-        with db.transaction() as s:
-            s.add_all(
-                [
-                    Agent(agent_id="old", lab="Lab A", state="unknown", vitals={}),
-                    Agent(agent_id="nolab", lab="", state="unknown", vitals={}),
-                ]
-            )
-        sent = statements(db)
-        batch = [
-            make_result(agent_id=a, lab=lab) for a, lab in [("old", "Lab B"), ("nolab", ""), ("new", "Lab N")]
-        ]
-        batch += [make_result(agent_id=a, lab="Lab Z") for a in ("old", "nolab", "new") for _ in range(10)]
-        before = datetime.now(timezone.utc)
-        outcome = IngestWriter(db).write(batch)
-        assert outcome.stored == len(batch) and len(outcome.lags) == len(batch)
-        inserts = [q for q in sent if q.lstrip().upper().startswith("INSERT INTO CLASSIFICATIONS")]
-        agent_updates = [q for q in sent if q.lstrip().upper().startswith("UPDATE AGENTS SET LAST_SEEN")]
-        assert len(inserts) == 1 and len(agent_updates) == 1, sent  # one statement per batch, not per message
-        with db.session() as s:
-            agents = {a.agent_id: a for a in s.scalars(select(Agent))}
-        assert {a: agents[a].lab for a in agents} == {"old": "Lab A", "nolab": "Lab Z", "new": "Lab N"}
-        assert all(a.last_seen is not None and a.last_seen >= before for a in agents.values())
-        assert agents["new"].state == "unknown"  # registered on first sight (auto_register, the default)
-        seen = agents["old"].last_seen
-        IngestWriter(db).write([make_result(agent_id="old")])
-        with db.session() as s:
-            later = s.scalar(select(Agent.last_seen).where(Agent.agent_id == "old"))
-        assert later is not None and seen is not None and later > seen
-    finally:
-        db.dispose()
-
-
-def test_stored_rows_are_the_results_as_sent(tmp_path):
-    cfg = hub_config(tmp_path, None)
-    db = Database(cfg.db_url)
-    upgrade(db)
-    try:
-        assert_round_trip(db)
-    finally:
-        db.dispose()
-
-
-def assert_round_trip(db: Database) -> None:
-    """Results with awkward text, offsets and schema versions come back from ``db`` field for field
-    (also run on PostgreSQL by tests/integration/test_hub_ingest.py)."""
-    plus2 = timezone(timedelta(hours=2))
-    sent = [
-        make_result(image_name='a "quoted"\ttab\\back\nnewline ünï €.png', lab="Läb ✓", device=""),
-        make_result(captured_at=datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=plus2), low_confidence=True),
-        make_result(schema_version=1, confidence=1e-300, label="ALL"),
-        make_result(precision="BF16", execution_precision="bf16", confidence=0.1234567890123),
-    ]
-    outcome = IngestWriter(db).write(sent)
-    assert outcome.stored == len(sent)
-    oldest = (datetime.now(timezone.utc) - min(r.captured_at for r in sent)).total_seconds()
-    assert len(outcome.lags) == len(sent) and all(0 <= lag <= oldest for lag in outcome.lags)
-    with db.session() as s:
-        rows = {row.result_id: row for row in s.scalars(select(Classification))}
-    for r in sent:
-        row = rows[r.result_id]
-        for name in (
-            "agent_id",
-            "lab",
-            "image_name",
-            "image_sha256",
-            "label",
-            "confidence",
-            "low_confidence",
-        ):
-            assert getattr(row, name) == getattr(r, name), name
-        for name in ("model_name", "model_version", "device", "precision", "execution_precision"):
-            assert getattr(row, name) == getattr(r, name), name
-        assert row.probabilities == r.probabilities and row.timings == r.timings.model_dump()
-        assert row.captured_at == r.captured_at and row.captured_at.tzinfo is not None
-        assert row.received_at >= row.captured_at
-
-
-def test_concurrent_writers_store_each_result_once_on_sqlite(tmp_path):
-    cfg = hub_config(tmp_path, None)
-    first, second = Database(cfg.db_url), Database(cfg.db_url)
-    upgrade(first)
-    try:
-        assert_concurrent_dedupe(first, second)
-    finally:
-        first.dispose()
-        second.dispose()
-
-
-def assert_concurrent_dedupe(first: Database, second: Database, rounds: int = 20) -> None:
-    """Two writers on two connections write the same batches at once: each result is stored once and
-    every message is counted as stored or duplicate exactly once."""
-    batches = [[make_result(agent_id=f"c{i % 3}") for i in range(30)] for _ in range(rounds)]
-    outcomes: list[BatchOutcome] = []
-    errors: list[BaseException] = []
-    start = threading.Barrier(2)
-
-    def write(db: Database) -> None:
-        writer = IngestWriter(db)
-        try:
-            start.wait(10)
-            for batch in batches:
-                outcomes.append(writer.write(batch))
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the test's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=write, args=(db,)) for db in (first, second)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-    sent = {r.result_id for batch in batches for r in batch}
-    assert sum(o.stored for o in outcomes) == len(sent)
-    assert sum(o.duplicates for o in outcomes) == len(sent)
-    assert sum(len(o.lags) for o in outcomes) == len(sent)
-    mine = Classification.agent_id.in_(["c0", "c1", "c2"])
-    with first.session() as s:
-        assert set(s.scalars(select(Classification.result_id).where(mine))) == sent
-        assert s.scalar(select(func.count()).select_from(Classification).where(mine)) == len(sent)
-
-
-def incoming(n: int, at: float | None = None) -> list[Incoming]:
-    at = time.monotonic() if at is None else at
-    topic = topics.parse(topics.build("scope-1", topics.Kind.RESULTS))
-    return [
-        Incoming(topic, "t", make_result().to_json(), mid=i, qos=1, generation=1, at=at) for i in range(n)
-    ]
-
-
-def produce(batches: Batches, items: list[Incoming]) -> threading.Thread:
-    """Put ``items`` from a thread of their own, as paho's network thread does."""
-    thread = threading.Thread(target=lambda: [batches.put(i) for i in items], daemon=True)
-    thread.start()
-    return thread
-
-
-def test_a_full_batch_goes_at_once_and_a_trickle_waits_for_batch_ms():
-    stop = threading.Event()
-    batches = Batches(size=50, wait_s=0.3)
-    producer = produce(batches, incoming(120))
-    t0 = time.monotonic()
-    assert [len(batches.take(stop)) for _ in range(3)] == [50, 50, 20]
-    assert time.monotonic() - t0 < 0.25  # full batches, then a pause at 20 (MIN_WINDOW): no batch_ms
-    producer.join(5)
-    assert batches.take(stop, poll_s=0.05) == []
-    produce(batches, incoming(3))
-    t0 = time.monotonic()
-    assert len(batches.take(stop)) == 3
-    assert time.monotonic() - t0 >= 0.25  # below MIN_WINDOW a pause is a trickle: wait for batch_ms
-
-
-def test_a_batch_that_fills_the_brokers_window_goes_when_the_flow_pauses():
-    stop = threading.Event()
-    batches = Batches(size=500, wait_s=5.0)
-    produce(batches, incoming(MIN_WINDOW))
-    t0 = time.monotonic()
-    assert len(batches.take(stop)) == MIN_WINDOW
-    assert time.monotonic() - t0 < 1.0  # not batch_ms: the broker waits for our acknowledgements
-    # the writer started waiting below the window (a trickle so far); the flow then reaches it
-    items = incoming(MIN_WINDOW)
-    produce(batches, items[:1])
-    threading.Timer(0.1, lambda: produce(batches, items[1:])).start()
-    t0 = time.monotonic()
-    assert len(batches.take(stop)) == MIN_WINDOW
-    assert time.monotonic() - t0 < 1.0
-    stop.set()
-    produce(batches, incoming(3))
-    t0 = time.monotonic()
-    assert len(batches.take(stop)) == 3 and time.monotonic() - t0 < 1.0  # stopping: no waiting
-
-
-def test_the_queue_holds_one_batch_then_paho_waits_for_the_writer():
-    stop = threading.Event()
-    batches = Batches(size=10, wait_s=0.05)
-    producer = produce(batches, incoming(25))
-    time.sleep(0.2)
-    assert producer.is_alive()  # waiting for room: 10 queued, the 11th put has not returned
-    assert [len(batches.take(stop)) for _ in range(3)] == [10, 10, 5]
-    producer.join(5)
-    assert not producer.is_alive()
-    stuck = produce(batches, incoming(12))
-    time.sleep(0.2)
-    assert stuck.is_alive()
-    batches.close()  # the writer is going away: paho's thread must not wait for it
-    stuck.join(5)
-    assert not stuck.is_alive()
-
-
-def test_stats_observe_batches_commits_and_lags():
-    stats = IngestStats()
-    stats.observe_batch(0.02, 0.01, [0.2, 3.0, -1.0])  # an agent clock ahead of the hub: lag 0
-    samples = {
-        s.name + str(s.labels.get("le", "")): s.value
-        for h in (stats.batch_seconds, stats.commit_seconds, stats.lag_seconds)
-        for metric in h.collect()
-        for s in metric.samples
-    }
-    assert samples["leukonet_ingest_batch_seconds_count"] == 1
-    assert samples["leukonet_ingest_commit_seconds_count"] == 1
-    assert samples["leukonet_ingest_lag_seconds_count"] == 3
-    assert samples["leukonet_ingest_lag_seconds_bucket0.1"] == 1  # the clamped one
-    assert samples["leukonet_ingest_lag_seconds_sum"] == pytest.approx(3.2)
 
 
 def test_a_live_worker_times_its_batches_and_the_lag_of_each_result(ingest_env):

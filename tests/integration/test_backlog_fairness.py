@@ -10,11 +10,11 @@ result, how many of A's backlog rows the hub stored between the moment it was co
 outbox and the moment it was stored (the classifications' autoincrement ids give the hub's
 storing order).
 
-The broker and the hub are set up as docker/ ships them (``max_inflight_messages 100``, the
-ingest's default batching), everything in this one process on SQLite. Measured on the 2-core
-development machine: the hub stores 1,800-2,200 results/s, one agent's pump pushes faster than that
-(the contrast test), and A drains at the 1,000/s it is limited to. The contrast runs a 20,000-row
-backlog: it shows the same queueing in a quarter of the time.
+The broker's window for the hub is kept at ``max_inflight_messages 100`` (docker/ ships 2000), so
+the hub, on SQLite in this one process, is slower than one agent's unlimited pump, as the contrast
+test needs. Measured on the 2-core development machine: the hub stores 1,800-3,000 results/s here,
+one agent's pump pushes faster than that, and A drains at the 1,000/s it is limited to. The
+contrast runs a 20,000-row backlog: it shows the same queueing in a quarter of the time.
 """
 
 from __future__ import annotations

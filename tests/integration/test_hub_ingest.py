@@ -18,7 +18,7 @@ from shared import topics
 from shared.schemas import AgentState, AgentStatus
 from tests.conftest import wait_until
 from tests.hub.conftest import as_json, hub_config, make_result, publish_all, raw
-from tests.hub.test_ingest import assert_concurrent_dedupe, assert_round_trip
+from tests.hub.test_ingest_writer import assert_concurrent_dedupe, assert_round_trip
 
 pytestmark = pytest.mark.integration
 

@@ -67,7 +67,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     conf.write_text(
         f"{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
         f"persistence_location {data}/\nautosave_interval 30\nmax_queued_messages 1000000\n"
-        "max_inflight_messages 100\n"
+        "max_inflight_messages 2000\n"
     )
     b = Broker("127.0.0.1", port, config_path=conf)
     b.start()
