@@ -28,13 +28,14 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from shared.cells.spec import CellAnalysisSpec, OodSpec
 from shared.preprocessing_spec import PreprocessingSpec
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # optional sections (cells, ood) do not change it: absent means off
 SEMVER_RE = r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$"
 
 
@@ -90,6 +91,19 @@ class Manifest(BaseModel):
     dataset_fingerprint: str = ""
     training: dict[str, Any] = Field(default_factory=dict)
     source_commit: str | None = None
+    cells: CellAnalysisSpec | None = Field(None, title="cell analysis of fields (None: whole images)")
+    ood: OodSpec | None = Field(None, title="out-of-distribution flag (None: not calibrated)")
+
+    @model_validator(mode="after")
+    def _sections_consistent(self) -> Manifest:
+        if self.cells is not None:
+            rule = self.cells.decision
+            missing = [lab for lab in (*rule.positive_labels, rule.negative_label) if lab not in self.labels]
+            if missing:
+                raise ValueError(f"cells.decision names labels the model does not have: {missing}")
+        if self.ood is not None and self.ood.stats_file not in self.files:
+            raise ValueError(f"ood.stats_file {self.ood.stats_file!r} is not one of the bundle's files")
+        return self
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

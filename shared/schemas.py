@@ -25,21 +25,27 @@ from pydantic import (
     model_validator,
 )
 
+from shared.cells.spec import InputKind
 from shared.clock import utcnow
 from shared.topics import AGENT_ID_PATTERN, Kind
 
 #: Newest payload version. Version 2 added ``precision`` and ``execution_precision`` to results and
-#: status; version 1 payloads (agents not yet upgraded) are still accepted without them.
-SCHEMA_VERSION = 2
+#: status; version 3 added cell-level analysis to results (``input_kind``, ``cells``, ``cell_counts``,
+#: ``decision_rule``), the out-of-distribution flag (``unfamiliar``, ``ood_score``) and
+#: ``specimen_id``. Older payloads (agents not yet upgraded) are still accepted without them.
+SCHEMA_VERSION = 3
 
 AgentId = Annotated[str, Field(pattern=f"^{AGENT_ID_PATTERN}$", title="agent id")]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", title="sha256 hex digest")]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 #: Most labels a model may have: ``probabilities`` holds one entry per label.
 MAX_LABELS = 64
-#: Largest payload accepted per topic kind, checked before parsing (a result with 64 labels is ~3 KiB).
+#: Most cells one field's result carries (the finder's ``max_cells`` is capped to it).
+MAX_CELLS = 256
+#: Largest payload accepted per topic kind, checked before parsing (a result with 64 labels is ~3 KiB;
+#: a field's result with 256 cells of 3 labels is ~45 KiB).
 MAX_PAYLOAD_BYTES: dict[Kind, int] = {
-    Kind.RESULTS: 16 * 1024,
+    Kind.RESULTS: 96 * 1024,
     Kind.STATUS: 8 * 1024,
     Kind.EVENTS: 16 * 1024,
     Kind.DESIRED: 8 * 1024,
@@ -139,8 +145,57 @@ class Timings(BaseModel):
     total_ms: float = Field(ge=0, title="file seen to result time")
 
 
+def _check_probabilities(label: str, probabilities: dict[str, float]) -> None:
+    if label not in probabilities:
+        raise ValueError(f"label {label!r} is not one of probabilities' keys")
+    for k, p in probabilities.items():
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"probability of {k!r} is {p}, outside [0, 1]")
+
+
+class CellResult(BaseModel):
+    """One white cell the finder found in a field, and what the model said about its crop."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    box: tuple[int, int, int, int] = Field(title="x, y, width, height in pixels of the decoded image")
+    label: Label = Field(title="predicted label of the cell")
+    confidence: float = Field(ge=0.0, le=1.0, title="probability of that label")
+    probabilities: dict[Label, float] = Field(min_length=1, max_length=MAX_LABELS)
+    unfamiliar: bool = Field(False, title="the crop is unlike the model's training cells")
+    ood_score: float | None = Field(None, ge=0.0, title="out-of-distribution score (higher: stranger)")
+
+    @model_validator(mode="after")
+    def _valid(self) -> CellResult:
+        x, y, w, h = self.box
+        if min(x, y) < 0 or min(w, h) < 1 or max(x + w, y + h) > 1_000_000:
+            raise ValueError(f"cell box {self.box} is not x, y >= 0 and width, height >= 1")
+        _check_probabilities(self.label, self.probabilities)
+        return self
+
+
+#: Fields a result may carry only from ``schema_version`` 3 on.
+V3_RESULT_FIELDS = (
+    "input_kind",
+    "cells",
+    "cell_counts",
+    "decision_rule",
+    "unfamiliar",
+    "ood_score",
+    "specimen_id",
+)
+
+
 class ClassificationResult(_PrecisionReport):
-    """One classified image, as an agent reports it on ``.../results``."""
+    """One classified image, as an agent reports it on ``.../results``.
+
+    A field (``input_kind`` ``field``) carries its ``cells``; its ``label``, ``confidence`` and
+    ``probabilities`` are the field's decision (:mod:`shared.cells.decision`), made by the rule in
+    ``decision_rule``. ``unfamiliar`` says the input (or enough of its cells) looked unlike anything
+    the model was trained on; such a result is never reported as a confident negative.
+    """
+
+    schema_version: Literal[1, 2, 3] = SCHEMA_VERSION  # type: ignore[assignment]
 
     result_id: uuid.UUID = Field(default_factory=uuid.uuid4, title="result id (dedupe key)")
     agent_id: AgentId
@@ -158,14 +213,27 @@ class ClassificationResult(_PrecisionReport):
     device: str = Field("", max_length=64, title="inference device")
     timings: Timings
     captured_at: Timestamp = Field(default_factory=utcnow, title="when the image was seen")
+    input_kind: InputKind | None = Field(None, title="cell or field (schema_version 3)")
+    cells: list[CellResult] | None = Field(None, max_length=MAX_CELLS, title="a field's cells")
+    cell_counts: dict[Label, Annotated[int, Field(ge=0, le=1_000_000)]] | None = Field(
+        None, max_length=MAX_LABELS, title="cells found per predicted label"
+    )
+    decision_rule: str | None = Field(None, max_length=256, title="the rule that decided the field")
+    unfamiliar: bool = Field(False, title="out-of-distribution flag (schema_version 3)")
+    ood_score: float | None = Field(None, ge=0.0, title="out-of-distribution score of the input")
+    specimen_id: str | None = Field(
+        None, min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$", title="specimen / accession id"
+    )
 
     @model_validator(mode="after")
     def _label_in_probabilities(self) -> ClassificationResult:
-        if self.label not in self.probabilities:
-            raise ValueError(f"label {self.label!r} is not one of probabilities' keys")
-        for k, p in self.probabilities.items():
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"probability of {k!r} is {p}, outside [0, 1]")
+        _check_probabilities(self.label, self.probabilities)
+        if self.schema_version < 3:
+            given = [f for f in V3_RESULT_FIELDS if getattr(self, f) not in (None, False)]
+            if given:
+                raise ValueError(f"{', '.join(given)} need schema_version 3")
+        if self.cells is not None and self.input_kind is not InputKind.FIELD:
+            raise ValueError("cells are reported for input_kind 'field' only")
         return self
 
 

@@ -42,7 +42,7 @@ def test_result_round_trips_through_json():
     back = parse_payload(Kind.RESULTS, r.to_json())
     assert back == r
     assert isinstance(back.result_id, uuid.UUID)
-    assert json.loads(r.to_json())["schema_version"] == 2
+    assert json.loads(r.to_json())["schema_version"] == 3
 
 
 def test_results_and_status_carry_the_precision_that_ran():
