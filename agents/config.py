@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic_settings import SettingsConfigDict
 
 from agents.backends.base import IrPrecision
+from agents.specimen import DEFAULT_PATTERN, compile_pattern
 from shared.config import StrictConfig
 from shared.mqtt import MqttSettings
 from shared.preprocessing import DEFAULT_MAX_PIXELS
@@ -141,6 +142,83 @@ class CameraConfig(BaseModel):
     stop_at_end: bool = Field(True, title="a video file that ends stops the source (cameras reopen)")
 
 
+MIB = 1024 * 1024
+
+
+class EvidenceConfig(BaseModel):
+    """What the agent sends the hub of each image it classified, and how (docs/evidence.md)."""
+
+    model_config = ConfigDict(extra="forbid", title="evidence images")
+
+    mode: Literal["original", "preview", "none"] = Field(
+        "preview",
+        title="original: the file's bytes; preview: a JPEG no larger than preview_max_side; none: no "
+        "image leaves the lab (results still do)",
+    )
+    preview_max_side: int = Field(1024, ge=64, le=8192, title="longest side of a preview JPEG, in pixels")
+    jpeg_quality: int = Field(85, ge=30, le=100, title="JPEG quality of previews")
+    max_bytes: int = Field(
+        32 * MIB,
+        ge=64 * 1024,
+        le=1024 * MIB,
+        title="largest evidence item; an original over it is sent as a preview (keep it <= the hub's "
+        "evidence.max_bytes)",
+    )
+    queue_max_mb: float = Field(
+        1024.0,
+        ge=1,
+        le=1_000_000,
+        title="evidence kept in the outbox while the hub is unreachable; beyond it the oldest evidence "
+        "is dropped with a warning (results never are)",
+    )
+    upload_concurrency: int = Field(2, ge=1, le=16, title="uploads in flight at once")
+    retry_min_s: float = Field(1.0, gt=0, le=600, title="first wait after a failed upload (s)")
+    retry_max_s: float = Field(
+        300.0, gt=0, le=86400, title="longest wait between tries (s); waits double with jitter up to it"
+    )
+    timeout_s: float = Field(60.0, gt=0, le=600, title="HTTP connect/read timeout of one upload (s)")
+    max_attempts: int = Field(
+        50, ge=1, le=100_000, title="tries of one item the hub keeps failing (HTTP 5xx) before it is dropped"
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> EvidenceConfig:
+        if self.retry_min_s > self.retry_max_s:
+            raise ValueError(
+                f"retry_min_s ({self.retry_min_s:g}) must not exceed retry_max_s ({self.retry_max_s:g})"
+            )
+        if self.max_bytes > self.queue_max_mb * MIB:
+            raise ValueError(
+                f"max_bytes ({self.max_bytes}) is larger than queue_max_mb ({self.queue_max_mb:g} MiB): "
+                "one item would not fit the queue; raise queue_max_mb or lower max_bytes"
+            )
+        return self
+
+    @property
+    def queue_max_bytes(self) -> int:
+        return int(self.queue_max_mb * MIB)
+
+
+class SpecimenConfig(BaseModel):
+    """How a specimen (accession) id is read from an image's name (:mod:`agents.specimen`)."""
+
+    model_config = ConfigDict(extra="forbid", title="specimen ids")
+
+    pattern: str | None = Field(
+        DEFAULT_PATTERN,
+        title="regular expression with a named group (?P<specimen>...), searched in the image's path "
+        "relative to its source (watch_dir; / separators); default: the first folder, else the file "
+        "name's prefix before '_'; null: no specimen ids",
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            compile_pattern(v)  # raises ValueError naming the problem
+        return v
+
+
 class AgentConfig(StrictConfig):
     """Everything an edge agent needs; see the README's agent section for an example YAML."""
 
@@ -182,6 +260,8 @@ class AgentConfig(StrictConfig):
     http: HttpConfig = Field(default_factory=HttpConfig, title="HTTP endpoint")
     camera: CameraConfig = Field(default_factory=CameraConfig, title="camera/video source")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, title="Prometheus metrics port")
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig, title="evidence images sent to the hub")
+    specimen: SpecimenConfig = Field(default_factory=SpecimenConfig, title="specimen ids from image names")
 
     @field_validator("agent_id")
     @classmethod

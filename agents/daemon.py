@@ -15,7 +15,10 @@ committed results over MQTT. Without an active model, watch-folder files wait; w
 at its cap or the disk is low, every source waits (see :meth:`agents.pipeline.Pipeline.blocked_reason`).
 A source whose input is gone for good (the watch folder cannot be read) stops the agent with that
 error (:class:`agents.sources.Halt`). With ``metrics.enabled`` the agent also serves Prometheus
-metrics (:mod:`agents.metrics`) from start to close.
+metrics (:mod:`agents.metrics`) from start to close. Unless ``evidence.mode`` is ``none``, the
+evidence uploader (:mod:`agents.evidence`) sends the evidence images committed with results to the
+hub with the agent's current API token; with ``none``, evidence still queued from an earlier mode
+is deleted at start, unsent.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import cv2
 from agents.backends import Backend, BackendError, create_backend
 from agents.config import AgentConfig
 from agents.credentials import CredentialSource
+from agents.evidence import EvidenceQueue, EvidenceUploader
 from agents.link import Link
 from agents.metrics import AgentCollector, MetricsServer
 from agents.models import ModelError, ModelManager
@@ -54,6 +58,7 @@ class Agent:
         halt: where a source reports an error that must stop the agent.
         link: the MQTT link; None for an agent without MQTT.
         metrics: the Prometheus metrics port; None when ``metrics.enabled`` is false.
+        evidence: uploads evidence images to the hub; None without MQTT or with ``evidence.mode: none``.
     """
 
     def __init__(
@@ -67,6 +72,7 @@ class Agent:
         halt: Halt,
         link: Link | None = None,
         metrics: MetricsServer | None = None,
+        evidence: EvidenceUploader | None = None,
     ) -> None:
         self.config = config
         self.outbox = outbox
@@ -75,6 +81,7 @@ class Agent:
         self.sources = sources
         self.link = link
         self.metrics = metrics
+        self.evidence = evidence
         self._status = status
         self._halt = halt
         self._started = False
@@ -86,8 +93,8 @@ class Agent:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Restore or install the model, start the pipeline, the model worker, the link, the metrics
-        port, the sources."""
+        """Restore or install the model, start the pipeline, the model worker, the link, the evidence
+        uploader, the metrics port, the sources."""
         try:
             restored = self.models.load_active()
         except (ModelError, BackendError, ValueError, OSError) as exc:
@@ -105,6 +112,8 @@ class Agent:
         self.models.start()
         if self.link is not None:
             self.link.start()
+        if self.evidence is not None:
+            self.evidence.start()
         if self.metrics is not None:
             self.metrics.start()
         for source in self.sources.values():
@@ -135,14 +144,17 @@ class Agent:
             self.close()
 
     def close(self) -> None:
-        """Stop the sources, drain the pipeline, say goodbye on MQTT, close the metrics port, stop the
-        model worker, close the outbox."""
+        """Stop the sources, drain the pipeline, say goodbye on MQTT, stop the evidence uploader (what
+        it has not sent waits in the outbox), close the metrics port, stop the model worker, close the
+        outbox."""
         for source in reversed(self.sources.values()):
             source.stop()
         if self._started:
             self.pipeline.close()
         if self.link is not None:
             self.link.stop()
+        if self.evidence is not None:
+            self.evidence.stop()
         if self.metrics is not None:
             self.metrics.stop()
         self.models.close()
@@ -151,8 +163,8 @@ class Agent:
 
 
 def build_agent(config: AgentConfig, connect: bool = True) -> Agent:
-    """Compose an agent from ``config``: outbox, model manager, pipeline, sources, status, MQTT link
-    and (``metrics.enabled``) the metrics port.
+    """Compose an agent from ``config``: outbox, model manager, pipeline, sources, status, MQTT link,
+    evidence uploader and (``metrics.enabled``) the metrics port.
 
     Nothing starts until :meth:`Agent.run` (or :meth:`Agent.start`); the HTTP and metrics ports are
     bound by ``start``. ``connect=False`` builds an agent without MQTT (used by
@@ -187,7 +199,17 @@ def build_agent(config: AgentConfig, connect: bool = True) -> Agent:
 
     loops = Loops()
     stats = InferenceStats()
-    outbox = Outbox(state_dir / "outbox.sqlite3")
+    queue = EvidenceQueue(state_dir / "evidence.sqlite3", max_bytes=config.evidence.queue_max_bytes)
+    outbox = Outbox(state_dir / "outbox.sqlite3", evidence_queue=queue)
+    if config.evidence.mode == "none":
+        rows, size = queue.clear()
+        if rows:
+            log.warning(
+                kv("evidence_discarded", rows=rows, bytes=size, reason="evidence.mode is none: never sent")
+            )
+    evidence = None
+    if connect and config.evidence.mode != "none":
+        evidence = EvidenceUploader(queue, config.hub.url, credentials.api_token, config.evidence, loops)
     # The link needs the model manager and the status, which reads it; the manager and the pipeline
     # therefore report to the uplink, and the link attaches to it once built (below).
     uplink = Uplink()
@@ -216,7 +238,7 @@ def build_agent(config: AgentConfig, connect: bool = True) -> Agent:
         config=config.pipeline,
         limits=config.outbox,
         state_dir=state_dir,
-        notify=uplink.notify_outbox,
+        notify=uplink.notify_outbox if evidence is None else _both(uplink.notify_outbox, evidence.wake),
         loops=loops,
     )
     halt = Halt()
@@ -252,4 +274,14 @@ def build_agent(config: AgentConfig, connect: bool = True) -> Agent:
             link,
         )
         metrics = MetricsServer(config.metrics, collector, loops)
-    return Agent(config, outbox, models, pipeline, sources, status, halt, link, metrics)
+    return Agent(config, outbox, models, pipeline, sources, status, halt, link, metrics, evidence)
+
+
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    """One callback calling ``first`` then ``second`` (the pipeline's single ``notify`` hook)."""
+
+    def call() -> None:
+        first()
+        second()
+
+    return call

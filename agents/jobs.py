@@ -1,5 +1,5 @@
 """What travels through the pipeline: a :class:`Job` in, an :class:`Outcome` out to its source's hook,
-and the :class:`~shared.schemas.ClassificationResult` built from an inferred image."""
+and in between an :class:`InFlight` image whose outputs reach the writer as :class:`Finished`."""
 
 from __future__ import annotations
 
@@ -12,9 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.backends import Inference
 from agents.models import ActiveModel
+from shared.cells.spec import InputKind
 from shared.clock import utcnow
-from shared.schemas import ClassificationResult, Timings
+from shared.schemas import ClassificationResult
+
+#: A cell's box in the decoded image: x, y, width, height in pixels.
+Box = tuple[int, int, int, int]
 
 
 class OutcomeKind(str, Enum):
@@ -57,45 +62,31 @@ class Job:
 
 @dataclass
 class InFlight:
-    """An image between its decode thread and the writer: the job, the model it runs on, its timings."""
+    """An image between its decode thread and the writer: the job, the model it runs on, its timings.
+
+    ``kind`` is what the model's manifest says the image is (None: a model without a ``cells``
+    section, classified as one whole image as before). A field carries the ``boxes`` of the cells
+    whose crops were submitted (largest first), ``found`` cells found in all, and ``finder_ms``.
+    """
 
     job: Job
     active: ActiveModel
     sha256: str
     decode_ms: float
     preprocess_ms: float
+    kind: InputKind | None = None
+    boxes: list[Box] = field(default_factory=list)
+    found: int = 0
+    finder_ms: float = 0.0
 
 
-Finished = tuple[InFlight, np.ndarray | None, float, BaseException | None]
+@dataclass(frozen=True)
+class Finished:
+    """What the writer receives for one image: its outputs (one :class:`Inference` for a single
+    image, one per box in ``ctx.boxes`` for a field), the inference time (for a field: the wall span
+    from its first crop submitted to its last crop's outputs) and the error that failed it, if any."""
 
-
-def build_result(
-    ctx: InFlight, probs: np.ndarray, inference_ms: float, agent_id: str, lab: str, threshold: float
-) -> ClassificationResult:
-    """The result of one inferred image: label, confidence, the model and precision that ran, timings."""
-    labels = ctx.active.manifest.labels
-    probabilities = {label: min(max(float(p), 0.0), 1.0) for label, p in zip(labels, probs, strict=True)}
-    best = labels[int(np.argmax(probs))]
-    confidence = probabilities[best]
-    return ClassificationResult(
-        agent_id=agent_id,
-        lab=lab,
-        image_name=ctx.job.name[:512],
-        image_sha256=ctx.sha256,
-        label=best,
-        confidence=confidence,
-        probabilities=probabilities,
-        low_confidence=confidence < threshold,
-        model_name=ctx.active.name,
-        model_version=ctx.active.version,
-        device=ctx.active.backend.device,
-        precision=ctx.active.backend.precision,
-        execution_precision=ctx.active.backend.execution_precision,
-        timings=Timings(
-            decode_ms=ctx.decode_ms,
-            preprocess_ms=ctx.preprocess_ms,
-            inference_ms=max(inference_ms, 0.0),
-            total_ms=(time.monotonic() - ctx.job.seen_at) * 1e3,
-        ),
-        captured_at=ctx.job.captured_at,
-    )
+    ctx: InFlight
+    inferences: list[Inference]
+    inference_ms: float
+    error: BaseException | None = None

@@ -6,12 +6,13 @@ prometheus_client's own HTTP server, on a registry of its own. Binding another a
 the operator makes: the port has no authentication, and it tells whoever reaches it the model, the
 throughput and the outbox depth (no patient data).
 
-:class:`AgentCollector` reads what the agent already keeps: the pipeline's outcome counts and
-inference histogram (:class:`agents.pipeline.Pipeline`), the inference stats' totals and errors
-(:class:`agents.vitals.InferenceStats`), the outbox depth, the active model, the MQTT link and the
-loop registry. :class:`MetricsServer` runs the HTTP server on a daemon thread that the loop registry
-watches (``metrics-http``), so a dead server shows in the agent's status and never stops the agent;
-a port that cannot be bound is logged and reported the same way.
+:class:`AgentCollector` reads what the agent already keeps: the pipeline's outcome counts, its
+fields / cells / unfamiliar counts and inference histogram (:class:`agents.pipeline.Pipeline`), the
+inference stats' totals and errors (:class:`agents.vitals.InferenceStats`), the outbox depth, the
+active model, the MQTT link and the loop registry. :class:`MetricsServer` runs the HTTP server on a
+daemon thread that the loop registry watches (``metrics-http``), so a dead server shows in the
+agent's status and never stops the agent; a port that cannot be bound is logged and reported the
+same way.
 """
 
 from __future__ import annotations
@@ -130,6 +131,25 @@ class AgentCollector(Collector):
         for reason, n in sorted(dict(self.stats.errors).items()):  # dict(): one step under the GIL
             errors.add_metric([reason], n)
         yield errors
+        yield from self._analysis()
+
+    def _analysis(self) -> Iterator[Metric]:
+        counts = self.pipeline.analysis()
+        yield CounterMetricFamily(
+            "leukonet_agent_fields",
+            "Smear fields classified cell by cell and committed to the outbox",
+            value=counts["fields"],
+        )
+        yield CounterMetricFamily(
+            "leukonet_agent_cells_classified",
+            "White cells classified in those fields (at most the finder's max_cells per field)",
+            value=counts["cells"],
+        )
+        yield CounterMetricFamily(
+            "leukonet_agent_unfamiliar_results",
+            "Results flagged unfamiliar (out of distribution): images, and fields with enough such cells",
+            value=counts["unfamiliar"],
+        )
 
     def _model(self) -> Iterator[Metric]:
         active = self.models.active

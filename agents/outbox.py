@@ -13,6 +13,14 @@ Writes are grouped: :meth:`Outbox.put_many` commits a batch of results in one tr
 fsync), which is what lets the outbox keep up with an accelerator. A write the disk refuses (full,
 read-only) raises :class:`OutboxError`; nothing of that batch is stored and the caller keeps the
 images for later.
+
+The *evidence* of those results (the images, :mod:`agents.evidence`) goes through the outbox too:
+``put_many(..., evidence=...)`` commits it to the outbox's evidence queue (a SQLite file of its own
+beside this one, :class:`agents.evidence.EvidenceQueue`) *before* the results. Images are large (an
+original field is megabytes): in their own file, with their own lock, writing them never holds up
+the MQTT pump, which reads and deletes result rows here. Evidence first means a committed result
+always has its evidence; a crash between the two leaves evidence whose image is classified again
+at the next start, under the same key (the queue keeps one row per key).
 """
 
 from __future__ import annotations
@@ -21,12 +29,16 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.schemas import ClassificationResult
 from shared.topics import Kind, build
+
+if TYPE_CHECKING:  # agents.evidence imports this module at run time
+    from agents.evidence import Evidence, EvidenceQueue
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -64,11 +76,35 @@ class PendingMove:
     result_id: str
 
 
-class Outbox:
-    """Thread-safe SQLite outbox at ``path`` (created if needed). Close it with :meth:`close`."""
+@contextlib.contextmanager
+def sqlite_transaction(db: sqlite3.Connection, path: Path, what: str, fix: str = "") -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` on ``db`` (the database at ``path``), rolled back on any
+    error; sqlite errors become :class:`OutboxError` naming ``path``, ``what`` failed and the ``fix``.
+    """
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise OutboxError(f"outbox {path}: {what}: {exc}" + (f"; {fix}" if fix else "")) from exc
 
-    def __init__(self, path: Path) -> None:
+
+class Outbox:
+    """Thread-safe SQLite outbox at ``path`` (created if needed). Close it with :meth:`close`.
+
+    Args:
+        path: the results database.
+        evidence_queue: where ``put_many(..., evidence=...)`` stores evidence; closed with the outbox.
+    """
+
+    def __init__(self, path: Path, evidence_queue: EvidenceQueue | None = None) -> None:
         self.path = Path(path)
+        self.evidence_queue = evidence_queue
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
@@ -86,16 +122,30 @@ class Outbox:
         """
         return self.put_many([(result, source)])[0]
 
-    def put_many(self, items: list[tuple[ClassificationResult, Path | None]]) -> list[int]:
-        """Commit every result (and the pending move of its source file) in one transaction.
+    def put_many(
+        self,
+        items: list[tuple[ClassificationResult, Path | None]],
+        evidence: Sequence[Evidence | None] | None = None,
+    ) -> list[int]:
+        """Commit every result (and the pending move of its source file) in one transaction, after
+        the ``evidence`` of those results (Nones skipped) in the evidence queue's.
 
         Returns the sequence numbers in the order of ``items``.
 
         Raises:
-            OutboxError: the database refused the write (e.g. disk full); nothing was stored.
+            OutboxError: a database refused the write (e.g. disk full); no result was stored (evidence
+                stored before the results failed stays: its images are classified again, same keys).
+            ValueError: evidence given to an outbox built without an evidence queue.
         """
         if not items:
             return []
+        queued = [e for e in evidence or () if e is not None]
+        if queued:
+            if self.evidence_queue is None:
+                raise ValueError(
+                    "this outbox has no evidence queue: build it with Outbox(path, evidence_queue=...)"
+                )
+            self.evidence_queue.put_many(queued)
         now = time.time()
         seqs: list[int] = []
         fix = "free disk space on the state_dir volume (images stay in the watch folder)"
@@ -117,24 +167,13 @@ class Outbox:
             self._depth += len(seqs)  # committed
         return seqs
 
-    @contextlib.contextmanager
-    def _transaction(self, what: str, fix: str = "") -> Iterator[None]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error; sqlite errors become OutboxError.
+    def _transaction(self, what: str, fix: str = "") -> contextlib.AbstractContextManager[None]:
+        """:func:`sqlite_transaction` on this outbox's database.
 
         Callers hold ``self._lock`` and update state outside the database (``_depth``) only after
         the block, once the transaction committed.
         """
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: {what}: {exc}" + (f"; {fix}" if fix else "")) from exc
+        return sqlite_transaction(self._db, self.path, what, fix)
 
     def after(self, seq: int, limit: int, until: int | None = None) -> list[OutboxRow]:
         """Up to ``limit`` rows with a sequence number above ``seq`` (and at most ``until``), in order."""
@@ -192,5 +231,8 @@ class Outbox:
             self._db.execute("DELETE FROM pending_moves WHERE source = ?", (str(source),))
 
     def close(self) -> None:
+        """Close the database (and the evidence queue, when there is one)."""
         with self._lock:
             self._db.close()
+        if self.evidence_queue is not None:
+            self.evidence_queue.close()

@@ -14,22 +14,31 @@ backend blocks the decode threads only when every request is busy (back-pressure
 thread groups finished images into one outbox transaction (``commit_batch``), then tells each job's
 ``on_done`` what happened.
 
+Fields: when the model's manifest has a ``cells`` section the image's size says what it is
+(:mod:`agents.cells.kinds`; a kind the model does not accept ends as ``BAD_IMAGE`` saying why). A
+field's white cells are found and each is cropped and preprocessed like a single-cell image
+(:mod:`agents.cells.prepare`), then every crop is submitted at once (the backend's requests bound
+them, as for images); the field reaches the writer once, when its last crop is in
+(:mod:`agents.cells.gather`), and is decided per field (:mod:`agents.results`). A field is one
+job, one result, one outbox row and one ``on_done`` call, exactly like an image.
+
 Each job carries its source's hook, ``on_done``, called exactly once with the :class:`Outcome`; the
 source owns what happens to its input then (the watch folder moves the file to ``done`` or, with the
 reason, to ``failed``; the HTTP endpoint answers the request). The pipeline knows no source: it only
 reads ``job.path`` and journals it with the result (see below).
 
 Model swaps: a decode thread acquires the active model *before* preprocessing (the crop size comes
-from its manifest) and the writer releases it after the result is built. An image is therefore
-classified entirely by one model, and the model manager closes an old backend only when its last
-image is through. Nothing is dropped during a swap.
+from its manifest) and the writer (:mod:`agents.writer`) releases it after the result is built, once
+per image or field. An image, or every cell of a field, is therefore classified entirely by one
+model, and the model manager closes an old backend only when its last image is through. Nothing is
+dropped during a swap.
 
 Nothing is lost: the result of a job with a ``path`` is committed together with a move journal
 entry for that file (see :mod:`agents.outbox`) before its ``on_done`` may move the file, and a file
 whose journalled result is already committed ends as ``ALREADY_DONE`` instead of being classified
 again. When the outbox refuses a write, reaches its cap, or the disk runs low,
-:meth:`Pipeline.blocked_reason` says so (loudly, in the log) and sources stop taking images until it
-clears; images waiting in the watch folder are the buffer.
+:meth:`Pipeline.blocked_reason` says so (loudly, in the log; :mod:`agents.gate`) and sources stop
+taking images until it clears; images waiting in the watch folder are the buffer.
 """
 
 from __future__ import annotations
@@ -37,7 +46,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
-import shutil
 import threading
 import time
 from collections import Counter
@@ -48,21 +56,24 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import Histogram
 
-from agents.backends import BackendError
+from agents.backends import BackendError, Inference
+from agents.cells.gather import FieldGather
+from agents.cells.kinds import KindRefused, input_kind
+from agents.cells.prepare import prepare_field
 from agents.config import OutboxConfig, PipelineConfig
-from agents.jobs import Finished, InFlight, Job, Outcome, OutcomeKind, build_result
+from agents.gate import IntakeGate
+from agents.jobs import Finished, InFlight, Job, Outcome, OutcomeKind
 from agents.models import ActiveModel, ModelManager
-from agents.outbox import Outbox, OutboxError
+from agents.outbox import Outbox
 from agents.vitals import InferenceStats
+from agents.writer import LOOP as WRITER_LOOP
+from agents.writer import ResultWriter
+from shared.cells.spec import InputKind
 from shared.logs import kv
 from shared.loops import Loops
 from shared.preprocessing import ImageDecodeError, crop_and_resize, decode_image
-from shared.schemas import ClassificationResult
 
 log = logging.getLogger(__name__)
-
-ERROR_BACKOFF_S = 5.0
-DISK_CHECK_INTERVAL_S = 1.0
 
 
 class Pipeline:
@@ -102,26 +113,25 @@ class Pipeline:
         self.loops = loops or Loops()
         size = config.queue_size or max(4 * config.decode_threads, 2 * max(1, config.infer_requests) + 4, 16)
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=size)
-        self._finished: queue.SimpleQueue[Finished | None] = queue.SimpleQueue()
         self._room = threading.Event()
-        self._idle = threading.Condition()
-        self._inflight = 0  # images between backend.submit and the writer
         self._pending = 0  # jobs accepted by submit() and not finished yet
         self._pending_lock = threading.Lock()
-        self._gate_lock = threading.Lock()
-        self.error_backoff_s = ERROR_BACKOFF_S
+        self.gate = IntakeGate(outbox, limits, state_dir)
         self._closing = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._paused_until = 0.0
-        self._pause_reason = ""
-        self._disk_checked_at = -1e9
-        self._disk_low = ""
-        self._alarm_reason = ""
-        self._alarm_at = 0.0
-        # for agents.metrics: jobs by outcome, and a histogram no registry owns (as the hub's IngestStats)
-        self._outcomes: Counter[OutcomeKind] = Counter()
-        self.inference_seconds = Histogram(
-            "leukonet_agent_inference_seconds", "Inference time per classified image", registry=None
+        self._outcomes: Counter[OutcomeKind] = Counter()  # jobs by outcome, for agents.metrics
+        self.writer = ResultWriter(
+            agent_id,
+            lab,
+            low_confidence_threshold,
+            models,
+            outbox,
+            stats,
+            self.gate,
+            config.commit_batch,
+            self._notify,
+            self._finish,
+            self.loops,
         )
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -131,7 +141,7 @@ class Pipeline:
         for i in range(self.config.decode_threads):
             name = f"decode-{i}"
             self._threads.append(self.loops.spawn(name, partial(self._decode_loop, name), self._closing))
-        self._writer = self.loops.spawn("outbox-writer", self._write_loop, self._closing)
+        self._writer = self.loops.spawn(WRITER_LOOP, self.writer.run, self._closing)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop taking jobs, finish the images already in inference, stop the threads.
@@ -150,9 +160,8 @@ class Pipeline:
             self._queue.put(None)
         for t in self._threads:
             t.join(timeout)
-        with self._idle:
-            self._idle.wait_for(lambda: self._inflight == 0, timeout)
-        self._finished.put(None)
+        self.writer.wait_idle(timeout)
+        self.writer.stop()
         if self._threads:
             self._writer.join(timeout)
         self._threads.clear()
@@ -205,50 +214,27 @@ class Pipeline:
         with self._pending_lock:
             return dict(self._outcomes)
 
+    def analysis(self) -> dict[str, int]:
+        """Committed ``fields``, ``cells`` classified in them, and ``unfamiliar`` results (a copy)."""
+        return self.writer.analysis()
+
+    @property
+    def inference_seconds(self) -> Histogram:
+        """Inference time per classified image (a field: the wall span of its crops)."""
+        return self.writer.inference_seconds
+
     def blocked_reason(self) -> str:
-        """Why sources must not take images now ('' when they may): outbox cap, low disk, errors.
+        """Why sources must not take images now ('' when they may): see :class:`agents.gate.IntakeGate`."""
+        return self.gate.blocked_reason()
 
-        Logs an error when a reason appears and repeats it every ``alarm_interval_s`` while it lasts.
-        """
-        with self._gate_lock:
-            return self._blocked_reason()
+    @property
+    def error_backoff_s(self) -> float:
+        """How long intake pauses after an inference or outbox error."""
+        return self.gate.error_backoff_s
 
-    def _blocked_reason(self) -> str:
-        now = time.monotonic()
-        reason = ""
-        depth = self.outbox.depth()
-        if depth >= self.limits.max_rows:
-            reason = (
-                f"outbox full: {depth} results wait for the broker (cap outbox.max_rows="
-                f"{self.limits.max_rows}); new images wait until the broker acknowledges results"
-            )
-        elif self.limits.min_free_disk_mb > 0:
-            if now - self._disk_checked_at >= DISK_CHECK_INTERVAL_S:
-                self._disk_checked_at = now
-                free_mb = shutil.disk_usage(self.state_dir).free / 2**20
-                self._disk_low = (
-                    f"disk almost full: {free_mb:.0f} MB free on {self.state_dir} "
-                    f"(< outbox.min_free_disk_mb={self.limits.min_free_disk_mb:g}); free space to resume"
-                    if free_mb < self.limits.min_free_disk_mb
-                    else ""
-                )
-            reason = self._disk_low
-        if not reason and now < self._paused_until:
-            reason = self._pause_reason
-        self._alarm(reason, now)
-        return reason
-
-    def _alarm(self, reason: str, now: float) -> None:
-        if reason and (reason != self._alarm_reason or now - self._alarm_at >= self.limits.alarm_interval_s):
-            log.error(kv("intake_paused", reason=reason, outbox_depth=self.outbox.depth()))
-            self._alarm_at = now
-        elif not reason and self._alarm_reason:
-            log.warning(kv("intake_resumed", previous_reason=self._alarm_reason))
-        self._alarm_reason = reason
-
-    def _pause(self, reason: str) -> None:
-        self._paused_until = time.monotonic() + self.error_backoff_s
-        self._pause_reason = f"{reason} (retrying in {self.error_backoff_s:g} s)"
+    @error_backoff_s.setter
+    def error_backoff_s(self, seconds: float) -> None:
+        self.gate.error_backoff_s = seconds
 
     # --- decode stage -------------------------------------------------------------------------
 
@@ -284,49 +270,100 @@ class Pipeline:
                 self.models.release(active)
 
     def _prepare_and_submit(self, job: Job, active: ActiveModel) -> bool:
-        """Decode + preprocess ``job`` and hand it to ``active``; True when inference started."""
+        """Decode ``job``, preprocess it as its kind, hand it to ``active``; True when inference started."""
         t0 = time.perf_counter()
-        if job.frame is not None:
-            image = job.frame
-            sha = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
-        else:
-            if job.data is not None:
-                data = job.data
-            else:
-                assert job.path is not None
-                try:
-                    data = job.path.read_bytes()
-                except FileNotFoundError:
-                    self._finish(job, Outcome(OutcomeKind.GONE, error=f"{job.path} disappeared"))
-                    return False
-            sha = hashlib.sha256(data).hexdigest()
-            if job.path is not None and self._committed_before(job.path, sha):
-                self._finish(job, Outcome(OutcomeKind.ALREADY_DONE))
-                return False
-            try:
-                image = decode_image(data, job.name, self.config.max_pixels)
-            except ImageDecodeError as exc:
-                self._finish(job, Outcome(OutcomeKind.BAD_IMAGE, error=str(exc)))
-                return False
+        loaded = self._decode(job)
+        if loaded is None:
+            return False
+        image, sha = loaded
+        decode_ms = (time.perf_counter() - t0) * 1e3
+        if image.ndim != 3 or image.shape[2] != 3:  # e.g. a single-channel camera frame
+            error = f"{job.name}: expected an [H, W, 3] image, got shape {image.shape}"
+            self._finish(job, Outcome(OutcomeKind.BAD_IMAGE, error=error))
+            return False
+        try:
+            kind = input_kind(active.manifest, job.name, image.shape[1], image.shape[0])
+        except KindRefused as exc:
+            self._finish(job, Outcome(OutcomeKind.BAD_IMAGE, error=str(exc)))
+            return False
+        if kind is InputKind.FIELD:
+            return self._submit_field(job, active, image, sha, decode_ms)
         t1 = time.perf_counter()
         spec = active.manifest.preprocessing
-        try:
-            crop = crop_and_resize(image, spec.image_size, spec.central_fraction)
-        except ValueError as exc:  # e.g. a single-channel camera frame
-            self._finish(job, Outcome(OutcomeKind.BAD_IMAGE, error=f"{job.name}: {exc}"))
-            return False
-        t2 = time.perf_counter()
-        ctx = InFlight(job, active, sha, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
-        with self._idle:
-            self._inflight += 1
+        crop = crop_and_resize(image, spec.image_size, spec.central_fraction)
+        ctx = InFlight(job, active, sha, decode_ms, (time.perf_counter() - t1) * 1e3, kind)
+        self.writer.started()
         try:
             active.backend.submit(crop, partial(self._inferred, ctx))
         except BackendError as exc:
-            with self._idle:
-                self._inflight -= 1
-                self._idle.notify_all()
-            self._inference_failed(job, active, exc)
+            self.writer.abandoned()
+            self.writer.inference_failed(job, active, exc)
             return False
+        return True
+
+    def _decode(self, job: Job) -> tuple[np.ndarray, str] | None:
+        """``job``'s image and the sha256 of its bytes; None when the job ended here (gone, done, bad)."""
+        if job.frame is not None:
+            return job.frame, hashlib.sha256(np.ascontiguousarray(job.frame).tobytes()).hexdigest()
+        if job.data is not None:
+            data = job.data
+        else:
+            assert job.path is not None
+            try:
+                data = job.path.read_bytes()
+            except FileNotFoundError:
+                self._finish(job, Outcome(OutcomeKind.GONE, error=f"{job.path} disappeared"))
+                return None
+        sha = hashlib.sha256(data).hexdigest()
+        if job.path is not None and self._committed_before(job.path, sha):
+            self._finish(job, Outcome(OutcomeKind.ALREADY_DONE))
+            return None
+        try:
+            return decode_image(data, job.name, self.config.max_pixels), sha
+        except ImageDecodeError as exc:
+            self._finish(job, Outcome(OutcomeKind.BAD_IMAGE, error=str(exc)))
+            return None
+
+    def _submit_field(
+        self, job: Job, active: ActiveModel, image: np.ndarray, sha: str, decode_ms: float
+    ) -> bool:
+        """Find the field's cells and submit all their crops; True (the writer releases the model)
+        unless the field ended before any inference."""
+        cells = active.manifest.cells
+        assert cells is not None  # input_kind() said FIELD
+        t1 = time.perf_counter()
+        try:
+            prepared = prepare_field(image, cells.finder, active.manifest.preprocessing)
+        except ValueError as exc:  # e.g. 16-bit camera frames: the finder takes uint8 only
+            self._finish(job, Outcome(OutcomeKind.BAD_IMAGE, error=f"{job.name}: {exc}"))
+            return False
+        prep_ms = (time.perf_counter() - t1) * 1e3
+        ctx = InFlight(
+            job,
+            active,
+            sha,
+            decode_ms,
+            prep_ms,
+            InputKind.FIELD,
+            prepared.boxes,
+            prepared.found,
+            prepared.finder_ms,
+        )
+        if prepared.found > len(prepared.boxes):
+            log.info(
+                kv("field_cells_capped", image=job.name, found=prepared.found, classified=len(prepared.boxes))
+            )
+        self.writer.started()
+        gather = FieldGather(len(prepared.boxes), partial(self._field_inferred, ctx))
+        submitted = 0
+        try:
+            for crop in prepared.crops:
+                active.backend.submit(crop, partial(gather.done, submitted))
+                submitted += 1
+        except Exception as exc:  # noqa: BLE001 - the crops in flight are waited for, then the field fails
+            gather.seal(submitted, exc)
+            return True
+        gather.seal(submitted)
         return True
 
     def _committed_before(self, path: Path, sha: str) -> bool:
@@ -335,84 +372,16 @@ class Pipeline:
         return journal is not None and journal.image_sha256 == sha
 
     def _inferred(
-        self, ctx: InFlight, probs: np.ndarray | None, ms: float, error: BaseException | None
+        self, ctx: InFlight, inference: Inference | None, ms: float, error: BaseException | None
     ) -> None:
-        """Backend callback (any thread): hand over to the writer. Never raises."""
-        self._finished.put((ctx, probs, ms, error))
+        """Backend callback of an image (any thread): hand over to the writer. Never raises."""
+        self.writer.put(Finished(ctx, [] if inference is None else [inference], ms, error))
 
-    def _inference_failed(self, job: Job, active: ActiveModel, exc: BaseException) -> None:
-        self._pause(f"inference failed on {active.name} {active.version}: {exc}")
-        log.error(
-            kv("inference_failed", model=active.name, version=active.version, image=job.name, error=exc)
-        )
-        self._finish(job, Outcome(OutcomeKind.UNAVAILABLE, error=f"inference failed: {exc}"))
-
-    # --- write stage --------------------------------------------------------------------------
-
-    def _write_loop(self) -> None:
-        while True:
-            item = self._finished.get()
-            if item is None:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < self.config.commit_batch:
-                try:
-                    more = self._finished.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                batch.append(more)
-            try:
-                self._commit(batch)
-                self.loops.beat("outbox-writer")
-            except Exception as exc:  # noqa: BLE001 - the writer must outlive a bug in one batch
-                log.exception(kv("commit_failed", images=len(batch), error=exc))
-                self._pause(f"internal error while storing results: {exc}")
-                for ctx, _, _, _ in batch:
-                    self._finish(ctx.job, Outcome(OutcomeKind.UNAVAILABLE, error=str(exc)))
-            finally:
-                with self._idle:
-                    self._inflight -= len(batch)
-                    self._idle.notify_all()
-            if stop:
-                return
-
-    def _commit(self, batch: list[Finished]) -> None:
-        ready: list[tuple[InFlight, ClassificationResult, float]] = []
-        for ctx, probs, ms, error in batch:
-            self.models.release(ctx.active)
-            if error is not None or probs is None:
-                self._inference_failed(ctx.job, ctx.active, error or BackendError("no output"))
-                continue
-            ready.append((ctx, build_result(ctx, probs, ms, self.agent_id, self.lab, self.threshold), ms))
-        if not ready:
-            return
-        try:
-            self.outbox.put_many([(result, ctx.job.path) for ctx, result, _ in ready])
-        except OutboxError as exc:
-            self._pause(str(exc))
-            log.error(kv("outbox_write_failed", results=len(ready), error=exc))
-            for ctx, _, _ in ready:
-                self._finish(ctx.job, Outcome(OutcomeKind.UNAVAILABLE, error=str(exc)))
-            return
-        self._notify()
-        for ctx, result, ms in ready:
-            self.stats.record(ms)
-            self.inference_seconds.observe(ms / 1e3)
-            log.info(
-                kv(
-                    "classified",
-                    image=result.image_name,
-                    label=result.label,
-                    confidence=f"{result.confidence:.3f}",
-                    model=f"{result.model_name}-{result.model_version}",
-                    ms=f"{result.timings.total_ms:.1f}",
-                )
-            )
-            self._finish(ctx.job, Outcome(OutcomeKind.CLASSIFIED, result=result))
+    def _field_inferred(
+        self, ctx: InFlight, inferences: list[Inference], ms: float, error: BaseException | None
+    ) -> None:
+        """A field's last crop is in (any thread): hand the field over to the writer. Never raises."""
+        self.writer.put(Finished(ctx, inferences, ms, error))
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
         with self._pending_lock:

@@ -34,12 +34,15 @@ def run(dry_run: bool, config_path: Path | None) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     from hub.db.session import Database
+    from hub.evidence import EvidenceStore
     from hub.retention import Retention, RetentionError
 
     config = load_config(config_path)
     db = Database(config.db_url)
     try:
-        report = Retention(db, config.retention, trigger=cli_actor()).run(dry_run=dry_run)
+        store = EvidenceStore.from_config(config, db)
+        policy = Retention(db, config.retention, trigger=cli_actor(), evidence_store=store)
+        report = policy.run(dry_run=dry_run)
     except RetentionError as exc:
         raise click.ClickException(str(exc)) from exc
     except SQLAlchemyError as exc:
@@ -56,6 +59,13 @@ def run(dry_run: bool, config_path: Path | None) -> None:
     finally:
         db.dispose()
     cutoff = report.cutoff.isoformat()
+    if config.retention.evidence_days is not None or report.orphans_removed:
+        verb = "would delete" if dry_run else "deleted"
+        count = report.evidence_matched if dry_run else report.evidence_deleted
+        click.echo(
+            f"evidence: {verb} {count} images stored more than {config.retention.evidence_days} days ago; "
+            f"{report.orphans_removed} files without a database row removed"
+        )
     for path in report.recovered:
         click.echo(f"finished the archive of an interrupted run: {path}")
     if dry_run:

@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from hub.review.policy import ReviewSettings
 from hub.roles import Role
 from shared.bundle import BundleLimits
 from shared.config import ConfigError, StrictConfig
@@ -218,12 +219,36 @@ class EnrollmentSection(_Section):
     )
 
 
+class EvidenceSection(_Section):
+    """Evidence images agents upload (``PUT /api/v1/evidence/<sha256>``; docs/evidence.md)."""
+
+    dir: Path | None = Field(None, title="folder of the evidence images (default data_dir/evidence)")
+    max_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        title="largest evidence upload, in bytes; larger ones are refused (413) before being read",
+    )
+    max_pixels: int = Field(
+        50_000_000,
+        ge=1,
+        le=1_000_000_000,
+        title="largest image (width x height, from its header) accepted as evidence",
+    )
+
+
 class RetentionSection(_Section):
     """How long results and evidence are kept; older ones are archived, then deleted (see
     :mod:`hub.retention`)."""
 
     results_days: int | None = Field(
         None, ge=1, le=36500, title="delete results captured longer ago than this (None: keep for ever)"
+    )
+    evidence_days: int | None = Field(
+        None,
+        ge=1,
+        le=36500,
+        title="delete evidence images stored longer ago than this, without archiving them (None: keep)",
     )
     archive_dir: Path | None = Field(
         None,
@@ -291,6 +316,8 @@ class HubConfig(StrictConfig):
     login: LoginSection = Field(default_factory=LoginSection, title="dashboard login")
     enrollment: EnrollmentSection = Field(default_factory=EnrollmentSection, title="agent enrollment")
     retention: RetentionSection = Field(default_factory=RetentionSection, title="result retention")
+    evidence: EvidenceSection = Field(default_factory=EvidenceSection, title="evidence images")
+    review: ReviewSettings = Field(default_factory=ReviewSettings, title="review and sign-off")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", title="log level")
 
     def bundle_limits(self) -> BundleLimits:
@@ -339,6 +366,11 @@ class HubConfig(StrictConfig):
         if len(set(secrets_)) != len(secrets_):
             raise ValueError("tokens: two entries share the same token; give each client its own")
         return self
+
+    @property
+    def evidence_dir(self) -> Path:
+        """Where evidence images are stored (``evidence.dir``, default ``data_dir/evidence``)."""
+        return self.evidence.dir if self.evidence.dir is not None else self.data_dir / "evidence"
 
     @property
     def db_url(self) -> str:

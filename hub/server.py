@@ -120,8 +120,9 @@ def serve(config: HubConfig, stop: threading.Event | None = None) -> None:
         worker.start()
         ticker = RolloutTicker(services.rollouts, config.rollouts.tick_s)
         ticker.start()
-        if config.retention.results_days is not None:
-            retention = RetentionTicker(Retention(services.db, config.retention), config.retention.interval_s)
+        if config.retention.results_days is not None or config.retention.evidence_days is not None:
+            policy = Retention(services.db, config.retention, evidence_store=services.evidence)
+            retention = RetentionTicker(policy, config.retention.interval_s)
             retention.start()
         app = create_app(config, services)
         server = make_web_server(config.host, config.port, app, config.web_timeout_s)

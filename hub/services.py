@@ -14,6 +14,7 @@ from hub.auth import TokenAuth
 from hub.broker.dynsec import BrokerAccounts, DynSecAccounts, UnenforcedAccounts
 from hub.config import HubConfig
 from hub.db.session import Database
+from hub.evidence import EvidenceStore
 from hub.identity.enrollment import Enrollment
 from hub.identity.tokens import TokenStore
 from hub.ingest.stats import IngestStats
@@ -41,6 +42,8 @@ class Services:
     #: the broker's account manager (per-agent logins and ACLs) that enrollment works through
     accounts: BrokerAccounts
     enrollment: Enrollment
+    #: evidence images agents upload (files under ``evidence_dir``, rows in the database)
+    evidence: EvidenceStore
     #: counters of an ingest worker running in this process (``serve``); None in a web-only one
     ingest_stats: IngestStats | None = None
 
@@ -53,9 +56,10 @@ class Services:
 
 def build_services(config: HubConfig, *, ingest_stats: IngestStats | None = None) -> Services:
     """Compose the hub for ``config``: database engine, bundle store + registry (its delete guard
-    asks the rollouts), token table, MQTT publisher, rollout engine, training-job queue, and agent
-    enrollment through the broker's dynamic security (``enrollment.dynamic_security``) or, for a
-    broker that does not enforce identities, an unenforced stand-in that says so in the log.
+    asks the rollouts), evidence store, token table, MQTT publisher, rollout engine, training-job
+    queue, and agent enrollment through the broker's dynamic security
+    (``enrollment.dynamic_security``) or, for a broker that does not enforce identities, an
+    unenforced stand-in that says so in the log.
 
     Raises:
         ConfigError: a trusted key file cannot be loaded.
@@ -83,5 +87,6 @@ def build_services(config: HubConfig, *, ingest_stats: IngestStats | None = None
         training=TrainingJobs(db, registry, config.training),
         accounts=accounts,
         enrollment=Enrollment(db, accounts, config.enrollment),
+        evidence=EvidenceStore.from_config(config, db),
         ingest_stats=ingest_stats,
     )

@@ -16,6 +16,7 @@ import click
 
 from shared.config import ConfigError
 from shared.logs import setup_logging
+from trainer.cell_options import cell_options, cell_options_from
 from trainer.cli_common import (
     INT8_OPTION,
     emit,
@@ -25,6 +26,7 @@ from trainer.cli_common import (
     train_config_from_options,
     train_options,
 )
+from trainer.cli_fields import fields_cmd
 from trainer.config import TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -206,18 +208,40 @@ def export_cmd(work: Path, int8: bool) -> None:
     default=None,
     help="Bundle path (default WORK/bundle/NAME-VERSION.zip).",
 )
+@click.option("--positive-label", default=None, help="Cell models: the disease label (default: ALL).")
+@cell_options
 @click.pass_obj
 @fail_cleanly
 def bundle_cmd(
-    obj: TrainerConfig, work: Path, name: str, version: str, signing_key: Path | None, out: Path | None
+    obj: TrainerConfig,
+    work: Path,
+    name: str,
+    version: str,
+    signing_key: Path | None,
+    out: Path | None,
+    positive_label: str | None,
+    **kw: Any,
 ) -> None:
-    """Build and sign the model bundle from the train, evaluate and export outputs."""
+    """Build and sign the model bundle from the train, evaluate and export outputs.
+
+    With --cells, the model is bundled as a cell model, evaluated on --eval-fields first.
+    """
     from trainer.pipeline import bundle_step
 
-    info = bundle_step(
-        work, name=name, version=version, signing_key=require_signing_key(obj, signing_key), out_path=out
+    cells = cell_options_from(positive_label, kw)
+    key = require_signing_key(obj, signing_key)
+    info = bundle_step(work, name=name, version=version, signing_key=key, out_path=out, cells=cells)
+    manifest = info.manifest
+    emit(
+        {
+            "bundle": str(info.path),
+            "sha256": info.sha256,
+            "name": name,
+            "version": version,
+            "ood": manifest.ood.model_dump(mode="json") if manifest.ood else None,
+            "cells": manifest.cells.model_dump(mode="json") if manifest.cells else None,
+        }
     )
-    emit({"bundle": str(info.path), "sha256": info.sha256, "name": name, "version": version})
 
 
 @cli.command("publish")
@@ -249,7 +273,10 @@ def publish_cmd(obj: TrainerConfig, bundle_path: Path, hub: str | None, token: s
 @click.option("--hub", default=None, help="Publish to this hub when given (or config hub_url).")
 @click.option("--token", default=None, help="Hub token (default: LEUKONET_TRAINER_TOKEN).")
 @INT8_OPTION
-@click.option("--positive-label", default=None, help="Disease label for sensitivity etc. (default: ALL).")
+@click.option(
+    "--positive-label", default=None, help="Disease label for sensitivity and cell models (default: ALL)."
+)
+@cell_options
 @click.pass_obj
 @fail_cleanly
 def run_cmd(
@@ -265,10 +292,11 @@ def run_cmd(
 ) -> None:
     """Split, train, evaluate, freeze, export (+parity), bundle, and publish if a hub is given.
 
-    The last stdout line is a JSON summary: bundle, sha256, metrics, parity, published.
+    The last stdout line is a JSON summary: bundle, sha256, metrics, parity, ood, cells, published.
     """
     from trainer.pipeline import run_pipeline
 
+    cells = cell_options_from(positive_label, kw)
     hub_url = hub or obj.hub_url
     summary = run_pipeline(
         train_config_from_options(obj, **kw),
@@ -279,6 +307,7 @@ def run_cmd(
         token=require_token(obj, token) if hub_url else None,
         int8=int8,
         positive_label=positive_label,
+        cells=cells,
     )
     click.echo(summary.to_json())
 
@@ -356,3 +385,6 @@ def serve_cmd(
     except JobError as exc:  # the hub refused this trainer (token, role): a set-up error
         raise click.ClickException(str(exc)) from exc
     emit({"jobs": done, "worker": config.worker})
+
+
+cli.add_command(fields_cmd)

@@ -227,6 +227,9 @@ class EvaluationReport(BaseModel):
     report_path: str
     predictions_path: str
     plots: dict[str, str] = Field(default_factory=dict, title="plot name -> PNG path")
+    cells: dict[str, Any] | None = Field(
+        None, title="cell models: finder, field and whole-image metrics on the evaluation fields"
+    )
 
 
 def evaluate(

@@ -25,6 +25,7 @@ from shared.bundle import (
     generate_keypair,
     load_private_key,
 )
+from shared.cells.spec import CellAnalysisSpec, OodSpec
 from shared.hubclient import HubClient, HubError
 from shared.logs import kv
 from shared.preprocessing import PreprocessingSpec
@@ -109,8 +110,13 @@ def build_manifest(
     reference_image: str | None = REFERENCE_IMAGE,
     commit: str | None = None,
     int8_ir: str | None = None,
+    ood: OodSpec | None = None,
+    cells: CellAnalysisSpec | None = None,
 ) -> Manifest:
     """The manifest of the model files staged in ``stage_dir`` (their sha256 are computed here).
+
+    ``ood`` adds its statistics file (``ood.stats_file``, staged beside the IRs) and the section;
+    ``cells`` makes the model a cell model (finder, decision rule, field-level metrics).
 
     Raises:
         BundleError: a staged file is missing, or ``name``/``version`` are invalid (the message
@@ -123,6 +129,8 @@ def build_manifest(
     if int8_ir is not None:  # optional NNCF INT8 IR (trainer.int8), an extra beside FP32/FP16
         artifacts["ir_int8"] = int8_ir
         files += [int8_ir, int8_ir[:-4] + ".bin"]
+    if ood is not None:
+        files.append(ood.stats_file)
     all_metrics = dict(metrics)
     if reference_image is not None:
         if reference_probabilities is None:
@@ -151,6 +159,8 @@ def build_manifest(
             dataset_fingerprint=dataset_fingerprint,
             training=training,
             source_commit=commit,
+            ood=ood,
+            cells=cells,
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise BundleError(f"bundle manifest for {name!r} {version!r} is invalid: {exc}") from exc

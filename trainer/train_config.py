@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.cells.spec import CellAnalysisSpec, DecisionRule, FinderSpec, InputKind
 from trainer.nets import get_network
 
 TrainMode = Literal["scratch", "finetune", "bottleneck"]
@@ -158,3 +159,44 @@ class TrainResult(BaseModel):
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no training result; run `leukonet trainer train` first")
         return cls.model_validate_json(p.read_text())
+
+
+class CellOptions(BaseModel):
+    """A *cell model*: one that classifies single white cells and, through the finder, whole fields.
+
+    What the bundle's ``cells`` section (:class:`shared.cells.spec.CellAnalysisSpec`) says, plus
+    the held-out fields (``eval_fields``, with ground truth, see :mod:`trainer.fields`) on which
+    the finder and the whole field chain are evaluated before the model is bundled.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="cell analysis")
+
+    decision: DecisionRule = Field(title="how a field's label follows from its cells")
+    finder: FinderSpec = Field(default_factory=FinderSpec, title="white-cell finder settings")
+    input_kinds: list[InputKind] = Field(
+        default_factory=lambda: [InputKind.CELL, InputKind.FIELD], min_length=1, title="inputs accepted"
+    )
+    field_min_side_px: int = Field(
+        640, ge=64, le=100_000, title="an image whose longer side is at least this is a field"
+    )
+    eval_fields: Path | None = Field(None, title="folder of held-out fields with ground truth (NAME.json)")
+
+    def check_labels(self, labels: list[str]) -> None:
+        """Raise ValueError when the decision rule names a label the model does not have."""
+        rule = self.decision
+        missing = [lab for lab in (*rule.positive_labels, rule.negative_label) if lab not in labels]
+        if missing:
+            raise ValueError(
+                f"the cell decision rule names {missing}, which the model does not have (labels {labels}); "
+                "set --positive-label / --negative-label to the model's labels"
+            )
+
+    def spec(self, metrics: dict[str, object] | None = None) -> CellAnalysisSpec:
+        """The manifest's ``cells`` section, with the evaluation ``metrics``."""
+        return CellAnalysisSpec(
+            input_kinds=self.input_kinds,
+            field_min_side_px=self.field_min_side_px,
+            finder=self.finder,
+            decision=self.decision,
+            metrics=metrics or {},
+        )

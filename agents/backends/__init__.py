@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from agents.backends.base import Backend, BackendError, DoneFn, IrPrecision
+from agents.backends.base import Backend, BackendError, DoneFn, Inference, IrPrecision, Outputs
 from agents.backends.fake import FakeBackend
 from agents.backends.openvino_backend import OpenVinoBackend
 
@@ -43,4 +43,13 @@ def create_backend(
     )
 
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "DoneFn", "IrPrecision", "create_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendError",
+    "DoneFn",
+    "Inference",
+    "IrPrecision",
+    "Outputs",
+    "create_backend",
+]

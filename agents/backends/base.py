@@ -1,13 +1,17 @@
 """The inference backend interface every plugin implements.
 
-A backend runs one model: ``load(model_dir, manifest)`` once, then ``infer(batch)`` or ``submit``
-any number of times, then ``close()``. Both take the IR input exactly as the manifest describes it
-(uint8, BGR, NHWC, ``[S, S, 3]`` per image) and give the softmax over the labels as float32.
+A backend runs one model: ``load(model_dir, manifest)`` once, then ``run(batch)`` / ``infer(batch)``
+or ``submit`` any number of times, then ``close()``. All take the IR input exactly as the manifest
+describes it (uint8, BGR, NHWC, ``[S, S, 3]`` per image) and give the softmax over the labels as
+float32; when the manifest has an ``ood`` section they also give each image's pre-logits features
+(the IR output ``ood.feature_output``, ``ood.feature_dim`` floats), which the agent scores for the
+out-of-distribution flag.
 
-``infer`` is synchronous (smoke tests, the one-shot CLI). ``submit`` is what the agent's pipeline
-uses: it starts one image and returns as soon as the device accepted it, blocking only while every
-infer request is busy (that is the pipeline's back-pressure); the callback runs later on a backend
-thread. The base class gives a synchronous ``submit`` so a simple backend only writes ``infer``.
+``run`` is synchronous and returns both outputs (:class:`Outputs`); ``infer`` is its probabilities
+only (smoke tests, the one-shot CLI). ``submit`` is what the agent's pipeline uses: it starts one
+image and returns as soon as the device accepted it, blocking only while every infer request is busy
+(that is the pipeline's back-pressure); the callback receives an :class:`Inference` later, on a
+backend thread. The base class gives a synchronous ``submit`` so a simple backend only writes ``run``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -22,9 +27,45 @@ import numpy as np
 
 from shared.bundle import Manifest
 
-#: ``done(probabilities [num_labels] float32 | None, inference_ms, error | None)``; exactly one of
-#: probabilities and error is set. Called once per submitted image, possibly on another thread.
-DoneFn = Callable[[np.ndarray | None, float, BaseException | None], None]
+
+@dataclass(frozen=True)
+class Inference:
+    """One image's outputs.
+
+    Attributes:
+        probabilities: ``[num_labels]`` float32 softmax.
+        features: ``[ood.feature_dim]`` float32 pre-logits features when the manifest has an ``ood``
+            section, else None.
+    """
+
+    probabilities: np.ndarray
+    features: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """A batch's outputs: ``probabilities [N, num_labels]`` and ``features [N, feature_dim]`` (or None)."""
+
+    probabilities: np.ndarray
+    features: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.probabilities.shape[0])
+
+    def __getitem__(self, index: int) -> Inference:
+        feats = None if self.features is None else self.features[index]
+        return Inference(self.probabilities[index], feats)
+
+
+#: ``done(inference | None, inference_ms, error | None)``; exactly one of inference and error is set.
+#: Called once per submitted image, possibly on another thread.
+DoneFn = Callable[[Inference | None, float, BaseException | None], None]
+
+
+def feature_output(manifest: Manifest) -> tuple[str, int] | None:
+    """(IR output name, dimension) of the pre-logits features the manifest's ``ood`` section names."""
+    return None if manifest.ood is None else (manifest.ood.feature_output, manifest.ood.feature_dim)
+
 
 #: The precision a backend runs: ``FP32``, ``FP16`` and ``INT8`` load ``ir_fp32``, ``ir_fp16`` and the
 #: optional ``ir_int8``; ``BF16`` runs ``ir_fp32`` at bfloat16 (validated by the bundle's BF16 parity).
@@ -55,12 +96,21 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def infer(self, batch_uint8_bgr: np.ndarray) -> np.ndarray:
-        """Classify ``[N, S, S, 3]`` uint8 BGR images; return ``[N, num_labels]`` float32 probabilities.
+    def run(self, batch_uint8_bgr: np.ndarray) -> Outputs:
+        """Classify ``[N, S, S, 3]`` uint8 BGR images: ``[N, num_labels]`` float32 probabilities and,
+        when the manifest has an ``ood`` section, ``[N, feature_dim]`` float32 features.
 
         Raises:
             BackendError: not loaded, or the batch does not match the model input.
         """
+
+    def infer(self, batch_uint8_bgr: np.ndarray) -> np.ndarray:
+        """The probabilities of :meth:`run` only: ``[N, num_labels]`` float32.
+
+        Raises:
+            BackendError: not loaded, or the batch does not match the model input.
+        """
+        return self.run(batch_uint8_bgr).probabilities
 
     @property
     def precision(self) -> IrPrecision | None:
@@ -82,7 +132,7 @@ class Backend(ABC):
     def submit(self, image_uint8_bgr: np.ndarray, done: DoneFn) -> None:
         """Start classifying one ``[S, S, 3]`` image; ``done`` receives the outcome.
 
-        This default runs :meth:`infer` in the caller's thread and calls ``done`` before returning.
+        This default runs :meth:`run` in the caller's thread and calls ``done`` before returning.
         Errors of the image itself are passed to ``done``; the method raises only when the backend
         cannot take work at all.
 
@@ -91,11 +141,11 @@ class Backend(ABC):
         """
         t0 = time.perf_counter()
         try:
-            probs = self.infer(image_uint8_bgr[np.newaxis])[0]
+            outputs = self.run(image_uint8_bgr[np.newaxis])
         except BackendError as exc:
             done(None, (time.perf_counter() - t0) * 1e3, exc)
             return
-        done(probs, (time.perf_counter() - t0) * 1e3, None)
+        done(outputs[0], (time.perf_counter() - t0) * 1e3, None)
 
     def wait_idle(self, timeout: float | None = None) -> None:  # noqa: B027 - optional hook, no-op here
         """Return once every submitted image has had its ``done`` call (no-op when synchronous)."""

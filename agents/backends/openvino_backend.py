@@ -11,6 +11,10 @@ along :data:`FALLBACK_PRECISIONS` with an ``ir_precision_fallback`` warning, and
 says which IR actually runs. ``BF16`` runs the FP32 IR at bf16 and needs the bundle's BF16 parity
 figure (``parity.max_abs_diff_bf16``). The inference precision hint and its read-back are in
 :mod:`agents.backends.precision`; :attr:`execution_precision` is what the compiled model runs.
+
+A manifest with an ``ood`` section names a second IR output, ``ood.feature_output`` (the pre-logits
+features, ``ood.feature_dim`` floats per image): the backend checks at load that the IR has it with
+that size, and every request reads it with the probabilities.
 """
 
 from __future__ import annotations
@@ -25,7 +29,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from agents.backends.base import Backend, BackendError, DoneFn, IrPrecision, check_batch
+from agents.backends.base import (
+    Backend,
+    BackendError,
+    DoneFn,
+    Inference,
+    IrPrecision,
+    Outputs,
+    check_batch,
+    feature_output,
+)
 from agents.backends.precision import base_devices, check_read_back, compile_config, is_virtual, read_back
 from shared.bundle import Manifest
 from shared.logs import kv
@@ -124,6 +137,7 @@ class OpenVinoBackend(Backend):
         self._size = 0
         self._input_name = ""
         self._output_name = ""
+        self._features: tuple[str, int] | None = None
         self._submit_lock = threading.Lock()
 
     @property
@@ -198,6 +212,9 @@ class OpenVinoBackend(Backend):
             compiled = self._core.compile_model(model, self._device, config)
             compiled.input(manifest.input.name)
             compiled.output(manifest.output.name)
+            features = feature_output(manifest)
+            if features is not None:
+                _check_feature_output(compiled, xml, *features)
         except BackendError:
             raise
         except RuntimeError as exc:  # OpenVINO raises RuntimeError subclasses for every failure
@@ -211,8 +228,9 @@ class OpenVinoBackend(Backend):
         self._input_name, self._output_name = manifest.input.name, manifest.output.name
         self._size = manifest.preprocessing.image_size
         self._queue = self._ov.AsyncInferQueue(compiled, max(1, jobs))
-        # A module function bound to the output name only: see _deliver for why not self._on_done.
-        self._queue.set_callback(partial(_deliver, self._output_name))
+        # A module function bound to the output names only: see _deliver for why not self._on_done.
+        self._features = features
+        self._queue.set_callback(partial(_deliver, self._output_name, features))
         self._reported_device = _execution_devices(compiled, self._device)
         log.info(
             kv(
@@ -240,20 +258,20 @@ class OpenVinoBackend(Backend):
             except RuntimeError as exc:
                 raise BackendError(f"OpenVINO cannot start an inference: {exc}") from exc
 
-    def infer(self, batch_uint8_bgr: np.ndarray) -> np.ndarray:
+    def run(self, batch_uint8_bgr: np.ndarray) -> Outputs:
         if self._queue is None:
-            raise BackendError("OpenVINO backend: infer() before load() (or after close())")
+            raise BackendError("OpenVINO backend: run() before load() (or after close())")
         check_batch(batch_uint8_bgr, self._size)
         n = batch_uint8_bgr.shape[0]
-        results: list[np.ndarray | None] = [None] * n
+        results: list[Inference | None] = [None] * n
         errors: list[BaseException] = []
         cond = threading.Condition()
         finished = [0]
 
         def collect(index: int) -> DoneFn:
-            def done(probs: np.ndarray | None, ms: float, error: BaseException | None) -> None:
+            def done(inference: Inference | None, ms: float, error: BaseException | None) -> None:
                 with cond:
-                    results[index] = probs
+                    results[index] = inference
                     if error is not None:
                         errors.append(error)
                     finished[0] += 1
@@ -267,7 +285,11 @@ class OpenVinoBackend(Backend):
             cond.wait_for(lambda: finished[0] == n)
         if errors:
             raise BackendError(f"OpenVINO inference failed for {len(errors)} of {n} images: {errors[0]}")
-        return np.stack([r for r in results if r is not None], axis=0)
+        got = [r for r in results if r is not None]
+        probs = np.stack([r.probabilities for r in got], axis=0)
+        if self._features is None:
+            return Outputs(probs)
+        return Outputs(probs, np.stack([r.features for r in got if r.features is not None], axis=0))
 
     def wait_idle(self, timeout: float | None = None) -> None:
         queue = self._queue
@@ -282,8 +304,30 @@ class OpenVinoBackend(Backend):
         self._compiled = None
 
 
-def _deliver(output_name: str, request: Any, userdata: tuple[DoneFn, float]) -> None:
-    """AsyncInferQueue callback, on OpenVINO's thread: copy the output out and hand it to ``done``.
+def _check_feature_output(compiled: Any, xml: Path, name: str, dim: int) -> None:
+    """Raise :class:`BackendError` unless the compiled IR has output ``name``, ``dim`` values per image."""
+    try:
+        port = compiled.output(name)
+    except RuntimeError:
+        names = sorted(n for out in compiled.outputs for n in out.get_names())
+        raise BackendError(
+            f"IR {xml} has no output {name!r} (the manifest's ood.feature_output; outputs: {names}): "
+            "re-export the model with its pre-logits features, or remove the ood section"
+        ) from None
+    shape = port.get_partial_shape()
+    if shape.is_static:
+        size = int(np.prod([int(d) for d in shape.to_shape()][1:]))
+        if size != dim:
+            raise BackendError(
+                f"IR {xml}: output {name!r} has {size} values per image, the manifest's ood.feature_dim "
+                f"says {dim}: the bundle's IR and manifest do not belong together; re-export it"
+            )
+
+
+def _deliver(
+    output_name: str, features: tuple[str, int] | None, request: Any, userdata: tuple[DoneFn, float]
+) -> None:
+    """AsyncInferQueue callback, on OpenVINO's thread: copy the outputs out and hand them to ``done``.
 
     It holds no reference to the backend. A backend whose own queue's callback refers back to it is
     a cycle through C++ that only lets go when Python's GC runs, and a GC pass that happens to run on
@@ -294,9 +338,16 @@ def _deliver(output_name: str, request: Any, userdata: tuple[DoneFn, float]) -> 
     done, t0 = userdata
     try:
         probs = np.array(request.get_tensor(output_name).data[0], dtype=np.float32, copy=True)
+        feats = None
+        if features is not None:
+            feats = np.array(request.get_tensor(features[0]).data[0], dtype=np.float32, copy=True).reshape(-1)
+            if feats.size != features[1]:
+                raise RuntimeError(
+                    f"output {features[0]!r} gave {feats.size} features, expected {features[1]}"
+                )
         latency = getattr(request, "latency", None)
-        outcome: tuple[np.ndarray | None, float, BaseException | None] = (
-            probs,
+        outcome: tuple[Inference | None, float, BaseException | None] = (
+            Inference(probs, feats),
             float(latency) if latency else (time.perf_counter() - t0) * 1e3,
             None,
         )

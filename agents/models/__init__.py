@@ -9,6 +9,8 @@
   retries, size cap).
 - :mod:`agents.models.smoke`: the reference-image smoke test and its tolerances by precision.
 - :mod:`agents.models.verify`: the pinned public key and :func:`verify_model_dir`.
+- :mod:`agents.models.trust`: the bounds a desired state must keep (origin, semver, no silent downgrade).
+- :mod:`agents.models.ood`: the model's out-of-distribution statistics, loaded with it.
 - :mod:`agents.models.errors`: :class:`ModelError`, :class:`DownloadError` and :class:`ModelRefused`
   (an untrusted desired model, with its :class:`Refusal`).
 

@@ -20,13 +20,15 @@ from agents.backends import Backend
 from agents.models.store import ModelRef
 from shared.bundle import Manifest
 from shared.logs import kv
+from shared.ood import OodModel
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ActiveModel:
-    """A loaded model. ``users`` counts inferences in progress (see :meth:`ActiveSlot.lease`)."""
+    """A loaded model. ``users`` counts inferences in progress (see :meth:`ActiveSlot.lease`);
+    ``ood`` holds the statistics that score inputs as unfamiliar (None without a manifest ``ood``)."""
 
     name: str
     version: str
@@ -34,6 +36,7 @@ class ActiveModel:
     manifest: Manifest
     backend: Backend
     users: int = field(default=0, compare=False)
+    ood: OodModel | None = field(default=None, compare=False, repr=False)
 
     @property
     def ref(self) -> ModelRef:
@@ -89,3 +92,16 @@ class ActiveSlot:
         if not idle:
             log.warning(kv("old_backend_busy", model=old.name, version=old.version, action="closing anyway"))
         old.backend.close()
+
+
+def log_model(event: str, model: ActiveModel) -> None:
+    """Log ``event`` (``model_active``, ``model_restored``) with the model and where it runs."""
+    log.info(
+        kv(
+            event,
+            model=model.name,
+            version=model.version,
+            device=model.backend.device,
+            precision=model.backend.precision,
+        )
+    )

@@ -36,11 +36,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agents.backends import Backend, BackendError
-from agents.models.active import ActiveModel, ActiveSlot
+from agents.models.active import ActiveModel, ActiveSlot, log_model
 from agents.models.download import BundleDownloader, HubToken
-from agents.models.errors import DownloadError, ModelError, ModelRefused, Refusal
+from agents.models.errors import DownloadError, ModelError, ModelRefused
+from agents.models.ood import load_ood
 from agents.models.smoke import smoke_test
 from agents.models.store import ModelRef, ModelStore
+from agents.models.trust import check_trust
 from agents.models.verify import load_pinned_key, verify_model_dir
 from shared.bundle import BundleError, Manifest, read_manifest
 from shared.logs import kv
@@ -152,15 +154,18 @@ class ModelManager:
         return verify_model_dir(model_dir, load_pinned_key(self._public_key_path))
 
     def _load(self, model_dir: Path, manifest: Manifest) -> ActiveModel:
-        """A new backend with ``model_dir`` loaded and smoke-tested. Raises ModelError/BackendError."""
+        """A new backend with ``model_dir`` loaded and smoke-tested, with the model's OOD statistics.
+
+        Raises ModelError/BackendError."""
         backend = self._make_backend()
         try:
             backend.load(model_dir, manifest)
             smoke_test(backend, model_dir, manifest, self._precision)
+            ood = load_ood(model_dir, manifest)
         except BaseException:
             backend.close()
             raise
-        return ActiveModel(manifest.name, manifest.version, model_dir, manifest, backend)
+        return ActiveModel(manifest.name, manifest.version, model_dir, manifest, backend, ood=ood)
 
     def _swap(self, new: ActiveModel, previous_ref: ModelRef | None, rejected: ModelRef | None) -> None:
         old = self._slot.swap(new)
@@ -168,7 +173,7 @@ class ModelManager:
         if old is not None:
             self._slot.retire(old)
         self.store.prune(keep={new.model_dir.name, *(p["dir"] for p in [previous_ref] if p)})
-        _log_model("model_active", new)
+        log_model("model_active", new)
         self._on_change()
 
     def load_active(self) -> ActiveModel | None:
@@ -184,7 +189,7 @@ class ModelManager:
         with self._update_lock:
             loaded = self._load(model_dir, self.verify_dir(model_dir))
             self._slot.swap(loaded)
-        _log_model("model_restored", loaded)
+        log_model("model_restored", loaded)
         self._on_change()
         return loaded
 
@@ -263,7 +268,7 @@ class ModelManager:
             if self._last_failed == desired:
                 return False  # the same desired state already failed here (a retained re-delivery)
             try:
-                self._check_trust(desired, current)
+                check_trust(self._downloader, desired, current)
                 self._event_for(desired, ModelEventKind.DOWNLOADING, desired.bundle_url)
                 path = self._downloader.download(desired)
                 try:
@@ -309,33 +314,6 @@ class ModelManager:
                 f"device {loaded.backend.device}",
             )
             return True
-
-    def _check_trust(self, desired: DesiredModel, current: ActiveModel | None) -> None:
-        """Refuse ``desired`` before any request when its origin or version is out of bounds.
-
-        Raises:
-            ModelRefused: ``bundle_url`` is not on the hub's origin, the version is not semver, or it
-                is below the running version of the same model without ``rollback``.
-            ModelError: the manager was given no hub URL.
-        """
-        self._downloader.request_url(desired)
-        try:
-            DesiredModel.version_key(desired.model_version)
-        except ValueError as exc:
-            raise ModelRefused(
-                f"desired {desired.model_name}: {exc}; bundles carry semantic versions, so none can match "
-                "it: desire a version registered on the hub",
-                Refusal.NOT_SEMVER,
-            ) from None
-        if current is not None and not desired.rollback and desired.downgrades(current.name, current.version):
-            raise ModelRefused(
-                f"desired {desired.model_name} {desired.model_version} is lower than the running "
-                f"{current.name} {current.version} and the desired state is not marked as a rollback: "
-                "refused, the current model keeps running; desire "
-                f"{current.version} or newer, or go back through the hub (a rollout rollback, or "
-                "PUT /api/v1/agents/<id>/desired, which marks a lower version as rollback: true)",
-                Refusal.DOWNGRADE,
-            )
 
     def rollback(self) -> ActiveModel:
         """Re-activate the previous model; the rolled-back one is remembered as rejected.
@@ -415,15 +393,3 @@ class ModelManager:
         active = self._slot.swap(None)
         if active is not None:
             active.backend.close()
-
-
-def _log_model(event: str, model: ActiveModel) -> None:
-    log.info(
-        kv(
-            event,
-            model=model.name,
-            version=model.version,
-            device=model.backend.device,
-            precision=model.backend.precision,
-        )
-    )

@@ -1,4 +1,5 @@
-"""``GET /classifications``: filtered results, newest first, one page at a time.
+"""``GET /classifications``: filtered results, newest first, one page at a time; and
+``GET /classifications/<result_id>``: one result with its cells.
 
 Pages follow a keyset cursor on ``(captured_at, id)``: each answer's ``next_cursor`` is passed back
 as ``cursor`` (with the same filters) for the page after it, which the database reads as one range
@@ -14,22 +15,24 @@ import base64
 import binascii
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
-from sqlalchemy import ColumnElement, Select, func, select, tuple_
+from sqlalchemy import ColumnElement, Select, false, func, select, true, tuple_
 
 from hub.api.blueprint import bp
 from hub.api.openapi import documented
 from hub.api.params import QueryModel, parse_query
-from hub.api.schemas import ClassificationOut
-from hub.api.serialize import classification_json
-from hub.db.models import Classification
+from hub.api.schemas import ClassificationDetail, ClassificationOut
+from hub.api.serialize import classification_detail_json, classification_json
+from hub.db.models import Classification, ResultCell
 from hub.errors import ApiError
 from hub.extensions import hub_ext
 from hub.roles import READERS
+from shared.cells.spec import InputKind
 
 MAX_PER_PAGE = 500
 MAX_ID = 2**31 - 1  # classifications.id is an INTEGER: PostgreSQL refuses a larger value
@@ -72,6 +75,9 @@ class ResultFilters:
     label: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    unfamiliar: bool | None = None
+    input_kind: InputKind | None = None
+    specimen_id: str | None = None
 
     def where(self) -> list[ColumnElement[bool]]:
         conds: list[ColumnElement[bool]] = []
@@ -83,13 +89,27 @@ class ResultFilters:
             conds.append(Classification.captured_at >= self.since)
         if self.until is not None:
             conds.append(Classification.captured_at < self.until)
+        if self.unfamiliar is not None:
+            # ``= true`` as the partial index's predicate reads (migration 0007), so it serves the filter
+            conds.append(Classification.unfamiliar == (true() if self.unfamiliar else false()))
+        if self.input_kind is not None:
+            conds.append(Classification.input_kind == self.input_kind.value)
+        if self.specimen_id:
+            conds.append(Classification.specimen_id == self.specimen_id)
         return conds
 
     def fingerprint(self) -> str:
-        """A short digest of the filters, carried in a cursor so it is not reused with others."""
+        """A short digest of the filters, carried in a cursor so it is not reused with others.
+
+        The filters added with cell-level results (unfamiliar, input_kind, specimen_id) join the
+        digest only when set, so cursors issued before them stay valid.
+        """
         times = [t.isoformat() if t else None for t in (self.since, self.until)]
-        canonical = json.dumps([self.agent_id or None, self.label or None, *times])
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        parts: list[Any] = [self.agent_id or None, self.label or None, *times]
+        kind = self.input_kind.value if self.input_kind is not None else None
+        if self.unfamiliar is not None or kind is not None or self.specimen_id:
+            parts += [self.unfamiliar, kind, self.specimen_id or None]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -174,6 +194,15 @@ class ClassificationsQuery(QueryModel):
     label: str | None = Field(None, title="only results with this predicted label")
     since: QueryTime = Field(None, title="captured at or after (ISO 8601)")
     until: QueryTime = Field(None, title="captured before (ISO 8601, exclusive)")
+    unfamiliar: bool | None = Field(
+        None,
+        title="true: only results flagged unfamiliar (unlike the training images); false: only the others",
+    )
+    input_kind: InputKind | None = Field(
+        None,
+        title="only single-cell images (cell) or smear fields (field); older agents' results have neither",
+    )
+    specimen_id: str | None = Field(None, max_length=128, title="only this specimen's results")
 
 
 class ClassificationPage(BaseModel):
@@ -195,14 +224,16 @@ class ClassificationPage(BaseModel):
 @bp.get("/classifications")
 @documented(*READERS, query=ClassificationsQuery, responses={200: ClassificationPage})
 def list_classifications() -> dict[str, Any]:
-    """Results newest first, filtered by agent, label and capture time; page by next_cursor.
+    """Results newest first, filtered by agent, label, capture time, flag, kind; page by next_cursor.
 
-    Filters: ``agent_id``, ``label``, ``since`` / ``until`` (captured_at, ISO 8601, until exclusive).
+    Filters: ``agent_id``, ``label``, ``since`` / ``until`` (captured_at, ISO 8601, until exclusive),
+    ``unfamiliar`` (true / false), ``input_kind`` (cell / field), ``specimen_id``. Items carry a
+    field's ``cell_counts``, not its cells: ``GET /classifications/{result_id}`` has them.
     Paging: pass the answer's ``next_cursor`` as ``cursor`` with the same filters; ``page`` (offset)
     is kept for older clients. ``total`` is counted only without ``cursor`` and unless ``count=false``.
     """
     q = parse_query(ClassificationsQuery)
-    filters = ResultFilters(q.agent_id, q.label, q.since, q.until)
+    filters = ResultFilters(q.agent_id, q.label, q.since, q.until, q.unfamiliar, q.input_kind, q.specimen_id)
     after = None
     if q.cursor is not None:
         if q.page is not None:
@@ -214,8 +245,8 @@ def list_classifications() -> dict[str, Any]:
             raise ApiError(
                 400,
                 "invalid_parameter",
-                "cursor was issued for other filters: repeat that page's agent_id, label, since and "
-                "until with it, or leave cursor out to start again",
+                "cursor was issued for other filters: repeat that page's agent_id, label, since, until, "
+                "unfamiliar, input_kind and specimen_id with it, or leave cursor out to start again",
             )
     offset = ((q.page or 1) - 1) * q.per_page
     with hub_ext.services.db.session() as s:
@@ -236,3 +267,31 @@ def list_classifications() -> dict[str, Any]:
         "page": None if after is not None else q.page or 1,
         "total": total,
     }
+
+
+class ResultPath(BaseModel):
+    """Path parameter of ``GET /classifications/<result_id>``."""
+
+    result_id: uuid.UUID = Field(title="the result's id (result_id of a list item)")
+
+
+@bp.get("/classifications/<result_id>")
+@documented(*READERS, path=ResultPath, responses={200: ClassificationDetail}, errors=(404,))
+def get_classification(result_id: str) -> dict[str, Any]:
+    """One result with its cells (a field's, in the order the agent found them; empty for one cell)."""
+    try:
+        key = uuid.UUID(result_id)
+    except ValueError:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"result_id {result_id[:64]!r} is not a UUID: pass a result_id from GET /api/v1/classifications",
+        ) from None
+    with hub_ext.services.db.session() as s:
+        row = s.scalar(select(Classification).where(Classification.result_id == key))
+        if row is None:
+            raise ApiError(404, "result_not_found", f"no result with result_id {key}")
+        cells = s.scalars(
+            select(ResultCell).where(ResultCell.classification_id == row.id).order_by(ResultCell.cell_index)
+        ).all()
+        return classification_detail_json(row, list(cells))

@@ -52,6 +52,13 @@ class ModelVersionOut(_Out):
     output: dict[str, Any] | None = Field(title="output tensor spec from the manifest")
     preprocessing: dict[str, Any] | None
     artifacts: dict[str, str] = Field(title="role -> file in the bundle")
+    cells: dict[str, Any] | None = Field(
+        title="the manifest's cells section (input kinds, finder, decision rule, field-level metrics); "
+        "null: whole images only"
+    )
+    ood: dict[str, Any] | None = Field(
+        title="the manifest's ood section (method, threshold, held-out flag rate); null: no unfamiliar flag"
+    )
     dataset_fingerprint: str
     built_at: datetime | None = Field(title="when the trainer built the bundle")
     created_at: datetime = Field(title="when the hub registered it")
@@ -182,6 +189,33 @@ class ClassificationOut(_Out):
     timings: dict[str, float]
     captured_at: datetime
     received_at: datetime
+    input_kind: Literal["cell", "field"] | None = Field(
+        title="cell or field; null from agents before payload schema_version 3 (one image, one cell)"
+    )
+    unfamiliar: bool = Field(title="the input looked unlike the model's training images")
+    ood_score: float | None = Field(title="out-of-distribution score (higher: stranger)")
+    specimen_id: str | None = Field(title="specimen / accession id the agent was given")
+    decision_rule: str | None = Field(title="a field's decision rule in words")
+    cell_counts: dict[str, int] | None = Field(title="a field's cells per predicted label")
+
+
+class CellOut(_Out):
+    """One white cell of a field."""
+
+    index: int = Field(title="0-based position in the field's cells (the dashboard numbers from 1)")
+    box: list[int] = Field(min_length=4, max_length=4, title="x, y, width, height in image pixels")
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    unfamiliar: bool
+    ood_score: float | None
+
+
+# built by hub.api.serialize.classification_detail_json
+class ClassificationDetail(ClassificationOut):
+    """One result with its cells (a field's; empty for a single-cell image)."""
+
+    cells: list[CellOut]
 
 
 # --- ingest ------------------------------------------------------------------------------------

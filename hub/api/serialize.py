@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hub.db.models import Agent, Classification, ModelVersion, TrainingJob
+from hub.db.models import Agent, Classification, ModelVersion, ResultCell, TrainingJob
 from hub.db.types import iso
 from hub.twin import bundle_url
 
@@ -24,6 +24,8 @@ def model_json(row: ModelVersion, public_url: str) -> dict[str, Any]:
         "output": m.get("output"),
         "preprocessing": m.get("preprocessing"),
         "artifacts": m.get("artifacts", {}),
+        "cells": m.get("cells"),
+        "ood": m.get("ood"),
         "dataset_fingerprint": m.get("dataset_fingerprint", ""),
         "built_at": m.get("created_at"),
         "created_at": iso(row.created_at),
@@ -72,7 +74,30 @@ def classification_json(c: Classification) -> dict[str, Any]:
         "timings": c.timings,
         "captured_at": iso(c.captured_at),
         "received_at": iso(c.received_at),
+        "input_kind": c.input_kind,
+        "unfamiliar": c.unfamiliar,
+        "ood_score": c.ood_score,
+        "specimen_id": c.specimen_id,
+        "decision_rule": c.decision_rule,
+        "cell_counts": c.cell_counts,
     }
+
+
+def cell_json(cell: ResultCell) -> dict[str, Any]:
+    return {
+        "index": cell.cell_index,
+        "box": [cell.x, cell.y, cell.width, cell.height],
+        "label": cell.label,
+        "confidence": cell.confidence,
+        "probabilities": cell.probabilities,
+        "unfamiliar": cell.unfamiliar,
+        "ood_score": cell.ood_score,
+    }
+
+
+def classification_detail_json(c: Classification, cells: list[ResultCell]) -> dict[str, Any]:
+    """:func:`classification_json` with the result's ``cells`` (a field's; empty for a single cell)."""
+    return {**classification_json(c), "cells": [cell_json(cell) for cell in cells]}
 
 
 def training_job_json(j: TrainingJob) -> dict[str, Any]:

@@ -4,6 +4,9 @@ Timestamps are UTC-aware (:class:`~hub.db.types.UTCDateTime`). Classification an
 keyed by the UUID the agent generated (``result_id`` / ``event_id``), unique, so a redelivered
 QoS 1 message is stored once. Change a model here together with a new Alembic revision in
 ``hub/migrations/versions`` (a test compares both).
+
+The result tables (``classifications``, ``result_cells``) live in :mod:`hub.db.results` and are
+re-exported here, as is the declarative :class:`~hub.db.base.Base`: import them from either.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Float, Index, Integer, String, Text, UniqueConstraint, Uuid, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
+from hub.db.base import Base as Base
+from hub.db.results import Classification as Classification
+from hub.db.results import ResultCell as ResultCell
+from hub.db.review_models import ReviewAction as ReviewAction
+from hub.db.review_models import ReviewStatus as ReviewStatus
 from hub.db.types import UTCDateTime
+from hub.evidence.model import EvidenceImage as EvidenceImage
 from shared.clock import utcnow
-
-
-class Base(DeclarativeBase):
-    """Declarative base; ``Base.metadata`` is what Alembic migrations must match."""
 
 
 class Agent(Base):
@@ -49,40 +54,6 @@ class Agent(Base):
     #: when an admin revoked it: its broker login and API tokens are gone and ingest refuses it
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     credentials_rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-
-
-class Classification(Base):
-    """One classified image as an agent reported it."""
-
-    __tablename__ = "classifications"
-    # Every read pages newest first on (captured_at, id) (the API's keyset cursor, the dashboard's
-    # latest results) or oldest first (retention); each index ends in that order so a page is an
-    # index range read with no sort, filtered by its leading column. Migration 0006 says which
-    # query each one serves.
-    __table_args__ = (
-        Index("ix_classifications_captured_id", "captured_at", "id"),
-        Index("ix_classifications_agent_captured_id", "agent_id", "captured_at", "id"),
-        Index("ix_classifications_label_captured_id", "label", "captured_at", "id"),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    result_id: Mapped[uuid.UUID] = mapped_column(Uuid(), unique=True)
-    agent_id: Mapped[str] = mapped_column(String(64))
-    lab: Mapped[str] = mapped_column(String(128), default="")
-    image_name: Mapped[str] = mapped_column(String(512))
-    image_sha256: Mapped[str] = mapped_column(String(64))
-    label: Mapped[str] = mapped_column(String(64))
-    confidence: Mapped[float] = mapped_column(Float)
-    probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
-    low_confidence: Mapped[bool] = mapped_column(Boolean, default=False)
-    model_name: Mapped[str] = mapped_column(String(128))
-    model_version: Mapped[str] = mapped_column(String(64))
-    device: Mapped[str] = mapped_column(String(64), default="")
-    precision: Mapped[str | None] = mapped_column(String(8))
-    execution_precision: Mapped[str | None] = mapped_column(String(64))
-    timings: Mapped[dict[str, float]] = mapped_column(JSON)
-    captured_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ModelVersion(Base):

@@ -5,8 +5,9 @@
   (``leukonet agent enroll``) or by hand (``leukonet hub agents add``).
 * A message from a revoked agent is refused (``revoked_agent``), whatever the settings: the broker
   has already dropped its account, this is the hub's own line of defence behind it.
-* A result whose ``probabilities`` keys differ from the labels the registry holds for its model
-  version is refused (``labels_mismatch``). A model the registry does not hold is not checked.
+* A result whose ``probabilities`` keys, or those of one of its cells, differ from the labels the
+  registry holds for its model version is refused (``labels_mismatch``). A model the registry does
+  not hold is not checked.
 
 Refused messages are counted by reason and acknowledged with their batch, so they never return.
 The agents' rows read for this also tell the writer which agents exist and their labs
@@ -106,4 +107,8 @@ def _agents_statement() -> Select[Any]:
 
 def _labels_fit(r: ClassificationResult, labels: dict[tuple[str, str], frozenset[str]]) -> bool:
     expected = labels.get((r.model_name, r.model_version))
-    return expected is None or r.probabilities.keys() == expected
+    if expected is None:
+        return True
+    return r.probabilities.keys() == expected and all(
+        c.probabilities.keys() == expected for c in r.cells or ()
+    )

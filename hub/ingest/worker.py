@@ -66,7 +66,9 @@ class IngestWorker:
         on_commit: Callable[[Sequence[Message]], None] | None = None,
     ) -> None:
         self.config = config
-        self.writer = IngestWriter(db, Admission(config.ingest.auto_register_agents), keep_connection=True)
+        self.writer = IngestWriter(
+            db, Admission(config.ingest.auto_register_agents), keep_connection=True, review=config.review
+        )
         self.stats = stats or IngestStats()
         self.client_id = client_id or config.mqtt.client_id
         self._batches = Batches(config.ingest.batch_size, config.ingest.batch_ms / 1000.0)

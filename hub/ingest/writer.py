@@ -30,6 +30,8 @@ from hub.db.models import Agent, ModelEventRecord
 from hub.db.session import Database
 from hub.ingest.admission import Admission, Message
 from hub.ingest.results import insert_results
+from hub.review.policy import ReviewSettings
+from hub.review.statuses import add_review_statuses
 from shared.logs import kv
 from shared.schemas import (
     AgentState,
@@ -91,9 +93,14 @@ class IngestWriter:
     """
 
     def __init__(
-        self, db: Database, admission: Admission | None = None, keep_connection: bool = False
+        self,
+        db: Database,
+        admission: Admission | None = None,
+        keep_connection: bool = False,
+        review: ReviewSettings | None = None,
     ) -> None:
         self.db = db
+        self.review = review or ReviewSettings()
         self.admission = admission or Admission(auto_register=True)
         self.keep_connection = keep_connection
         self._connection: Connection | None = None
@@ -151,6 +158,7 @@ class IngestWriter:
                 for r in results:
                     unique.setdefault(r.result_id, r)
                 outcome.lags = insert_results(s, list(unique.values()), now)
+                add_review_statuses(s, list(unique), self.review)
                 outcome.stored = len(outcome.lags)
                 outcome.duplicates = len(results) - outcome.stored
                 self._touch_agents(s, results, admitted.registered, now)

@@ -1,4 +1,5 @@
-"""Result retention: results captured more than ``retention.results_days`` ago are archived, then deleted.
+"""Retention: results captured more than ``retention.results_days`` ago are archived, then deleted;
+evidence images stored more than ``retention.evidence_days`` ago are deleted.
 
 One run (:meth:`Retention.run`; ``leukonet hub retention run``, and every ``retention.interval_s``
 in ``leukonet hub serve`` through :class:`RetentionTicker`):
@@ -20,8 +21,14 @@ Archive format: gzip (one member per batch; ``gzip.open`` and ``zcat`` read them
 JSON lines, one object per deleted row with every column of ``classifications`` (timestamps ISO
 8601 UTC, ``result_id`` a string).
 
-Evidence images are not stored yet. :class:`EvidenceRetention` is where they will join: it sees
-each batch before its rows are deleted (inside the transaction) and their result ids after commit.
+Evidence images (:mod:`hub.evidence`) have a clock of their own: with ``retention.evidence_days``
+the same run deletes, in batches of ``batch_size``, the images stored longer ago than that (no
+archive: deleting them is the point), one transaction and one audit entry (actor ``retention``,
+action ``evidence.delete``) per batch, and each batch's files after its commit. Every run given the
+evidence store then sweeps its folder for files without a row (an upload that crashed between
+rename and commit, a deletion killed between commit and unlink) older than an hour. Files go only
+after their rows, so a row never points at a missing file. :class:`EvidenceRetention` is a hook on
+each batch of *results* deleted, for stores that tie images to results.
 
 Modules: :mod:`~hub.retention.policy` (the run, its queries, the evidence hook),
 :mod:`~hub.retention.archive` (the files and the lock), :mod:`~hub.retention.ticker` (``serve``).

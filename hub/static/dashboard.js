@@ -66,17 +66,37 @@
     tr.appendChild(cell(when(a.last_seen), "time"));
     return tr;
   }
+  // a field's cells per label, e.g. "ALL 3 · normal 41" (as index.html renders it)
+  function cellCounts(r) {
+    if (r.input_kind !== "field" || !r.cell_counts) return null;
+    const counts = Object.entries(r.cell_counts || {});
+    if (!counts.reduce((total, [, n]) => total + n, 0)) return "no cells";
+    return counts.map(([label, n]) => label + " " + n).join(" · ");
+  }
   function resultRow(r) {
     const tr = document.createElement("tr");
     if (r.low_confidence) tr.className = "low";
     tr.appendChild(cell(when(r.captured_at), "time"));
     tr.appendChild(cell(r.agent_id));
-    tr.appendChild(cell(r.image_name));
+    const image = cell(null);
+    const link = document.createElement("a");
+    link.href = "/results/" + encodeURIComponent(r.result_id);
+    link.className = "result-link";
+    link.textContent = r.image_name;
+    image.replaceChildren(link);
+    tr.appendChild(image);
     const lab = cell(null);
     const span = document.createElement("span");
     span.className = "label label-" + String(r.label).toLowerCase().replace(/[^a-z0-9_-]/g, "");
     span.textContent = r.label;
     lab.replaceChildren(span);
+    if (r.unfamiliar) {
+      const badge = document.createElement("span");
+      badge.className = "badge unfamiliar";
+      badge.title = "unlike the images the model was trained on";
+      badge.textContent = "unfamiliar";
+      lab.append(" ", badge);
+    }
     tr.appendChild(lab);
     const conf = cell((r.confidence * 100).toFixed(1) + "%");
     if (r.low_confidence) {
@@ -86,6 +106,7 @@
       conf.append(" ", flag);
     }
     tr.appendChild(conf);
+    tr.appendChild(cell(cellCounts(r), "cells-count"));
     tr.appendChild(cell(r.model_version));
     return tr;
   }
@@ -105,7 +126,7 @@
                   "No agents have reported yet.", 8);
       document.getElementById("agents-count").textContent = "(" + agents.items.length + ")";
       replaceRows(document.querySelector("#results tbody"), results.items.map(resultRow),
-                  "No classifications yet.", 6);
+                  "No classifications yet.", 7);
       status.textContent = "Updated " + new Date().toLocaleTimeString() + ".";
     } catch (err) {
       status.textContent = "Refresh failed: " + err.message;

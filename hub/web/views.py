@@ -1,15 +1,16 @@
 """Dashboard views of the fleet. Pages need a session from ``/login`` (:mod:`hub.web.login`);
 pages refresh themselves via the API with the session, which reads with the person's own role.
 
-Pages: fleet (``/``), models with metrics side by side and a compare view (``/models``), rollouts
-(``/rollouts``, ``/rollouts/<id>`` with groups, progress, failures and reasons, and pause / resume /
-abort / rollback buttons), training jobs (``/training``: the queue with progress, a form to queue
-a job and cancel buttons), and one agent with its model history (``/agents/<id>``). Every signed-in
-role reads them all; rollout and training actions are for operators and admins only (the buttons
-and forms are not shown to others, and a POST from them is answered 403). Actions are form POSTs
-protected by a per-session CSRF token; the audit log records them with the person's user name as
-the actor. All user data reaches the HTML through Jinja autoescaping (templates) or ``textContent``
-(JS).
+Pages: fleet (``/``: agents and the latest results, each linked to its result page,
+:mod:`hub.web.results`), models with metrics side by side, their cell analysis and unfamiliar flag,
+and a compare view (``/models``), rollouts (``/rollouts``, ``/rollouts/<id>`` with groups, progress,
+failures and reasons, and pause / resume / abort / rollback buttons), training jobs (``/training``:
+the queue with progress, a form to queue a job and cancel buttons), and one agent with its model
+history (``/agents/<id>``). Every signed-in role reads them all; rollout and training actions are
+for operators and admins only (the buttons and forms are not shown to others, and a POST from them
+is answered 403). Actions are form POSTs protected by a per-session CSRF token; the audit log
+records them with the person's user name as the actor. All user data reaches the HTML through Jinja
+autoescaping (templates) or ``textContent`` (JS).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from hub.training.report import progress_text
 from hub.training.rows import TrainingError
 from hub.web.guards import actor, check_csrf, login_required, operator_required
 from hub.web.guards import csrf_token as csrf_token  # re-exported: forms elsewhere use it from here
+from hub.web.model_sections import model_sections
 from shared.training import TrainingJobSpec
 
 bp = Blueprint(
@@ -94,9 +96,12 @@ def fmt(value: Any) -> str:
 @bp.get("/models")
 @login_required
 def models_page() -> str:
-    """Every version with its metrics and parity side by side; ``?a=&b=`` (NAME/VERSION) compares two."""
+    """Every version with its metrics and parity side by side, and the cell analysis and unfamiliar
+    flag of those that have them; ``?a=&b=`` (NAME/VERSION) compares two."""
     services = hub_ext.services
     models = [model_json(m, services.config.public_url) for m in services.registry.list()]
+    for m in models:
+        m["sections"] = model_sections(m)
     metric_keys = sorted({k for m in models for k, v in m["metrics"].items() if _scalar(v)})
     parity_keys = sorted({k for m in models for k, v in m["parity"].items() if _scalar(v)})
     comparison = None

@@ -26,7 +26,9 @@ class FinderSpec(BaseModel):
     """Settings of the classical white-cell finder (:func:`shared.cells.finder.find_cells`).
 
     Sizes are in pixels of the image as decoded, at the microscope's native scale: the crops the
-    classifier was trained on must show cells at the size the finder cuts them.
+    classifier was trained on must show cells at the size the finder cuts them. Absorbances are
+    shares of light a nucleus absorbs (0..1) in the finder's nuclear-stain channel. The defaults
+    were tuned on generated fields (``leukonet trainer fields``; docs/cells.md).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -36,12 +38,19 @@ class FinderSpec(BaseModel):
         1296, ge=256, le=8192, title="the finder works on the field scaled down to this longer side"
     )
     nucleus_threshold: float | None = Field(
-        None, ge=0.0, le=1.0, title="nucleus stain threshold (None: Otsu per field)"
+        None, ge=0.0, le=1.0, title="nucleus threshold as absorbance, share of light absorbed (None: Otsu)"
     )
     min_nucleus_area_px: int = Field(600, ge=1, title="smallest nucleus kept, at native scale")
     max_nucleus_area_px: int = Field(40_000, ge=1, title="largest nucleus kept, at native scale")
+    min_nucleus_absorbance: float = Field(
+        0.2, ge=0.0, le=1.0, title="floor of the Otsu threshold (absorbance of a nucleus at least)"
+    )
     min_solidity: float = Field(0.6, ge=0.0, le=1.0, title="area / convex hull area of a kept nucleus")
-    split_touching: bool = Field(True, title="watershed on the distance transform splits touching nuclei")
+    split_touching: bool = Field(True, title="split touching nuclei at the peaks of their distance transform")
+    split_ratio: float = Field(
+        0.85, gt=0.0, le=1.0, title="two peaks are two nuclei when the ridge between them dips below this"
+    )
+    cell_scale: float = Field(1.15, ge=1.0, le=4.0, title="cell box side / nucleus box side")
     crop_side_px: int = Field(257, ge=32, le=2048, title="side of the square cut around each cell")
     max_cells: int = Field(256, ge=1, le=1024, title="most cells classified per field (largest first)")
 

@@ -23,6 +23,7 @@ TABLES = {
     "rollout_history",
     "audit_log",
     "training_jobs",
+    "result_cells",
 }
 
 

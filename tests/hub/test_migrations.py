@@ -28,7 +28,7 @@ def test_0006_replaces_the_results_indexes_and_downgrades(tmp_path):
             ("ix_classifications_label", ("label",)),
         }
         assert _indexes(db) == old
-        upgrade(db)
+        upgrade(db, "0006")
         assert _indexes(db) == {
             ("ix_classifications_captured_id", ("captured_at", "id")),
             ("ix_classifications_agent_captured_id", ("agent_id", "captured_at", "id")),

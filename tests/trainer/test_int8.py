@@ -49,6 +49,7 @@ def quantized(ml_stack: None, tmp_path_factory: pytest.TempPathFactory) -> Quant
     from trainer.export import convert_to_ir, save_irs
     from trainer.freeze import INPUT_NAME, freeze
     from trainer.int8 import IR_INT8, MIN_CALIBRATION_IMAGES, quantize_int8
+    from trainer.ir_outputs import probabilities_only_ir
     from trainer.nets import get_network
 
     root = tmp_path_factory.mktemp("int8")
@@ -72,6 +73,8 @@ def quantized(ml_stack: None, tmp_path_factory: pytest.TempPathFactory) -> Quant
         depth_multiplier=DEPTH_MULTIPLIER,
     )
     fp32, _ = save_irs(convert_to_ir(frozen.path, IMAGE_SIZE), root)
+    # quantize_int8 holds an IR to one output: quantize the copy without features, as the pipeline does.
+    fp32 = probabilities_only_ir(fp32, root / "single" / "model.xml")
     calibration, _ = _crops(seed=1, per_class=MIN_CALIBRATION_IMAGES // 2)
     test_crops, test_labels = _crops(seed=2, per_class=6)
     int8 = quantize_int8(fp32, root / IR_INT8, calibration)

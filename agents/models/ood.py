@@ -1,0 +1,34 @@
+"""The out-of-distribution statistics a model brings: loaded with the model, from its verified folder.
+
+A manifest with an ``ood`` section names a bundle file (``ood.stats_file``, listed in the signed
+manifest's digests, so it was verified with the rest of the folder) holding the statistics of the
+training images' pre-logits features (:mod:`shared.ood`). The model manager loads it next to the
+backend; a missing or corrupt file refuses the model like any corrupt bundle file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agents.models.errors import ModelError
+from shared.bundle import Manifest
+from shared.ood import OodModel
+
+
+def load_ood(model_dir: Path, manifest: Manifest) -> OodModel | None:
+    """The OOD statistics of ``manifest``'s model in ``model_dir``; None without an ``ood`` section.
+
+    Raises:
+        ModelError: the file is missing, unreadable or does not match ``ood.feature_dim``; the model
+            must not be loaded.
+    """
+    spec = manifest.ood
+    if spec is None:
+        return None
+    try:
+        return OodModel.load(model_dir / spec.stats_file, spec)
+    except ValueError as exc:  # shared.ood.OodError
+        raise ModelError(
+            f"bundle {manifest.name} {manifest.version}: its OOD statistics {spec.stats_file} cannot be "
+            f"used ({exc}); the model is not loaded: re-export the bundle with the trainer"
+        ) from exc
