@@ -32,13 +32,14 @@ import cv2
 from agents.backends import Backend, BackendError, create_backend
 from agents.config import AgentConfig
 from agents.credentials import CredentialSource
-from agents.evidence import EvidenceQueue, EvidenceUploader
+from agents.evidence import EvidenceMaker, EvidenceQueue, EvidenceUploader
 from agents.link import Link
 from agents.metrics import AgentCollector, MetricsServer
 from agents.models import ModelError, ModelManager
 from agents.outbox import Outbox
 from agents.pipeline import Pipeline
 from agents.sources import Halt, Source, SourceContext, build_sources
+from agents.specimen import SpecimenRule
 from agents.status import StatusReport
 from agents.uplink import Uplink
 from agents.vitals import InferenceStats
@@ -240,6 +241,8 @@ def build_agent(config: AgentConfig, connect: bool = True) -> Agent:
         state_dir=state_dir,
         notify=uplink.notify_outbox if evidence is None else _both(uplink.notify_outbox, evidence.wake),
         loops=loops,
+        evidence=EvidenceMaker(config.evidence) if config.evidence.mode != "none" else None,
+        specimens=SpecimenRule(config.specimen.pattern, config.watch_dir),
     )
     halt = Halt()
     sources = build_sources(SourceContext(config, pipeline, models, outbox, halt))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.backends import Inference
+from agents.evidence.queue import Evidence
 from agents.models import ActiveModel
 from shared.cells.spec import InputKind
 from shared.clock import utcnow
@@ -67,6 +68,8 @@ class InFlight:
     ``kind`` is what the model's manifest says the image is (None: a model without a ``cells``
     section, classified as one whole image as before). A field carries the ``boxes`` of the cells
     whose crops were submitted (largest first), ``found`` cells found in all, and ``finder_ms``.
+    ``evidence`` and ``specimen_id`` go with the result (the evidence into the outbox's evidence
+    queue, in the same commit).
     """
 
     job: Job
@@ -78,6 +81,8 @@ class InFlight:
     boxes: list[Box] = field(default_factory=list)
     found: int = 0
     finder_ms: float = 0.0
+    evidence: Evidence | None = None  # what the uploader sends the hub (None: evidence.mode none)
+    specimen_id: str | None = None
 
 
 @dataclass(frozen=True)

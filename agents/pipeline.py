@@ -52,6 +52,7 @@ from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from prometheus_client import Histogram
@@ -61,10 +62,12 @@ from agents.cells.gather import FieldGather
 from agents.cells.kinds import KindRefused, input_kind
 from agents.cells.prepare import prepare_field
 from agents.config import OutboxConfig, PipelineConfig
+from agents.evidence.preview import EvidenceMaker
 from agents.gate import IntakeGate
 from agents.jobs import Finished, InFlight, Job, Outcome, OutcomeKind
 from agents.models import ActiveModel, ModelManager
 from agents.outbox import Outbox
+from agents.specimen import SpecimenRule
 from agents.vitals import InferenceStats
 from agents.writer import LOOP as WRITER_LOOP
 from agents.writer import ResultWriter
@@ -103,8 +106,11 @@ class Pipeline:
         state_dir: Path,
         notify: Callable[[], None] | None = None,
         loops: Loops | None = None,
+        evidence: EvidenceMaker | None = None,
+        specimens: SpecimenRule | None = None,
     ) -> None:
         self.agent_id, self.lab = agent_id, lab
+        self.evidence, self.specimens = evidence, specimens
         self.threshold = low_confidence_threshold
         self.models, self.outbox, self.stats = models, outbox, stats
         self.config, self.limits = config, limits
@@ -275,7 +281,7 @@ class Pipeline:
         loaded = self._decode(job)
         if loaded is None:
             return False
-        image, sha = loaded
+        image, sha, data = loaded
         decode_ms = (time.perf_counter() - t0) * 1e3
         if image.ndim != 3 or image.shape[2] != 3:  # e.g. a single-channel camera frame
             error = f"{job.name}: expected an [H, W, 3] image, got shape {image.shape}"
@@ -286,12 +292,13 @@ class Pipeline:
         except KindRefused as exc:
             self._finish(job, Outcome(OutcomeKind.BAD_IMAGE, error=str(exc)))
             return False
+        extras = self._extras(job, image, sha, data)
         if kind is InputKind.FIELD:
-            return self._submit_field(job, active, image, sha, decode_ms)
+            return self._submit_field(job, active, image, sha, decode_ms, extras)
         t1 = time.perf_counter()
         spec = active.manifest.preprocessing
         crop = crop_and_resize(image, spec.image_size, spec.central_fraction)
-        ctx = InFlight(job, active, sha, decode_ms, (time.perf_counter() - t1) * 1e3, kind)
+        ctx = InFlight(job, active, sha, decode_ms, (time.perf_counter() - t1) * 1e3, kind, **extras)
         self.writer.started()
         try:
             active.backend.submit(crop, partial(self._inferred, ctx))
@@ -301,10 +308,18 @@ class Pipeline:
             return False
         return True
 
-    def _decode(self, job: Job) -> tuple[np.ndarray, str] | None:
-        """``job``'s image and the sha256 of its bytes; None when the job ended here (gone, done, bad)."""
+    def _extras(self, job: Job, image: np.ndarray, sha: str, data: bytes | None) -> dict[str, Any]:
+        """The image's evidence (``evidence`` config) and specimen id (``specimen.pattern``)."""
+        return {
+            "evidence": self.evidence.make(sha, image, data, job.name) if self.evidence else None,
+            "specimen_id": self.specimens.specimen_id(job.name, job.path) if self.specimens else None,
+        }
+
+    def _decode(self, job: Job) -> tuple[np.ndarray, str, bytes | None] | None:
+        """``job``'s image, the sha256 of its bytes and the bytes (None for a camera frame); None when
+        the job ended here (gone, done, bad)."""
         if job.frame is not None:
-            return job.frame, hashlib.sha256(np.ascontiguousarray(job.frame).tobytes()).hexdigest()
+            return job.frame, hashlib.sha256(np.ascontiguousarray(job.frame).tobytes()).hexdigest(), None
         if job.data is not None:
             data = job.data
         else:
@@ -319,13 +334,19 @@ class Pipeline:
             self._finish(job, Outcome(OutcomeKind.ALREADY_DONE))
             return None
         try:
-            return decode_image(data, job.name, self.config.max_pixels), sha
+            return decode_image(data, job.name, self.config.max_pixels), sha, data
         except ImageDecodeError as exc:
             self._finish(job, Outcome(OutcomeKind.BAD_IMAGE, error=str(exc)))
             return None
 
     def _submit_field(
-        self, job: Job, active: ActiveModel, image: np.ndarray, sha: str, decode_ms: float
+        self,
+        job: Job,
+        active: ActiveModel,
+        image: np.ndarray,
+        sha: str,
+        decode_ms: float,
+        extras: dict[str, Any],
     ) -> bool:
         """Find the field's cells and submit all their crops; True (the writer releases the model)
         unless the field ended before any inference."""
@@ -348,6 +369,7 @@ class Pipeline:
             prepared.boxes,
             prepared.found,
             prepared.finder_ms,
+            **extras,
         )
         if prepared.found > len(prepared.boxes):
             log.info(

@@ -80,6 +80,7 @@ def build_result(finished: Finished, agent_id: str, lab: str, threshold: float) 
             total_ms=(time.monotonic() - ctx.job.seen_at) * 1e3,
         ),
         captured_at=ctx.job.captured_at,
+        specimen_id=ctx.specimen_id,
         **fields,
     )
     return fit_payload(result, manifest)

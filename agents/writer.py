@@ -180,7 +180,10 @@ class ResultWriter:
         if not ready:
             return
         try:
-            self.outbox.put_many([(result, done.ctx.job.path) for done, result in ready])
+            self.outbox.put_many(
+                [(result, done.ctx.job.path) for done, result in ready],
+                evidence=[done.ctx.evidence for done, _ in ready],
+            )
         except OutboxError as exc:
             self.gate.pause(str(exc))
             log.error(kv("outbox_write_failed", results=len(ready), error=exc))

@@ -95,6 +95,7 @@ def test_hostile_files_and_a_poison_desired_do_not_stop_the_agent(tmp_path, priv
         assert wait_until(lambda: link.rejected_messages >= 2)
         # The status the hub sees lists every loop alive, none restarted.
         loops_seen = {"decode-0", "decode-1", "outbox-writer", "models", "mqtt", "outbox-pump", "status"}
+        loops_seen |= {f"evidence-upload-{i}" for i in range(cfg.evidence.upload_concurrency)}
         assert wait_until(
             lambda: any(
                 set(s.loops) == loops_seen and all(v.alive and v.restarts == 0 for v in s.loops.values())

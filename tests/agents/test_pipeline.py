@@ -158,11 +158,11 @@ def test_a_refused_outbox_write_keeps_the_images_for_later(tmp_path, bundles, mo
     real = box.put_many
     failures = []
 
-    def flaky(items):
+    def flaky(items, evidence=None):
         if not failures:
             failures.append(len(items))
             raise OutboxError("database or disk is full")
-        return real(items)
+        return real(items, evidence=evidence)
 
     monkeypatch.setattr(box, "put_many", flaky)
     running.agent.pipeline.error_backoff_s = 0.2
