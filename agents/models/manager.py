@@ -161,7 +161,7 @@ class ModelManager:
         try:
             backend.load(model_dir, manifest)
             smoke_test(backend, model_dir, manifest, self._precision)
-            ood = load_ood(model_dir, manifest)
+            ood = load_ood(model_dir, manifest, backend.precision)
         except BaseException:
             backend.close()
             raise

@@ -15,16 +15,28 @@ from shared.bundle import Manifest
 from shared.ood import OodModel
 
 
-def load_ood(model_dir: Path, manifest: Manifest) -> OodModel | None:
+def load_ood(model_dir: Path, manifest: Manifest, precision: str | None = None) -> OodModel | None:
     """The OOD statistics of ``manifest``'s model in ``model_dir``; None without an ``ood`` section.
 
     Raises:
-        ModelError: the file is missing, unreadable or does not match ``ood.feature_dim``; the model
-            must not be loaded.
+        ModelError: the file is missing, unreadable or does not match ``ood.feature_dim``; or the
+            model runs at ``precision`` INT8 and the trainer measured that the unfamiliar flag does
+            not hold on its INT8 IR (``metrics.int8.ood_flag_validated`` false: quantization clips
+            the activations of unlike inputs to the smears' ranges, so they look familiar). The
+            model must not be loaded: a flag that cannot fire would report strange inputs as
+            confident negatives.
     """
     spec = manifest.ood
     if spec is None:
         return None
+    int8 = manifest.metrics.get("int8")
+    if precision == "INT8" and isinstance(int8, dict) and int8.get("ood_flag_validated") is False:
+        raise ModelError(
+            f"bundle {manifest.name} {manifest.version}: its unfamiliar flag does not hold on the INT8 IR "
+            f"(the trainer measured it: metrics.int8 {int8.get('probe_flag_rate_int8')} of unlike inputs "
+            f"flagged against {int8.get('probe_flag_rate_fp32')} at FP32); run it at FP32 or FP16 "
+            "(precision in agent.yaml)"
+        )
     try:
         return OodModel.load(model_dir / spec.stats_file, spec)
     except ValueError as exc:  # shared.ood.OodError

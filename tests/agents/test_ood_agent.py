@@ -12,6 +12,7 @@ cytoplasm colour (orange) are what the model never saw.
 from __future__ import annotations
 
 import math
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from agents.cells.prepare import prepare_field
 from agents.cells.unfamiliar import field_flag
 from agents.jobs import OutcomeKind
 from agents.models import ModelError, ModelManager
-from shared.bundle import load_public_key, verify_bundle
+from agents.models.ood import load_ood
+from shared.bundle import Manifest, load_public_key, verify_bundle
 from shared.cells.decision import decide
 from shared.cells.finder import cut_crop, find_cells
 from shared.cells.spec import FinderSpec, InputKind, OodSpec
@@ -365,3 +367,22 @@ def test_a_kind_of_input_is_still_refused_with_ood(
     finally:
         r.close()
     assert outcome.kind is OutcomeKind.BAD_IMAGE and "accepts field images only" in outcome.error
+
+
+def test_int8_is_refused_where_the_trainer_measured_the_flag_does_not_hold(
+    tmp_path: Path, keys: Keys, fake_ood: tuple[Path, OodModel, float]
+):
+    _, model, threshold = fake_ood
+    bundle = make_cells_bundle(tmp_path, keys, ood=ood_spec(threshold), stats=stats_bytes(model, tmp_path))
+    folder = tmp_path / "unpacked"
+    with zipfile.ZipFile(bundle) as zf:
+        zf.extractall(folder)
+    manifest = Manifest.model_validate_json((folder / "manifest.json").read_bytes())
+    broken = manifest.model_copy(
+        update={"metrics": {"int8": {"ood_flag_validated": False, "probe_flag_rate_int8": 0.0}}}
+    )
+    with pytest.raises(ModelError, match="does not hold on the INT8 IR.*FP32 or FP16"):
+        load_ood(folder, broken, "INT8")
+    assert load_ood(folder, broken, "FP32") is not None  # the flag holds at FP32
+    held = manifest.model_copy(update={"metrics": {"int8": {"ood_flag_validated": True}}})
+    assert load_ood(folder, held, "INT8") is not None
