@@ -18,7 +18,6 @@ from types import FrameType
 from typing import Any, cast
 
 import click
-import numpy as np
 import requests
 
 from shared.config import ConfigError
@@ -271,8 +270,9 @@ def classify(
     from agents.backends import BackendError, create_backend
     from agents.config import Precision, effective_precision
     from agents.models import ModelError, verify_model_dir
+    from agents.models.ood import load_ood
+    from agents.offline import as_json, classify_file
     from shared.bundle import BundleError, load_public_key, verify_bundle
-    from shared.preprocessing import ImageDecodeError, crop_and_resize, decode_image
 
     if (model_dir is None) == (bundle is None):
         raise click.UsageError("give exactly one of --model-dir or --bundle")
@@ -288,34 +288,29 @@ def classify(
             prec = effective_precision(cast(Precision, precision), device)
             engine = create_backend(backend, device, prec)
             engine.load(model_dir, manifest)
+            ood = load_ood(model_dir, manifest, engine.precision)
         except (BundleError, ModelError, BackendError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
         failed = 0
-        spec = manifest.preprocessing
         try:
             for path in files:
                 line: dict[str, Any] = {"file": str(path)}
                 try:
-                    image = decode_image(path.read_bytes(), path.name)
-                    crop = crop_and_resize(image, spec.image_size, spec.central_fraction)
-                    probs = engine.infer(crop[np.newaxis])[0]
-                    best = int(np.argmax(probs))
+                    line.update(classify_file(engine, manifest, ood, path, low_confidence_threshold))
                     line.update(
-                        label=manifest.labels[best],
-                        confidence=round(float(probs[best]), 6),
-                        low_confidence=bool(probs[best] < low_confidence_threshold),
-                        probabilities={
-                            lab: round(float(p), 6) for lab, p in zip(manifest.labels, probs, strict=True)
-                        },
                         model_name=manifest.name,
                         model_version=manifest.version,
                         device=engine.device,
                         precision=engine.precision,
                     )
-                except (OSError, ImageDecodeError, BackendError) as exc:
+                except (
+                    OSError,
+                    ValueError,
+                    BackendError,
+                ) as exc:  # ImageDecodeError, KindRefused: ValueError
                     failed += 1
                     line["error"] = str(exc)
-                click.echo(json.dumps(line))
+                click.echo(json.dumps(line, default=as_json))
         finally:
             engine.close()
     if failed:

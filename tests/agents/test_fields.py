@@ -10,6 +10,7 @@ minus red, so a cell in blue cytoplasm is ``ALL`` and one in red cytoplasm is ``
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -553,3 +554,30 @@ def test_the_metrics_count_fields_cells_and_unfamiliar_results(rig: Rig):
     assert values["leukonet_agent_cells_classified_total"] == 7
     assert values["leukonet_agent_unfamiliar_results_total"] == 0
     assert values["leukonet_agent_images_classified_total"] == 3
+
+
+def test_classify_offline_analyses_a_field_cell_by_cell_as_the_agent_does(tmp_path: Path, keys: Keys):
+    from click.testing import CliRunner
+
+    from agents.cli import cli
+
+    bundle = make_cells_bundle(tmp_path, keys, cells=cells_spec())
+    field = tmp_path / "mixed.png"
+    cv2.imwrite(str(field), paint_field(MIXED))
+    res = CliRunner().invoke(
+        cli,
+        [
+            "classify",
+            "--bundle",
+            str(bundle),
+            "--public-key",
+            str(keys.public),
+            "--device",
+            "CPU",
+            str(field),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    line = json.loads(res.output.splitlines()[-1])
+    assert line["input_kind"] == "field" and line["label"] == "ALL"
+    assert line["cell_counts"] == {"ALL": 2, "normal": 2} and len(line["cells"]) == 4
