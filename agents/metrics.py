@@ -102,6 +102,20 @@ class AgentCollector(Collector):
             "Free space on the state_dir disk",
             value=shutil.disk_usage(self.state_dir).free,
         )
+        queue = self.outbox.evidence_queue
+        if queue is not None:
+            rows, size = queue.depth()
+            yield GaugeMetricFamily(
+                "leukonet_agent_evidence_queue_rows", "Evidence images waiting for upload", value=rows
+            )
+            yield GaugeMetricFamily(
+                "leukonet_agent_evidence_queue_bytes", "Bytes of evidence waiting for upload", value=size
+            )
+            yield CounterMetricFamily(
+                "leukonet_agent_evidence_dropped",
+                "Evidence images dropped at the queue's cap (results are never dropped)",
+                value=queue.dropped,
+            )
         yield from self._model()
         connected = self.link is not None and self.link.connected
         yield GaugeMetricFamily(

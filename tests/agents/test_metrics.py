@@ -113,6 +113,8 @@ def test_scrape_follows_classifications_on_a_loopback_port(tmp_path, keys_and_bu
     assert value(first, "leukonet_agent_mqtt_connected") == 0  # no link in this agent
     assert value(first, "leukonet_agent_loop_up", loop=LOOP) == 1
     assert value(first, "leukonet_agent_outbox_capacity_rows") == cfg.outbox.max_rows
+    assert value(first, "leukonet_agent_evidence_queue_rows") == 0  # nothing classified yet
+    assert value(first, "leukonet_agent_evidence_dropped_total") == 0
     assert value(first, "leukonet_agent_disk_free_bytes") > 0
 
     write_png(cfg.watch_dir / "a.png", BLUE)
