@@ -35,6 +35,15 @@ class Classification(Base):
         Index("ix_classifications_captured_id", "captured_at", "id"),
         Index("ix_classifications_agent_captured_id", "agent_id", "captured_at", "id"),
         Index("ix_classifications_label_captured_id", "label", "captured_at", "id"),
+        Index("ix_classifications_lab_captured_id", "lab", "captured_at", "id"),
+        Index("ix_classifications_model_captured_id", "model_name", "model_version", "captured_at", "id"),
+        Index(
+            "ix_classifications_flagged_captured_id",
+            "captured_at",
+            "id",
+            sqlite_where=text("unfamiliar = 1 OR low_confidence = 1"),
+            postgresql_where=text("unfamiliar = true OR low_confidence = true"),
+        ),
         Index(
             "ix_classifications_specimen_captured_id",
             "specimen_id",

@@ -35,7 +35,11 @@ class ReviewStatus(Base):
 
     __tablename__ = "review_status"
     # the queue: ``state = :s ORDER BY priority, captured_at, result_id`` with a keyset cursor
-    __table_args__ = (Index("ix_review_status_queue", "state", "priority", "captured_at", "result_id"),)
+    __table_args__ = (
+        Index("ix_review_status_queue", "state", "priority", "captured_at", "result_id"),
+        Index("ix_review_status_state_captured", "state", "captured_at", "result_id"),
+        Index("ix_review_status_label_captured", "current_label", "captured_at", "result_id"),
+    )
 
     result_id: Mapped[int] = mapped_column(
         Integer,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from hub.web import account, admin_agents, login, people, results, review, views
+from hub.web import account, admin_agents, explorer, login, people, results, review, views
 from hub.web.guards import template_globals
 
 bp = views.bp
@@ -27,5 +27,6 @@ def init_app(app: Flask) -> None:
         admin_agents.bp,
         results.bp,
         review.bp,
+        explorer.bp,
     ):
         app.register_blueprint(blueprint)

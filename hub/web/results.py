@@ -10,8 +10,15 @@ probabilities and flag.
 
 The result carries cell boxes but not the image's size, so the SVG's frame runs from the image's
 top-left corner (the boxes' origin) to the farthest box corner (plus 1 %): the boxes keep their true
-positions and proportions, and the frame is the smallest the cells prove the image to be. The
-evidence image is not sent yet: its place holds an "image not received" notice, never a stand-in.
+positions and proportions, and the frame is the smallest the cells prove the image to be.
+
+When the hub holds the result's evidence image (keyed by its ``image_sha256``) and the signed-in
+person's role may see images (:data:`hub.api.evidence.EVIDENCE_READERS`, and admin), the image is
+drawn instead, in an SVG whose view box is the image's own pixel size, with the cell boxes over it
+at their reported coordinates; zoom.js zooms (wheel, buttons) and pans (drag) by changing that
+view box. A preview image (the agent's downscaled JPEG) is shown without boxes, since the result
+does not carry the original's size to scale them by. Without an image the "image not received"
+notice stays (never a stand-in); a viewer is told images are not shown to their role.
 
 Every value reaches the HTML through Jinja's autoescaping; CSS classes are made here from label
 positions, never from label text.
@@ -23,13 +30,16 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from flask import Blueprint, abort, render_template
+from flask import Blueprint, abort, render_template, url_for
 from sqlalchemy import select
 
+from hub.api.evidence import EVIDENCE_READERS
 from hub.api.serialize import classification_detail_json
 from hub.db.models import Classification, ModelVersion, ResultCell
+from hub.evidence.model import EvidenceImage
 from hub.extensions import hub_ext
-from hub.web.guards import login_required
+from hub.roles import Role
+from hub.web.guards import login_required, me
 from hub.web.model_sections import cells_spec, ood_spec
 from hub.web.review import review_panel_context
 
@@ -142,6 +152,24 @@ def result_view(result: Mapping[str, Any], manifest: Mapping[str, Any] | None) -
     }
 
 
+def evidence_view(image: EvidenceImage | None, role: Role, on_disk: bool) -> dict[str, Any]:
+    """How the page shows the result's image: ``state`` is ``shown`` (with ``url``, ``width``,
+    ``height``, ``boxes``: whether the cell boxes can be drawn over it), ``missing`` (the hub has
+    no image, or lost its file) or ``forbidden`` (it has one; the role may not see images)."""
+    if image is None or not on_disk or not image.width or not image.height:
+        return {"state": "missing"}
+    if role is not Role.ADMIN and role not in EVIDENCE_READERS:
+        return {"state": "forbidden"}
+    return {
+        "state": "shown",
+        "url": url_for("api.get_evidence", key=image.sha256),
+        "width": image.width,
+        "height": image.height,
+        "kind": image.kind,
+        "boxes": image.kind == "original",
+    }
+
+
 @bp.get("/results/<result_id>")
 @login_required
 def result_page(result_id: str) -> str:
@@ -164,4 +192,10 @@ def result_page(result_id: str) -> str:
         )
         result = classification_detail_json(row, list(cells))
         panel = review_panel_context(s, row, page="results.result_page")
-    return render_template("result.html", r=result, v=result_view(result, manifest), review_panel=panel)
+        image = s.get(EvidenceImage, row.image_sha256)
+    store = hub_ext.services.evidence
+    on_disk = image is not None and store.path(image.sha256).is_file()
+    evidence = evidence_view(image, me().role, on_disk)
+    return render_template(
+        "result.html", r=result, v=result_view(result, manifest), review_panel=panel, evidence=evidence
+    )

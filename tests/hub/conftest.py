@@ -5,10 +5,12 @@ of any role (:func:`add_user`) and a dashboard login through the form (:func:`lo
 
 from __future__ import annotations
 
+import atexit
 import json
 import random
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +23,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy.engine import make_url
 from werkzeug.serving import make_server
 
 from hub.app import close_app, create_app
@@ -115,14 +118,70 @@ def broker_config(tmp_path: Path, keys: Keys | None, port: int) -> HubConfig:
     )
 
 
+#: (admin_username, admin_password) -> a SQLite file migrated to head with that first admin, made
+#: once per test session by :func:`migrated_sqlite_template`.
+_SQLITE_TEMPLATES: dict[tuple[str, str | None], Path] = {}
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for another database or an in-memory one."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def migrated_sqlite_template(config: HubConfig) -> Path:
+    """A SQLite file at the newest revision holding ``config``'s first admin (none without an
+    ``admin_password``), made on first use in this test session and then reused.
+
+    The migrations and the first admin's argon2 hash cost most of a second per app on two busy
+    cores; hundreds of tests start an app on a fresh file. The template is made by the same
+    :func:`upgrade` and :func:`ensure_first_admin` calls a fresh file gets, so a copy of it is the
+    database those calls would have left (the first admin's ``created_at`` is the template's).
+    """
+    password = config.admin_password.get_secret_value() if config.admin_password else None
+    key = (config.admin_username, password)
+    if key not in _SQLITE_TEMPLATES:
+        folder = Path(tempfile.mkdtemp(prefix="leukonet-test-template-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        path = folder / "hub.db"
+        db = Database(f"sqlite:///{path}")
+        try:
+            upgrade(db)
+            with db.transaction() as s:
+                ensure_first_admin(s, config, utcnow())
+        finally:
+            db.dispose()  # the last connection closes: the WAL is checkpointed into hub.db
+        leftovers = [p.name for p in folder.iterdir() if p.name != "hub.db"]
+        assert not leftovers, f"the template {path} left {leftovers}: a copy of hub.db alone would miss them"
+        _SQLITE_TEMPLATES[key] = path
+    return _SQLITE_TEMPLATES[key]
+
+
 def migrated_app(config: HubConfig) -> Flask:
     """The hub app on ``config``'s database, migrated to the newest revision and with the first
-    admin created, as ``leukonet hub serve`` starts (close it with close_app)."""
+    admin created, as ``leukonet hub serve`` starts (close it with close_app).
+
+    A SQLite file that does not exist yet starts as a copy of :func:`migrated_sqlite_template`;
+    any other database (PostgreSQL, an existing file) is migrated here, as before.
+    """
+    target = _sqlite_file(config.db_url)
+    if target is not None and not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(migrated_sqlite_template(config), target)
+    else:
+        db = Database(config.db_url)
+        try:
+            upgrade(db)
+        finally:
+            db.dispose()
     db = Database(config.db_url)
-    upgrade(db)
-    with db.transaction() as s:
-        ensure_first_admin(s, config, utcnow())
-    db.dispose()
+    try:
+        with db.transaction() as s:
+            ensure_first_admin(s, config, utcnow())  # a no-op on a template's copy that has the admin
+    finally:
+        db.dispose()
     return create_app(config)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, update
 
@@ -21,6 +21,7 @@ from hub.identity.users import disable_user, get_user
 from shared.clock import utcnow
 from tests.hub.conftest import (
     ADMIN_PASSWORD,
+    ADMIN_USER,
     USER_PASSWORD,
     add_user,
     csrf,
@@ -194,8 +195,15 @@ def roomy_app(tmp_path_factory, keys):
     close_app(app)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Each example costs an argon2 verification (a dummy one for unknown names): 20 generated ones plus
+# the edges every run must try (nothing, a NUL, the longest, the admin's name with wrong passwords).
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(username=st.text(max_size=80), password=st.text(max_size=200), next_=st.text(max_size=40))
+@example(username="", password="", next_="")
+@example(username="\x00", password="\x00", next_="\x00")
+@example(username="é" * 80, password="\U0001f600" * 200, next_="//evil.example/" + "x" * 25)
+@example(username=ADMIN_USER, password="", next_="/")
+@example(username=ADMIN_USER, password=ADMIN_PASSWORD + " ", next_="/")
 def test_no_user_name_or_password_makes_the_form_fail(roomy_app, username, password, next_):
     client = roomy_app.test_client()
     token = csrf(client.get("/login").data.decode())

@@ -43,7 +43,7 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
 ]
-MAX_EXAMPLES = 25  # per operation and generation mode (valid, invalid)
+MAX_EXAMPLES = 15  # per operation and generation mode (valid, invalid); derandomized: same cases each run
 # Generated examples and requests per operation, and the statuses, tallied by the schemathesis test.
 EXAMPLES: Counter[str] = Counter()
 REQUESTS: Counter[str] = Counter()

@@ -1,8 +1,9 @@
 """Backlog fairness against real services: a private Mosquitto, the hub's ingest worker on SQLite,
 and two agents' real outboxes and links.
 
-Agent A comes back from a long outage with 50,000 results in its outbox; agent B sends live
-results meanwhile. The broker acknowledges A's results on receipt, so without a drain limit they
+Agent A comes back from a long outage with a backlog in its outbox (:data:`BACKLOG` rows here;
+the issue's 50,000 run in ``tests/benchmarks/test_backlog_bench.py``, with the same checks); agent
+B sends live results meanwhile. The broker acknowledges A's results on receipt, so without a drain limit they
 queue in the hub's session ahead of B's; with ``drain_rate_per_s`` below the hub's ingest rate
 B's results are stored while most of A's backlog is still waiting, and A's own live results are
 not held back by its backlog either. Fairness is measured in rows, not seconds: for each live
@@ -13,8 +14,13 @@ storing order).
 The broker's window for the hub is kept at ``max_inflight_messages 100`` (docker/ ships 2000), so
 the hub, on SQLite in this one process, is slower than one agent's unlimited pump, as the contrast
 test needs. Measured on the 2-core development machine: the hub stores 1,800-3,000 results/s here,
-one agent's pump pushes faster than that, and A drains at the 1,000/s it is limited to. The
-contrast runs a 20,000-row backlog: it shows the same queueing in a quarter of the time.
+one agent's pump pushes faster than that, and A drains at the 1,000/s it is limited to.
+
+Why 20,000 rows show what 50,000 do: the live results are all sent within the first ~5 s of A's
+drain (about 5,000 of its rows), so "stored while most of A's backlog still waits" has a margin of
+half the backlog either way; "overtaken by at most a second of A's drain" (:data:`OVERTAKE_MAX`)
+does not depend on the backlog at all; and the contrast run (no limit, the same 20,000 rows) shows
+live results queued behind a quarter of the backlog, five times that bound.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +50,7 @@ from tests.hub.conftest import hub_config
 
 pytestmark = pytest.mark.integration
 
-BACKLOG = 50_000
+BACKLOG = 20_000
 #: the broker's cap on results handed to the hub and not yet acknowledged (docker/mosquitto.conf)
 HUB_INFLIGHT = 100
 #: the ingest's default batching (hub/config.py)
@@ -52,6 +59,8 @@ HUB_INGEST = {"batch_size": 200, "batch_ms": 200, "auto_register_agents": True}
 DRAIN_RATE = 1000.0
 LIVE = 12  # live results of B (and a third as many of A) sent while A drains
 LIVE_EVERY_S = 0.25
+#: the most of A's backlog rows a live result may wait behind with the limit on: one second of A's drain
+OVERTAKE_MAX = int(DRAIN_RATE)
 
 
 @dataclass
@@ -61,8 +70,8 @@ class Hub:
     ingest: IngestWorker
 
 
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
+@contextmanager
+def running_hub(tmp_path: Path) -> Iterator[Hub]:
     """A Mosquitto of its own (persistence on, a queue deep enough for the whole backlog) and the
     hub's ingest worker on a SQLite file, subscribed before any agent publishes."""
     port = free_port()
@@ -99,6 +108,12 @@ def hub(tmp_path: Path) -> Iterator[Hub]:
             db.dispose()
         broker.terminate()
         broker.wait(10)
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[Hub]:
+    with running_hub(tmp_path) as h:
+        yield h
 
 
 def make_result(agent_id: str, name: str) -> ClassificationResult:
@@ -251,27 +266,31 @@ def report(label: str, run: Run) -> str:
     )
 
 
-def test_a_draining_agent_does_not_starve_live_results(tmp_path, hub):
-    run = drain(hub, tmp_path, BACKLOG, DRAIN_RATE)
-    print(report(f"drain_rate_per_s={DRAIN_RATE:.0f}", run))
-    # every live result, B's and A's own, overtook all but a sliver of A's backlog ...
-    assert max(run.overtaken_by) <= BACKLOG // 50, run.overtaken_by
+def check_fair(hub: Hub, run: Run) -> None:
+    """What the drain limit promises, for a run of :func:`drain` at :data:`DRAIN_RATE`."""
+    # every live result, B's and A's own, overtook all but a second's worth of A's backlog ...
+    assert max(run.overtaken_by) <= OVERTAKE_MAX, run.overtaken_by
     # ... and was stored while most of A's backlog was still waiting
-    assert max(run.stored_after) <= BACKLOG // 2, run.stored_after
-    # the limit held: the backlog took about BACKLOG / DRAIN_RATE, not what the hub could take
-    assert run.drain_s >= BACKLOG / DRAIN_RATE * 0.9
+    assert max(run.stored_after) <= run.backlog // 2, run.stored_after
+    # the limit held: the backlog took about backlog / DRAIN_RATE, not what the hub could take
+    assert run.drain_s >= run.backlog / DRAIN_RATE * 0.9
     # and in the end every result is stored exactly once
     assert sorted(stored_ids(hub.db, "agent-a-")) == sorted(run.a_ids)
     assert sorted(stored_ids(hub.db, "agent-b-")) == sorted(run.b_ids)
-    assert len(run.a_ids) == BACKLOG + 4 and len(run.b_ids) == 12
+    assert len(run.a_ids) == run.backlog + 4 and len(run.b_ids) == 12
+
+
+def test_a_draining_agent_does_not_starve_live_results(tmp_path, hub):
+    run = drain(hub, tmp_path, BACKLOG, DRAIN_RATE)
+    print(report(f"drain_rate_per_s={DRAIN_RATE:.0f}", run))
+    check_fair(hub, run)
 
 
 def test_without_a_drain_limit_live_results_wait_behind_the_backlog(tmp_path, hub):
-    backlog = 20_000
-    run = drain(hub, tmp_path, backlog, 0.0)
+    run = drain(hub, tmp_path, BACKLOG, 0.0)
     print(report("drain_rate_per_s=0", run))
     # A hands its backlog to the broker faster than the hub stores it: the later live results
-    # queue behind thousands of A's rows
-    assert max(run.overtaken_by) >= backlog // 4, run.overtaken_by
+    # queue behind thousands of A's rows, far more than the limit lets them wait behind
+    assert max(run.overtaken_by) >= BACKLOG // 4 >= 5 * OVERTAKE_MAX, run.overtaken_by
     assert sorted(stored_ids(hub.db, "agent-a-")) == sorted(run.a_ids)
     assert sorted(stored_ids(hub.db, "agent-b-")) == sorted(run.b_ids)
